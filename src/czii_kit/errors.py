@@ -1,0 +1,24 @@
+"""Error types whose messages name the offending thing and the fix.
+
+Tools catch ``CziiError`` and print its message without a traceback.
+"""
+
+
+class CziiError(Exception):
+    """Base class: a user-facing problem with a message that says what to do."""
+
+
+class DataError(CziiError):
+    """Missing or malformed data: paths, zarr stores, picks, volumes."""
+
+
+class ConfigError(CziiError):
+    """Unknown or invalid configuration keys and values."""
+
+
+class CheckpointError(CziiError):
+    """A checkpoint that is missing, incompatible or would be clobbered."""
+
+
+class SubmissionError(CziiError):
+    """A submission file that is malformed."""
