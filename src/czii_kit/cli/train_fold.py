@@ -1,0 +1,40 @@
+"""python tools/train_fold.py --fold K [--data ROOT] [--config NAME] [--out DIR] [--set k=v ...] [--resume]"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from czii_kit.cli.common import default_config_name, exit_on_user_error, resolve_data_root
+from czii_kit.config import load_config, resolve_config_path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train one leave-one-tomogram-out fold and write weights/EXP/fold{K}.pt")
+    p.add_argument("--fold", type=int, required=True, help="held-out run index in the sorted train runs; -1 = all runs")
+    p.add_argument("--data", help="competition directory (default: built-in synthetic dataset)")
+    p.add_argument("--config", help="configs/NAME.yaml or a path (default: cpu_quick without GPU, unet_r34 with one)")
+    p.add_argument("--out", help="experiment directory (default: weights/<config name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from fold{K}_last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    return p.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    name = args.config or default_config_name()
+    if not args.config:
+        print(f"no --config given: using configs/{name}.yaml (chosen for this device)")
+    cfg = load_config(name, args.overrides)
+    root = resolve_data_root(args.data or cfg["data"]["root"])
+    cfg["data"]["root"] = str(root)
+    out = Path(args.out or Path("weights") / resolve_config_path(name).stem)
+
+    from czii_kit.train.loop import train_fold
+    from czii_kit.train.report import summary
+
+    result = train_fold(cfg, args.fold, root, out, resume=args.resume, progress=not args.no_progress)
+    print(summary(result))
+    return 0

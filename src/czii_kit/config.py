@@ -1,0 +1,151 @@
+"""YAML configs: one documented base, thin variants, dotted command-line overrides.
+
+A variant names its parent with ``_base_: base.yaml`` and lists only what differs.
+Every key must exist in ``configs/base.yaml`` (typos are errors, with a suggestion),
+except the free-form plug-in arguments under ``*.args``. The fully resolved config
+is saved next to every checkpoint, so a checkpoint never depends on configs/ again.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from czii_kit.errors import ConfigError
+from czii_kit.particles import CLASS_NAMES
+from czii_kit.utils.atomic import write_text_atomic
+
+FREE_FORM = ("args",)  # plug-in arguments: validated by the plug-in itself
+
+
+def config_dir() -> Path:
+    """configs/ of the checkout (override with $CZII_CONFIG_DIR)."""
+    env = os.environ.get("CZII_CONFIG_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
+
+
+def resolve_config_path(name: str | os.PathLike) -> Path:
+    """Accept a path, or a bare name like ``cpu_quick`` looked up in configs/."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for cand in (config_dir() / p, config_dir() / f"{p}.yaml"):
+        if cand.is_file():
+            return cand
+    have = ", ".join(sorted(q.stem for q in config_dir().glob("*.yaml")))
+    raise ConfigError(f"config {name!r} not found (looked in . and {config_dir()}); available: {have}")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys at the top level")
+    return doc
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in FREE_FORM:
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config {path} includes itself through _base_")
+    doc = _read_yaml(path)
+    parent = doc.pop("_base_", None)
+    if parent is None:
+        return doc
+    return deep_merge(_load_chain((path.parent / parent), seen + (path,)), doc)
+
+
+def check_keys(cfg: dict, schema: dict, where: str = "") -> None:
+    """Every key of cfg must appear in schema (the base config), recursively."""
+    for k, v in cfg.items():
+        dotted = f"{where}{k}"
+        if k not in schema:
+            hint = difflib.get_close_matches(str(k), [str(s) for s in schema], n=1)
+            tip = f"; did you mean '{where}{hint[0]}'?" if hint else f"; valid keys here: {', '.join(map(str, schema))}"
+            raise ConfigError(f"unknown config key {dotted!r}{tip}")
+        if isinstance(v, dict) and isinstance(schema[k], dict) and k not in FREE_FORM:
+            check_keys(v, schema[k], dotted + ".")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value (e.g. train.epochs=5)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from e
+    return key.strip().split("."), value
+
+
+def apply_overrides(cfg: dict, overrides: list[str], schema: dict) -> dict:
+    cfg = copy.deepcopy(cfg)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node, node_schema = cfg, schema
+        for i, k in enumerate(keys[:-1]):
+            free = node_schema is None or k in FREE_FORM
+            if not free and k not in node_schema:
+                check_keys({k: None}, node_schema, ".".join(keys[:i]) + "." if i else "")
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+            node_schema = None if free or node_schema is None else node_schema.get(k)
+        if node_schema is not None and keys[-1] not in node_schema:
+            check_keys({keys[-1]: None}, node_schema, ".".join(keys[:-1]) + "." if len(keys) > 1 else "")
+        node[keys[-1]] = value
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple = ()) -> dict:
+    """Base config, merged with a variant (if given), then the dotted overrides; validated."""
+    base = _load_chain(config_dir() / "base.yaml")
+    cfg = _load_chain(resolve_config_path(path)) if path else copy.deepcopy(base)
+    check_keys(cfg, base)
+    cfg = deep_merge(base, cfg)
+    cfg = apply_overrides(cfg, list(overrides), base)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: dict) -> None:
+    classes = cfg.get("classes", {})
+    missing = [c for c in CLASS_NAMES if c not in classes]
+    if missing:
+        raise ConfigError(f"config 'classes' lacks entries for {', '.join(missing)}")
+    for name in classes:
+        if name not in CLASS_NAMES:
+            raise ConfigError(f"config 'classes' has unknown particle type {name!r}; expected {', '.join(CLASS_NAMES)}")
+
+
+def class_values(cfg: dict, key: str) -> list:
+    """A per-class number from ``classes.<name>.<key>`` in CLASS_NAMES order."""
+    return [cfg["classes"][c][key] for c in CLASS_NAMES]
+
+
+def class_dict(cfg: dict, key: str) -> dict:
+    return dict(zip(CLASS_NAMES, class_values(cfg, key)))
+
+
+def dump_config(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def save_config(cfg: dict, path: str | os.PathLike) -> None:
+    write_text_atomic(path, dump_config(cfg))

@@ -1,0 +1,94 @@
+"""Checkpoints that carry everything needed to use them later, written atomically.
+
+fold{K}.pt holds the EMA weights of the best validation epoch with: model name and args,
+output activation and stride, resolved config, normalization, class order, tuned
+per-class thresholds, the validation table and score, epoch, fold, package version.
+fold{K}_last.pt is the resume state (raw + EMA weights, optimizer, scheduler, RNG, log).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+import czii_kit
+from czii_kit.errors import CheckpointError
+from czii_kit.utils.atomic import atomic_path
+
+FORMAT = "czii-kit-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED = ("format", "format_version", "package_version", "model", "state_dict", "config", "classes",
+            "activation", "stride", "normalization", "window", "thresholds", "validation", "epoch", "fold")
+
+
+def save_checkpoint(payload: dict, path: str | Path) -> Path:
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": czii_kit.__version__, **payload}
+    missing = [k for k in REQUIRED if k not in payload]
+    if missing:
+        raise CheckpointError(f"internal: checkpoint payload lacks {missing}")
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def save_state(state: dict, path: str | Path) -> Path:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load and check a fold checkpoint; errors say what is wrong and how to fix it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; train one with `python tools/train_fold.py --fold 0`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} could not be loaded ({type(e).__name__}: {e}); "
+                              "it is truncated or not a czii-kit checkpoint") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a czii-kit checkpoint (no format={FORMAT!r} field)")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer czii-kit (format {ckpt['format_version']}); upgrade czii-kit")
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks fields {', '.join(missing)}; re-train or re-export it")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def load_state(path: str | Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"resume state {path} could not be loaded ({type(e).__name__}: {e}); "
+                              "delete it to start the fold afresh") from e
+
+
+def find_checkpoints(weights: str | Path, folds: list[int] | None = None) -> list[Path]:
+    """fold*.pt files of an experiment directory (or a single checkpoint file)."""
+    weights = Path(weights)
+    if weights.is_file():
+        return [weights]
+    if not weights.is_dir():
+        raise CheckpointError(f"weights {weights} do not exist; pass a checkpoint file or an experiment directory")
+    found = sorted(p for p in weights.glob("fold*.pt") if not p.stem.endswith("_last"))
+    if folds is not None:
+        found = [p for p in found if int(p.stem[4:]) in folds]
+    if not found:
+        raise CheckpointError(f"no fold*.pt checkpoints in {weights}; train with `python tools/train_fold.py --out {weights}`")
+    return found
+
+
+def build_model(ckpt: dict):
+    """The checkpoint's model with its EMA weights, in eval mode."""
+    from czii_kit.models import build_model as build
+
+    model = build(ckpt["model"]["name"], **ckpt["model"]["args"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {ckpt.get('path', '?')}: weights do not fit model "
+                              f"{ckpt['model']['name']} {ckpt['model']['args']} ({e})") from e
+    return model.eval()
