@@ -26,10 +26,15 @@ MAX_SHOWN = 5  # offending rows quoted in an error message
 
 
 # --------------------------------------------------------------------------- shared checks
+def _plain(value):
+    """A numpy scalar as the Python value (its repr reads 1.5, not np.float64(1.5))."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _preview(values: pd.Series, mask: np.ndarray) -> str:
     """'rows 3 ('abc'), 7 (nan) and 2 more': index labels and values of the first offending rows."""
     positions = np.flatnonzero(mask)
-    shown = ", ".join(f"{values.index[p]} ({values.iloc[p]!r})" for p in positions[:MAX_SHOWN])
+    shown = ", ".join(f"{values.index[p]} ({_plain(values.iloc[p])!r})" for p in positions[:MAX_SHOWN])
     more = f" and {len(positions) - MAX_SHOWN} more" if len(positions) > MAX_SHOWN else ""
     return f"rows {shown}{more}"
 

@@ -31,14 +31,21 @@ def infer_window(cfg: dict) -> tuple[int, int, int]:
     return tuple(cfg["infer"]["window"] or cfg["train"]["patch_size"])
 
 
-def predict_probabilities(members: list[Member], volume: np.ndarray, cfg: dict,
-                          tta=None, progress: bool = False) -> np.ndarray:
-    """Weighted mean of the members' TTA-averaged class probabilities, (C, Z/s, Y/s, X/s)."""
-    tta = parse_tta(cfg["infer"]["tta"]) if tta is None else tta
+def predict_probabilities(members: list[Member], volume: np.ndarray, cfg: dict, tta=None,
+                          passes: dict[int, list] | None = None, progress: bool = False) -> np.ndarray:
+    """Weighted mean of the members' TTA-averaged class probabilities, (C, Z/s, Y/s, X/s).
+
+    ``passes`` (member index -> TTA transforms) lets a time budget drop passes or members;
+    by default every member runs every transform of ``tta`` (or of cfg.infer.tta).
+    """
+    if passes is None:
+        tta = parse_tta(cfg["infer"]["tta"]) if tta is None else tta
+        passes = {i: tta for i in range(len(members))}
     acc = EnsembleAccumulator()
-    for m in members:
+    for i, transforms in passes.items():
+        m = members[i]
         prob = predict_volume(m.engine, volume, overlap=cfg["infer"]["overlap"], batch_size=cfg["infer"]["batch_size"],
-                              blend=cfg["infer"]["blend"], tta=tta, progress=progress)
+                              blend=cfg["infer"]["blend"], tta=transforms, progress=progress)
         acc.add(prob, m.weight)
     return acc.result()
 

@@ -12,7 +12,9 @@ edge); "constant" pads with 0, the mean of a normalized volume.
 Blending. Each window's probabilities are multiplied by an importance map and summed; the
 result is divided by the summed weights. Because the same weights enter numerator and
 denominator, a constant model gives exactly that constant everywhere, for every blend.
-Maps are clamped to MIN_WEIGHT so no voxel ever gets zero weight.
+Maps are products of per-axis profiles, each peaking at 1 and floored at MIN_AXIS_WEIGHT:
+no voxel ever gets zero weight, and the product stays separable, so where two windows
+share their y-x tile their relative weight along z is not flattened by a floor.
 
 Memory. The accumulator is float32 (C, Z/s, Y/s, X/s) plus a float32 (Z/s, Y/s, X/s)
 weight sum on ``accumulate_device`` (default: the engine's device). For a 184x630x630
@@ -30,14 +32,14 @@ import torch
 from tqdm.auto import tqdm
 
 from czii_kit.errors import ConfigError, DataError
-from czii_kit.infer.engines import Engine
+from czii_kit.infer.engines import Engine, check_window
 from czii_kit.infer.tta import IDENTITY, Transform, check_tta_window
 
 BLENDS = ("gaussian", "border", "constant")
 PAD_MODES = ("reflect", "constant")
 GAUSSIAN_SIGMA_FRACTION = 1 / 8  # sigma of the importance map, as a fraction of the window
 BORDER_RAMP_FRACTION = 1 / 4  # "border" blend: linear ramp over this outer fraction of the window
-MIN_WEIGHT = 1e-3  # floor of every importance map (relative to its peak of 1)
+MIN_AXIS_WEIGHT = 1e-3  # floor of each per-axis profile (peak 1); the 3-D map's floor is its cube
 MAX_OVERLAP = 0.95
 
 Shape3 = tuple[int, int, int]
@@ -68,7 +70,7 @@ def window_origins(
 
     Starts are computed on the output grid so every one is a multiple of ``stride``.
     """
-    _check_window(window, stride)
+    window = check_window(window, stride)
     per_axis = [
         [start * stride for start in window_starts(p // stride, w // stride, overlap)]
         for p, w in zip(padded_shape(shape, window, stride), window)
@@ -77,25 +79,24 @@ def window_origins(
 
 
 def importance_map(shape: Sequence[int], blend: str) -> torch.Tensor:
-    """Per-voxel blend weight of one output window, peak 1, floor MIN_WEIGHT (float32)."""
+    """Per-voxel blend weight of one output window: product of per-axis profiles (float32)."""
     if blend not in BLENDS:
         raise ConfigError(f"unknown blend {blend!r}; expected one of {', '.join(BLENDS)}")
-    profiles = [_axis_profile(n, blend) for n in shape]
-    weights = profiles[0][:, None, None] * profiles[1][None, :, None] * profiles[2][None, None, :]
-    weights = weights / weights.max()
-    return torch.from_numpy(np.maximum(weights, MIN_WEIGHT).astype(np.float32))
+    z, y, x = (_axis_profile(n, blend) for n in shape)
+    return torch.from_numpy((z[:, None, None] * y[None, :, None] * x[None, None, :]).astype(np.float32))
 
 
 def _axis_profile(n: int, blend: str) -> np.ndarray:
-    """1-D weight profile along an axis of ``n`` output voxels."""
+    """1-D weight profile along an axis of ``n`` output voxels: peak 1, floor MIN_AXIS_WEIGHT."""
     index = np.arange(n, dtype=np.float64)
     if blend == "gaussian":
-        sigma = n * GAUSSIAN_SIGMA_FRACTION
-        return np.exp(-0.5 * ((index - (n - 1) / 2) / sigma) ** 2)
-    if blend == "border":
+        profile = np.exp(-0.5 * ((index - (n - 1) / 2) / (n * GAUSSIAN_SIGMA_FRACTION)) ** 2)
+    elif blend == "border":
         ramp = max(1, round(n * BORDER_RAMP_FRACTION))
-        return np.minimum(1.0, np.minimum(index + 1, n - index) / ramp)
-    return np.ones(n)
+        profile = np.minimum(index + 1, n - index) / ramp
+    else:
+        profile = np.ones(n)
+    return np.clip(profile / profile.max(), MIN_AXIS_WEIGHT, 1.0)
 
 
 def predict_volume(
@@ -123,6 +124,7 @@ def predict_volume(
     out_shape = tuple(math.ceil(n / stride) for n in volume.shape)
     out_window = tuple(w // stride for w in window)
     weights = importance_map(out_window, blend).to(device)
+    tta_weights = weights / len(transforms)  # folds the TTA mean into the blend: no extra pass
     summed = torch.zeros((engine.num_classes, *out_shape), dtype=torch.float32, device=device)
     weight_sum = torch.zeros(out_shape, dtype=torch.float32, device=device)
 
@@ -130,23 +132,23 @@ def predict_volume(
     for chunk in tqdm(_chunks(origins, batch_size), total=n_batches, disable=not progress,
                       desc=f"{engine.name} windows", unit="batch"):
         batch = _crop_batch(padded, chunk, window).to(engine.device)
-        probs = _predict_batch(engine, batch, transforms).to(device)
+        probs = _sum_over_tta(engine, batch, transforms).to(device)
         _check_output(engine, probs, len(chunk), out_window)
         for origin, prob in zip(chunk, probs):
             target, source = _output_slices(origin, stride, out_window, out_shape)
-            summed[(slice(None), *target)].addcmul_(prob[(slice(None), *source)], weights[source])
+            summed[(slice(None), *target)].addcmul_(prob[(slice(None), *source)], tta_weights[source])
             weight_sum[target] += weights[source]
     summed /= weight_sum
     return summed.cpu().numpy()
 
 
-def _predict_batch(engine: Engine, batch: torch.Tensor, transforms: Sequence[Transform]) -> torch.Tensor:
-    """Average of the inverted engine outputs over the TTA transforms."""
+def _sum_over_tta(engine: Engine, batch: torch.Tensor, transforms: Sequence[Transform]) -> torch.Tensor:
+    """Sum of the inverted engine outputs over the TTA transforms (the caller divides)."""
     total = None
     for transform in transforms:
         prob = transform.invert(engine(transform.apply(batch)))
         total = prob if total is None else total + prob
-    return total / len(transforms)
+    return total
 
 
 def _output_slices(
@@ -196,14 +198,6 @@ def _check_output(engine: Engine, probs: torch.Tensor, n: int, out_window: Shape
             f"engine {engine.name} returned shape {tuple(probs.shape)} for {n} windows of "
             f"{tuple(engine.window)}; expected {expected} (window / stride {engine.stride}); "
             f"check the model's output_stride"
-        )
-
-
-def _check_window(window: Sequence[int], stride: int) -> None:
-    if len(window) != 3 or any(w < 1 or w % stride for w in window):
-        raise ConfigError(
-            f"window {tuple(window)} must be 3 positive sizes, each a multiple of the output "
-            f"stride {stride}; pick e.g. {tuple(max(stride, w // stride * stride) for w in window)}"
         )
 
 

@@ -10,6 +10,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+import torch
 from torch import nn
 
 from czii_kit.errors import ConfigError
@@ -64,8 +65,15 @@ def check_input_shape(model: nn.Module, shape: Sequence[int]) -> None:
     spatial = tuple(int(s) for s in shape[-3:])
     multiple = model.input_multiple
     if len(spatial) != 3 or any(s <= 0 or s % multiple for s in spatial):
-        fixed = tuple(max(multiple, round(s / multiple) * multiple) for s in spatial)
+        fixed = tuple(max(multiple, -(-s // multiple) * multiple) for s in spatial)  # round up: pad
         raise ConfigError(
             f"input spatial shape {spatial} (z, y, x) does not suit {type(model).__name__}: each size must be "
             f"a positive multiple of its input_multiple={multiple}; use e.g. {fixed}"
         )
+
+
+def check_forward_input(model: nn.Module, x: torch.Tensor) -> None:
+    """``check_input_shape`` for a model's forward; skipped while tracing for ONNX, where the
+    input shape is fixed by the example and reading traced sizes as ints only warns."""
+    if not torch.jit.is_tracing():
+        check_input_shape(model, x.shape)

@@ -17,7 +17,7 @@ from torch import nn
 
 from czii_kit.errors import ConfigError
 from czii_kit.models.activation import init_class_prior
-from czii_kit.models.registry import check_input_shape, register_model
+from czii_kit.models.registry import check_forward_input, register_model
 
 LEAKY_SLOPE = 0.01
 
@@ -80,7 +80,7 @@ class ResUNet(nn.Module):
         super().__init__()
         filters = [int(f) for f in filters]
         if len(filters) < 2 or min(filters) < 1:
-            raise ConfigError(f"resunet filters={filters}: give at least two positive channel counts, e.g. [16, 24, 32]")
+            raise ConfigError(f"resunet filters={filters}: give two or more positive channel counts, e.g. [16, 24, 32]")
         if output_stride not in (1, 2):
             raise ConfigError(f"resunet output_stride={output_stride}: use 1 (full resolution) or 2 (half)")
         if not 0.0 <= dropout < 1.0:
@@ -102,7 +102,7 @@ class ResUNet(nn.Module):
         init_class_prior(self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_shape(self, x.shape)
+        check_forward_input(self, x)
         skips = [self.stem(x)]
         for level in self.down:
             skips.append(level(skips[-1]))

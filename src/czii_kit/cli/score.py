@@ -1,0 +1,98 @@
+"""python tools/score.py --submission P (--solution S | --data ROOT --split train|test) [--runs A,B] [--json]
+
+Scores a submission with the exact Kaggle metric and prints the per-class table.
+With --json the last stdout line is one JSON object: {"score", "per_class", "submission", "solution"}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from czii_kit.cli.common import exit_on_user_error
+from czii_kit.data import layout
+from czii_kit.data.io import read_all_picks
+from czii_kit.errors import DataError
+from czii_kit.metric import format_table, score_table, table_score
+from czii_kit.submission import read_solution, read_submission, solution_from_picks
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Score a submission.csv with the exact Kaggle CZII metric")
+    p.add_argument("--submission", required=True, help="submission CSV (id, experiment, particle_type, x, y, z)")
+    truth = p.add_mutually_exclusive_group(required=True)
+    truth.add_argument("--solution", help="ground-truth CSV (experiment, particle_type, x, y, z[, id])")
+    truth.add_argument("--data", help="competition directory; ground truth from its --split")
+    p.add_argument("--split", choices=layout.SPLITS,
+                   help="with --data: train = all train picks, test = ROOT/solution.csv (synthetic data only)")
+    p.add_argument("--runs", help="comma-separated runs to score (default: every run of the ground truth)")
+    p.add_argument("--json", action="store_true", help="also print the result as one JSON object on the last line")
+    args = p.parse_args(argv)
+    if args.data and not args.split:
+        p.error("--data needs --split train or --split test")
+    if args.split and not args.data:
+        p.error("--split goes with --data; with --solution the CSV is the ground truth")
+    return args
+
+
+def _run_list(runs: str | None) -> list[str] | None:
+    names = [r.strip() for r in (runs or "").split(",") if r.strip()]
+    return names or None
+
+
+def select_runs(solution: pd.DataFrame, runs: list[str] | None, source: str) -> pd.DataFrame:
+    """Keep the requested runs of a ground-truth table (the metric then ignores other submission runs)."""
+    if not runs:
+        return solution
+    unknown = sorted(set(runs) - set(solution["experiment"]))
+    if unknown:
+        have = ", ".join(sorted(map(str, solution["experiment"].unique()))) or "none"
+        raise DataError(f"run(s) {', '.join(unknown)} have no ground truth in {source} (runs there: {have}); "
+                        "check --runs")
+    return solution[solution["experiment"].isin(runs)]
+
+
+def load_solution(root: str | Path, split: str, runs: list[str] | None = None) -> pd.DataFrame:
+    """Ground truth of a data split: the train picks, or ROOT/solution.csv (synthetic test runs only)."""
+    root = layout.check_root(root)
+    if split == "train":
+        return solution_from_picks(read_all_picks(root, runs))
+    path = root / layout.SOLUTION_CSV
+    if not path.is_file():
+        raise DataError(
+            f"no test ground truth at {path}: test labels exist only for synthetic data "
+            "(tools/make_synthetic.py writes solution.csv); for real data score train runs with --split train"
+        )
+    return select_runs(read_solution(path), runs, str(path))
+
+
+def _json_value(value):
+    """numpy scalars -> Python; NaN -> null (strict JSON)."""
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def to_json(table: pd.DataFrame, final: float, submission: str, solution: str) -> str:
+    per_class = {name: {col: _json_value(row[col]) for col in table.columns} for name, row in table.iterrows()}
+    return json.dumps({"score": final, "per_class": per_class, "submission": submission, "solution": solution})
+
+
+@exit_on_user_error
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    runs = _run_list(args.runs)
+    if args.solution:
+        solution, source = select_runs(read_solution(args.solution), runs, args.solution), args.solution
+    else:
+        solution, source = load_solution(args.data, args.split, runs), f"{args.data} ({args.split} split)"
+    submission = read_submission(args.submission)
+    table = score_table(solution, submission)
+    final = table_score(table)
+    print(f"submission: {args.submission}\nsolution:   {source}")
+    print(format_table(table, final))
+    if args.json:
+        print(to_json(table, final, args.submission, source))
+    return 0

@@ -1,0 +1,277 @@
+"""Inference engines behind one interface: torch, onnxruntime and TensorRT.
+
+Every engine takes a (B, 1, Z, Y, X) float32 batch of windows and returns class
+probabilities (B, C, Z/s, Y/s, X/s) float32 on ``engine.device``, so the sliding window,
+TTA and ensembling never care which backend runs. ONNX and TensorRT graphs have fixed
+shapes, including the batch dimension chosen at export: export with the batch size you
+will run; smaller batches are zero-padded up to it and the padding is dropped from the
+output, larger ones are split.
+
+GPU backends (CUDA torch, TensorRT, onnxruntime's CUDA provider) are imported lazily and
+fail with a ConfigError that says what is missing and what to use instead.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from czii_kit.errors import CheckpointError, ConfigError
+
+Shape3 = tuple[int, int, int]
+GPU_EXTRA_HINT = "pip install 'czii-kit[gpu]'"
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """(B, 1, *window) float32 windows -> (B, num_classes, *window/stride) float32 probabilities."""
+
+    window: Shape3
+    stride: int
+    num_classes: int
+    device: torch.device
+    name: str
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> cuda when available else cpu; 'cpu', 'cuda', 'cuda:N' checked against this machine."""
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r} requested but torch sees no CUDA GPU "
+            f"(torch.cuda.is_available() is False); use --device cpu or auto"
+        )
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device {device!r} requested but only {torch.cuda.device_count()} CUDA GPU(s) are visible"
+        )
+    return resolved
+
+
+def check_window(window: Sequence[int], stride: int, input_multiple: int = 1) -> Shape3:
+    """A (z, y, x) window whose sizes are multiples of the stride and of the model's input multiple."""
+    multiple = int(np.lcm(stride, input_multiple))
+    window = tuple(int(w) for w in window)
+    if len(window) != 3 or any(w < 1 or w % multiple for w in window):
+        suggestion = tuple(max(multiple, round(w / multiple) * multiple) for w in window)
+        raise ConfigError(
+            f"window {window} must be 3 positive sizes, each a multiple of {multiple} (output "
+            f"stride {stride}, model input multiple {input_multiple}); use e.g. {suggestion}"
+        )
+    return window
+
+
+class TorchEngine:
+    """A torch module (moved to ``device`` and set to eval); fp16 autocast on CUDA by default."""
+
+    name = "torch"
+
+    def __init__(
+        self,
+        prob_model: torch.nn.Module,
+        window: Sequence[int],
+        device: str | torch.device = "cpu",
+        fp16: bool | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.fp16 = self.device.type == "cuda" if fp16 is None else fp16
+        if self.fp16 and self.device.type != "cuda":
+            raise ConfigError("fp16 autocast needs a CUDA device; use fp16=False (fp32) on cpu")
+        self.stride = int(prob_model.output_stride)
+        self.window = check_window(window, self.stride, int(prob_model.input_multiple))
+        self.model = prob_model.to(self.device).eval()
+        self.num_classes = self._probe_num_classes()
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(
+            device_type=self.device.type, dtype=torch.float16, enabled=self.fp16
+        ):
+            return self.model(batch.to(self.device, torch.float32)).float()
+
+    def _probe_num_classes(self) -> int:
+        """Run one zero window: checks the output grid matches the stride, and warms up."""
+        probe = self(torch.zeros((1, 1, *self.window)))
+        expected = tuple(w // self.stride for w in self.window)
+        if probe.ndim != 5 or tuple(probe.shape[2:]) != expected:
+            raise ConfigError(
+                f"model maps a {self.window} window to {tuple(probe.shape)}, expected "
+                f"(1, C, *{expected}) for output_stride {self.stride}; fix the model's output_stride"
+            )
+        return int(probe.shape[1])
+
+
+class OnnxEngine:
+    """An onnxruntime session on a fixed-shape graph; window, stride and classes come from the file."""
+
+    name = "onnx"
+
+    def __init__(self, onnx_path: str | Path, device: str | torch.device = "cpu") -> None:
+        ort = _import_or_explain("onnxruntime", "ONNX engines need the onnxruntime package: "
+                                 "pip install onnxruntime (or onnxruntime-gpu); or use --engine torch")
+        self.device = resolve_device(device)
+        path = _existing_file(onnx_path, "ONNX model", "export it with czii_kit.infer.export.export_onnx")
+        self.session = ort.InferenceSession(str(path), providers=_onnx_providers(ort, self.device))
+        (graph_input,), (graph_output,) = self.session.get_inputs(), self.session.get_outputs()
+        self._input_name, self._output_name = graph_input.name, graph_output.name
+        self.batch_size, self.window, self.stride, self.num_classes = geometry_from_shapes(
+            graph_input.shape, graph_output.shape, path
+        )
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return run_fixed_batch(batch, self.batch_size, self._run)
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(batch.detach().cpu().numpy())
+        (out,) = self.session.run([self._output_name], {self._input_name: array})
+        return torch.from_numpy(out).to(self.device)
+
+
+class TensorRTEngine:
+    """A serialized TensorRT engine run on torch CUDA tensors on the current stream."""
+
+    name = "tensorrt"
+
+    def __init__(self, engine_path: str | Path, device: str | torch.device = "cuda") -> None:
+        trt = require_tensorrt()
+        self.device = resolve_device(device)
+        if self.device.type != "cuda":
+            raise ConfigError(f"TensorRT engines run on CUDA only, got device {device!r}; use --device cuda")
+        path = _existing_file(engine_path, "TensorRT engine",
+                              "build it with czii_kit.infer.export.build_tensorrt_engine")
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        with torch.cuda.device(self.device):
+            self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        if self._engine is None:
+            raise CheckpointError(
+                f"TensorRT could not load {path}: engines only run on the GPU model and TensorRT "
+                f"version that built them; delete it and rebuild with build_tensorrt_engine"
+            )
+        self._context = self._engine.create_execution_context()
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in inputs]
+        if len(inputs) != 1 or len(outputs) != 1 or any(
+            self._engine.get_tensor_dtype(n) != trt.float32 for n in names
+        ):
+            raise CheckpointError(f"{path}: expected one float32 input and one float32 output, got {names}")
+        (self._input_name,), (self._output_name,) = inputs, outputs
+        self._output_shape = tuple(self._engine.get_tensor_shape(self._output_name))
+        self.batch_size, self.window, self.stride, self.num_classes = geometry_from_shapes(
+            tuple(self._engine.get_tensor_shape(self._input_name)), self._output_shape, path
+        )
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return run_fixed_batch(batch, self.batch_size, self._run)
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(self.device).contiguous()
+        out = torch.empty(self._output_shape, dtype=torch.float32, device=self.device)
+        self._context.set_tensor_address(self._input_name, batch.data_ptr())
+        self._context.set_tensor_address(self._output_name, out.data_ptr())
+        stream = torch.cuda.current_stream(self.device)
+        if not self._context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError(f"TensorRT execution failed for a batch of shape {tuple(batch.shape)}")
+        return out
+
+
+ENGINES: dict[str, Callable[..., Engine]] = {
+    "torch": TorchEngine,
+    "onnx": OnnxEngine,
+    "tensorrt": TensorRTEngine,
+}
+
+
+def create_engine(kind: str, *args, **kwargs) -> Engine:
+    """ENGINES[kind](*args, **kwargs) with an error that lists the known kinds."""
+    if kind not in ENGINES:
+        raise ConfigError(f"unknown engine {kind!r}; expected one of {', '.join(ENGINES)}")
+    return ENGINES[kind](*args, **kwargs)
+
+
+def geometry_from_shapes(
+    input_shape: Sequence, output_shape: Sequence, source: str | Path
+) -> tuple[int, Shape3, int, int]:
+    """(batch, window, stride, num_classes) of a fixed (B, 1, Z, Y, X) -> (B, C, Z/s, Y/s, X/s) graph."""
+    shapes = (tuple(input_shape), tuple(output_shape))
+    fixed = all(len(s) == 5 and all(isinstance(d, int) and d > 0 for d in s) for s in shapes)
+    if fixed:
+        (batch, channels, *window), (out_batch, num_classes, *out_window) = shapes
+        strides = {w // o for w, o in zip(window, out_window)}
+        consistent = channels == 1 and out_batch == batch and len(strides) == 1 and all(
+            w == o * next(iter(strides)) for w, o in zip(window, out_window)
+        )
+        if consistent:
+            return batch, tuple(window), strides.pop(), num_classes
+    raise ConfigError(
+        f"{source}: expected fixed shapes (B, 1, Z, Y, X) -> (B, C, Z/s, Y/s, X/s), got "
+        f"{shapes[0]} -> {shapes[1]}; re-export with czii_kit.infer.export.export_onnx"
+    )
+
+
+def run_fixed_batch(
+    batch: torch.Tensor, batch_size: int, run: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """Feed a fixed-batch graph: split into ``batch_size`` chunks, zero-pad the last, drop the padding."""
+    outputs = []
+    for begin in range(0, len(batch), batch_size):
+        chunk = batch[begin:begin + batch_size].float()
+        n = len(chunk)
+        if n < batch_size:
+            chunk = torch.cat([chunk, chunk.new_zeros((batch_size - n, *chunk.shape[1:]))])
+        outputs.append(run(chunk)[:n])
+    return torch.cat(outputs)
+
+
+def require_tensorrt() -> ModuleType:
+    """The tensorrt module, or a ConfigError naming exactly what this machine lacks."""
+    missing = [] if torch.cuda.is_available() else ["a CUDA GPU"]
+    try:
+        trt = importlib.import_module("tensorrt")
+    except ImportError:
+        missing.append("the tensorrt package")
+    if missing:
+        raise ConfigError(
+            f"TensorRT engines need a CUDA GPU and the tensorrt package (missing here: "
+            f"{' and '.join(missing)}): {GPU_EXTRA_HINT} on a GPU machine; "
+            f"use --engine onnx or torch on this machine"
+        )
+    return trt
+
+
+def _onnx_providers(ort: ModuleType, device: torch.device) -> list:
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise ConfigError(
+            "onnxruntime here has no CUDAExecutionProvider: pip install onnxruntime-gpu "
+            "(instead of onnxruntime), or use --device cpu, or --engine torch / tensorrt on GPU"
+        )
+    return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+
+
+def _import_or_explain(module: str, explanation: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(explanation) from None
+
+
+def _existing_file(path: str | Path, what: str, fix: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}; {fix}")
+    return path

@@ -1,0 +1,44 @@
+"""NumPy/CuPy array-module selection: one implementation of every algorithm, CPU or GPU.
+
+Functions take ``xp = get_xp(array)`` and use ``xp.*`` (and ``get_ndimage(xp)``) instead of
+``np.*``, so the same code runs with NumPy/SciPy on CPU and CuPy on GPU, chosen by the
+type of the input. CuPy is imported only when an input is a CuPy array or the GPU is
+asked for explicitly; importing this module never imports it.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+
+import numpy as np
+
+
+def is_cupy_array(array) -> bool:
+    """True for a CuPy array, decided from its type so that CuPy need not be imported."""
+    return type(array).__module__.split(".")[0] == "cupy"
+
+
+def get_xp(array=None, *, gpu: bool = False) -> ModuleType:
+    """The array module for ``array`` (cupy for a CuPy array, else numpy); ``gpu=True`` forces cupy."""
+    if gpu or is_cupy_array(array):
+        import cupy
+
+        return cupy
+    return np
+
+
+def get_ndimage(xp: ModuleType) -> ModuleType:
+    """``scipy.ndimage`` for numpy, ``cupyx.scipy.ndimage`` for cupy."""
+    if xp is np:
+        import scipy.ndimage
+
+        return scipy.ndimage
+    import cupyx.scipy.ndimage
+
+    return cupyx.scipy.ndimage
+
+
+def to_numpy(array) -> np.ndarray:
+    """A NumPy array on the host, copying from the GPU when ``array`` is a CuPy array."""
+    if is_cupy_array(array):
+        return array.get()
+    return np.asarray(array)

@@ -1,0 +1,242 @@
+"""Engines behind one interface, ONNX export and parity, ensembling, and the device work queue."""
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from czii_kit.errors import CheckpointError, ConfigError
+from czii_kit.infer import engines as engines_module
+from czii_kit.infer.engines import (
+    ENGINES,
+    Engine,
+    OnnxEngine,
+    TensorRTEngine,
+    TorchEngine,
+    create_engine,
+    geometry_from_shapes,
+    resolve_device,
+)
+from czii_kit.infer.ensemble import EnsembleAccumulator, average_probabilities, check_compatible
+from czii_kit.infer.export import build_tensorrt_engine, export_onnx, parity
+from czii_kit.infer.sliding_window import predict_volume
+from czii_kit.infer.tta import parse_tta
+from czii_kit.infer.workers import map_over_devices
+
+WINDOW = (8, 16, 16)
+
+
+class TinyProbModel(torch.nn.Module):
+    """A strided conv net ending in a softmax: the shape contract of a ProbabilityModel."""
+
+    output_stride = 2
+    input_multiple = 4
+
+    def __init__(self, num_classes: int = 6):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv3d(8, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv3d(8, num_classes, 1),
+        )
+
+    def forward(self, x):
+        return torch.softmax(self.body(x), dim=1)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return TinyProbModel()
+
+
+@pytest.fixture(scope="module")
+def onnx_file(model, tmp_path_factory):
+    return export_onnx(model, WINDOW, tmp_path_factory.mktemp("onnx") / "tiny.onnx", batch_size=2)
+
+
+def test_torch_engine_reads_geometry_from_the_model(model):
+    engine = TorchEngine(model, WINDOW)
+    assert (engine.window, engine.stride, engine.num_classes, engine.device) == (WINDOW, 2, 6, torch.device("cpu"))
+    assert isinstance(engine, Engine)
+    probs = engine(torch.randn(3, 1, *WINDOW))
+    assert probs.shape == (3, 6, 4, 8, 8) and probs.dtype == torch.float32
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(3, 4, 8, 8))
+
+
+def test_torch_engine_rejects_bad_windows_strides_and_cpu_fp16(model):
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        TorchEngine(model, (8, 16, 18))
+    with pytest.raises(ConfigError, match="fp16"):
+        TorchEngine(model, WINDOW, fp16=True)
+    liar = TinyProbModel()
+    liar.output_stride = 4
+    with pytest.raises(ConfigError, match="output_stride"):
+        TorchEngine(liar, WINDOW)
+
+
+def test_onnx_engine_reads_geometry_from_the_file(onnx_file):
+    engine = OnnxEngine(onnx_file)
+    assert (engine.batch_size, engine.window, engine.stride, engine.num_classes) == (2, WINDOW, 2, 6)
+    assert isinstance(engine, Engine)
+    assert [p.name for p in onnx_file.parent.iterdir()] == ["tiny.onnx"]  # atomic: no temp left
+
+
+def test_onnx_matches_torch(model, onnx_file):
+    torch_engine, onnx_engine = TorchEngine(model, WINDOW), OnnxEngine(onnx_file)
+    assert parity(torch_engine, onnx_engine, n_batches=2, batch_size=2) < 1e-4
+    batch = torch.randn(3, 1, *WINDOW)  # not a multiple of the exported batch of 2: split and padded
+    assert torch.allclose(onnx_engine(batch), torch_engine(batch), atol=1e-4)
+    volume = np.random.default_rng(0).normal(size=(11, 21, 19)).astype(np.float32)
+    tta = parse_tta("flips")
+    expected = predict_volume(torch_engine, volume, tta=tta, batch_size=3)
+    np.testing.assert_allclose(predict_volume(onnx_engine, volume, tta=tta, batch_size=3), expected, atol=1e-4)
+
+
+def test_parity_detects_a_different_model(model, onnx_file):
+    torch.manual_seed(1)
+    assert parity(TorchEngine(TinyProbModel(), WINDOW), OnnxEngine(onnx_file)) > 1e-3
+
+
+def test_parity_refuses_engines_with_different_geometry(model, onnx_file):
+    with pytest.raises(ConfigError, match="window differs"):
+        parity(TorchEngine(model, (8, 16, 8)), OnnxEngine(onnx_file))
+
+
+def test_failed_export_leaves_no_file(tmp_path):
+    class Broken(TinyProbModel):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        export_onnx(Broken(), WINDOW, tmp_path / "broken.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dynamic_onnx_graph_is_refused(model, tmp_path):
+    path = tmp_path / "dynamic.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 1, *WINDOW),), str(path), dynamo=False,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    with pytest.raises(ConfigError, match="fixed shapes"):
+        OnnxEngine(path)
+
+
+def test_geometry_from_shapes():
+    assert geometry_from_shapes((4, 1, 16, 32, 32), (4, 7, 8, 16, 16), "m") == (4, (16, 32, 32), 2, 7)
+    for bad_input, bad_output in [
+        ((4, 1, 16, 32, 32), (4, 7, 8, 16, 32)),  # stride differs per axis
+        ((4, 2, 16, 32, 32), (4, 7, 16, 32, 32)),  # two input channels
+        ((-1, 1, 16, 32, 32), (-1, 7, 16, 32, 32)),  # TensorRT dynamic batch
+        (("b", 1, 16, 32, 32), ("b", 7, 16, 32, 32)),  # ONNX symbolic batch
+    ]:
+        with pytest.raises(ConfigError):
+            geometry_from_shapes(bad_input, bad_output, "m")
+
+
+def test_missing_files_raise_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match="export_onnx"):
+        OnnxEngine(tmp_path / "nope.onnx")
+
+
+def test_tensorrt_without_gpu_or_package_says_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` fail
+    for make in (lambda: TensorRTEngine(tmp_path / "m.engine"),
+                 lambda: build_tensorrt_engine(tmp_path / "m.onnx", tmp_path)):
+        with pytest.raises(ConfigError) as error:
+            make()
+        message = str(error.value)
+        assert "a CUDA GPU and the tensorrt package" in message.split("missing here:")[1]
+        assert "czii-kit[gpu]" in message and "--engine onnx or torch" in message
+
+
+def test_tensorrt_with_gpu_but_no_package_names_only_the_package(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(ConfigError) as error:
+        engines_module.require_tensorrt()
+    assert "missing here: the tensorrt package)" in str(error.value)
+
+
+def test_registry_and_device_resolution(model, monkeypatch):
+    assert set(ENGINES) == {"torch", "onnx", "tensorrt"}
+    assert isinstance(create_engine("torch", model, WINDOW, device="cpu"), TorchEngine)
+    with pytest.raises(ConfigError, match="torch, onnx, tensorrt"):
+        create_engine("openvino")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="--device cpu"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match="cuda:N"):
+        resolve_device("gpu0")
+    with pytest.raises(ConfigError, match="cuda:N"):
+        resolve_device("meta")
+
+
+# ---------------------------------------------------------------- ensembling
+
+def test_average_probabilities_weighted_and_normalized():
+    ones, threes = np.ones((2, 3, 4, 5), np.float32), np.full((2, 3, 4, 5), 3, np.float32)
+    np.testing.assert_allclose(average_probabilities([ones, threes]), 2.0)
+    np.testing.assert_allclose(average_probabilities([ones, threes], [1, 3]), 2.5)  # (1 + 9) / 4
+    np.testing.assert_allclose(average_probabilities([ones, threes], [2, 6]), 2.5)
+    accumulator = EnsembleAccumulator()
+    accumulator.add(ones, 1.0)
+    accumulator.add(threes, 3.0)
+    np.testing.assert_allclose(accumulator.result(), 2.5)
+    assert accumulator.count == 2
+
+
+def test_average_probabilities_errors():
+    a, b = np.zeros((6, 4, 4, 4), np.float32), np.zeros((6, 2, 2, 2), np.float32)
+    with pytest.raises(ConfigError, match=r"member 1 of shape \(6, 2, 2, 2\).*member 0"):
+        average_probabilities([a, b])
+    with pytest.raises(ConfigError, match="2 ensemble weights for 1"):
+        average_probabilities([a], [1, 2])
+    with pytest.raises(ConfigError, match="positive"):
+        average_probabilities([a, a], [1, -1])
+    with pytest.raises(ConfigError, match="empty"):
+        average_probabilities([])
+
+
+def test_check_compatible_names_checkpoints_and_field():
+    meta = {"classes": ["a", "b"], "normalization": {"method": "robust_zscore", "clip": 6.0}, "output_stride": 2}
+    check_compatible([meta, dict(meta, classes=("a", "b"))], ["one.pt", "two.pt"])
+    for field, value in [("classes", ["b", "a"]), ("normalization", {"method": "zscore"}), ("output_stride", 1)]:
+        with pytest.raises(ConfigError) as error:
+            check_compatible([meta, meta, dict(meta, **{field: value})], ["one.pt", "two.pt", "three.pt"])
+        message = str(error.value)
+        assert "one.pt" in message and "three.pt" in message and f"{field} differs" in message
+
+
+# ---------------------------------------------------------------- work queue
+
+def test_map_over_devices_isolates_failures_and_uses_every_device():
+    both_busy = threading.Barrier(2, timeout=10)
+    threads = set()
+
+    def work(item, device):
+        assert device == "cpu"
+        threads.add(threading.current_thread().name)
+        if item < 2:
+            both_busy.wait()  # only passes if two workers hold an item at the same time
+        if item in (3, 7):
+            raise ValueError(f"bad item {item}")
+        return item * item
+
+    results, failures = map_over_devices(list(range(10)), ["cpu", "cpu"], work, progress=False)
+    assert results == {i: i * i for i in range(10) if i not in (3, 7)}
+    assert list(results) == [0, 1, 2, 4, 5, 6, 8, 9]
+    assert failures == {3: "ValueError: bad item 3", 7: "ValueError: bad item 7"}
+    assert len(threads) == 2
+
+
+def test_map_over_devices_rejects_no_devices_and_duplicates():
+    with pytest.raises(ConfigError, match="at least one device"):
+        map_over_devices([1], [], lambda item, device: item)
+    with pytest.raises(ConfigError, match="unique"):
+        map_over_devices([1, 1], ["cpu"], lambda item, device: item)
