@@ -189,6 +189,11 @@ def test_average_probabilities_weighted_and_normalized():
     accumulator.add(threes, 3.0)
     np.testing.assert_allclose(accumulator.result(), 2.5)
     assert accumulator.count == 2
+    rng = np.random.default_rng(0)
+    members, weights = [rng.random((3, 4, 5, 6)) for _ in range(3)], [0.5, 2.0, 1.5]
+    expected = sum(w * m for w, m in zip(weights, members)) / sum(weights)
+    np.testing.assert_allclose(average_probabilities(members, weights), expected, rtol=1e-6)
+    np.testing.assert_allclose(average_probabilities([np.arange(4.0), np.zeros(4)]), [0, 0.5, 1, 1.5])
 
 
 def test_average_probabilities_errors():
@@ -204,13 +209,17 @@ def test_average_probabilities_errors():
 
 
 def test_check_compatible_names_checkpoints_and_field():
-    meta = {"classes": ["a", "b"], "normalization": {"method": "robust_zscore", "clip": 6.0}, "output_stride": 2}
+    meta = {"classes": ["a", "b"], "normalization": {"method": "robust_zscore", "clip": 6.0}, "stride": 2}
     check_compatible([meta, dict(meta, classes=("a", "b"))], ["one.pt", "two.pt"])
-    for field, value in [("classes", ["b", "a"]), ("normalization", {"method": "zscore"}), ("output_stride", 1)]:
+    for field, value in [("classes", ["b", "a"]), ("normalization", {"method": "zscore"}), ("stride", 1)]:
         with pytest.raises(ConfigError) as error:
             check_compatible([meta, meta, dict(meta, **{field: value})], ["one.pt", "two.pt", "three.pt"])
         message = str(error.value)
         assert "one.pt" in message and "three.pt" in message and f"{field} differs" in message
+    with pytest.raises(ConfigError, match="a/fold0.pt and b/fold1.pt"):  # names default to meta["path"]
+        check_compatible([dict(meta, path="a/fold0.pt"), dict(meta, path="b/fold1.pt", stride=1)])
+    with pytest.raises(CheckpointError, match="member 1 lacks stride"):
+        check_compatible([meta, {"classes": ["a", "b"], "normalization": {}}])
 
 
 # ---------------------------------------------------------------- work queue

@@ -14,6 +14,7 @@ from scipy.ndimage import gaussian_filter, maximum_filter1d
 
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.particles import CLASS_NAMES, RADIUS, VOXEL_SPACING, angstrom_to_voxel, voxel_to_angstrom
+from czii_kit.post import peaks
 from czii_kit.post.peaks import (
     DETECTION_COLUMNS,
     dense_local_maxima,
@@ -116,7 +117,10 @@ def test_find_peaks_matches_brute_force(seed, stride):
 
 @pytest.mark.parametrize("seed", [3, 4])
 @pytest.mark.parametrize("size", [3, 7])
-def test_tiled_and_dense_paths_match_brute_force(seed, size):
+@pytest.mark.parametrize("chunk_voxels", [1 << 22, 3000])
+def test_tiled_and_dense_paths_match_brute_force(seed, size, chunk_voxels, monkeypatch):
+    """Also with tiny chunks: several z-chunks (halo handling) and one tile per batch."""
+    monkeypatch.setattr(peaks, "CHUNK_VOXELS", chunk_voxels)
     volume = smooth_volume(seed, (19, 37, 29), sigma=1.2)  # not a multiple of the block side
     threshold = float(np.quantile(volume, 0.7))
     expected = sorted(brute_force_peaks(volume, threshold, size // 2))
@@ -130,7 +134,7 @@ def test_tiled_and_dense_paths_match_brute_force(seed, size):
 # --------------------------------------------------------------------------- known answers
 def test_gaussian_blobs_come_back_at_their_voxels():
     shape = (30, 48, 52)
-    centres = {name: [(8 + c, 10 + 3 * c, 12 + 2 * c), (20, 36 - c, 40 - 3 * c)] for c, name in enumerate(CLASS_NAMES)}
+    centres = {name: [(8 + c, 10 + 3 * c, 12 + 2 * c), (22, 38 - c, 42 - 3 * c)] for c, name in enumerate(CLASS_NAMES)}
     prob = np.zeros((len(CLASS_NAMES), *shape), dtype=np.float32)
     for c, name in enumerate(CLASS_NAMES):
         for centre in centres[name]:

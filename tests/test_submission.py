@@ -155,9 +155,12 @@ def test_read_submission_errors_name_the_file(tmp_path, content, pattern):
     assert "bad.csv" in str(info.value)
 
 
-def test_read_solution_missing_file_is_a_data_error(tmp_path):
+def test_read_solution_errors_are_data_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         read_solution(tmp_path / "nope.csv")
+    (tmp_path / "solution.csv").write_text("id,experiment,x,y,z\n")
+    with pytest.raises(DataError, match="solution.csv: missing column.*particle_type"):
+        read_solution(tmp_path / "solution.csv")
 
 
 # --------------------------------------------------------------------------- tools/score.py

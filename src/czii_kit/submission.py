@@ -178,5 +178,7 @@ def read_submission(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def read_solution(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a ground-truth CSV (Kaggle solution layout); its content is checked by ``czii_kit.metric``."""
-    return _read_csv(Path(path), "solution", DataError)
+    """Read a ground-truth CSV (Kaggle solution layout); its values are checked by ``czii_kit.metric``."""
+    df = _read_csv(Path(path), "solution", DataError)
+    require_columns(df, DETECTION_COLUMNS, str(path), DataError)
+    return df

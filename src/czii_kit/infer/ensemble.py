@@ -11,16 +11,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from czii_kit.errors import ConfigError
+from czii_kit.errors import CheckpointError, ConfigError
 
-COMPATIBILITY_FIELDS = ("classes", "normalization", "output_stride")
+COMPATIBILITY_FIELDS = ("classes", "normalization", "stride")  # keys of a czii-kit checkpoint
 
 
 class EnsembleAccumulator:
-    """Running weighted sum of probability arrays: one float32 buffer, whatever the member count."""
+    """Running weighted mean of probability arrays: one float32 buffer, whatever the member count.
+
+    Updates go class by class, so the only temporary is one (Z, Y, X) slice, not a whole
+    (C, Z, Y, X) volume (1.75 GB for a full tomogram at stride 1).
+    """
 
     def __init__(self) -> None:
-        self._sum: np.ndarray | None = None
+        self._mean: np.ndarray | None = None
         self._total_weight = 0.0
         self._first_name = ""
         self.count = 0
@@ -31,24 +35,26 @@ class EnsembleAccumulator:
         if not (math.isfinite(weight) and weight > 0):
             raise ConfigError(f"ensemble weight of {name} must be a positive number, got {weight}")
         prob = np.asarray(prob, dtype=np.float32)
-        if self._sum is None:
-            self._sum = prob * np.float32(weight)
+        if self._mean is None:
+            self._mean = prob.copy()
             self._first_name = name
-        elif prob.shape != self._sum.shape:
+        elif prob.shape != self._mean.shape:
             raise ConfigError(
                 f"cannot average {name} of shape {prob.shape} with {self._first_name} of shape "
-                f"{self._sum.shape}; members must share classes and output stride"
+                f"{self._mean.shape}; members must share classes and output stride"
             )
         else:
-            self._sum += prob * np.float32(weight)
+            share = np.float32(weight / (self._total_weight + weight))
+            for mean, member in zip(np.atleast_2d(self._mean), np.atleast_2d(prob)):  # views
+                mean += (member - mean) * share
         self._total_weight += weight
         self.count += 1
 
     def result(self) -> np.ndarray:
-        """The weighted mean (weights normalized to sum 1)."""
-        if self._sum is None:
+        """The weighted mean (weights normalized to sum 1); the buffer itself, not a copy."""
+        if self._mean is None:
             raise ConfigError("ensemble is empty: add at least one member's probabilities")
-        return self._sum / np.float32(self._total_weight)
+        return self._mean
 
 
 def average_probabilities(
@@ -67,17 +73,23 @@ def average_probabilities(
 def check_compatible(metas: Sequence[dict], names: Sequence[str] | None = None) -> None:
     """Every member must match the first in classes, normalization and output stride.
 
-    ``names`` (e.g. checkpoint paths) label the members in the error; default 'member i'.
+    ``names`` label the members in errors; default: each meta's "path" (set by
+    load_checkpoint), else 'member i'.
     """
-    names = list(names) if names is not None else [f"member {i}" for i in range(len(metas))]
+    if names is None:
+        names = [str(meta.get("path", f"member {i}")) for i, meta in enumerate(metas)]
     if len(names) != len(metas):
         raise ConfigError(f"got {len(names)} names for {len(metas)} ensemble members")
+    for name, meta in zip(names, metas):
+        missing = [field for field in COMPATIBILITY_FIELDS if field not in meta]
+        if missing:
+            raise CheckpointError(f"checkpoint {name} lacks {', '.join(missing)}; re-train or re-export it")
     for name, meta in zip(names[1:], metas[1:]):
         for field in COMPATIBILITY_FIELDS:
-            if _canonical(meta.get(field)) != _canonical(metas[0].get(field)):
+            if _canonical(meta[field]) != _canonical(metas[0][field]):
                 raise ConfigError(
                     f"checkpoints {names[0]} and {name} cannot be ensembled: {field} differs "
-                    f"({metas[0].get(field)!r} vs {meta.get(field)!r}); ensemble only models "
+                    f"({metas[0][field]!r} vs {meta[field]!r}); ensemble only models "
                     f"trained with the same {field}"
                 )
 

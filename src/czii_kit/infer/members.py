@@ -7,16 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from czii_kit.errors import CheckpointError
-from czii_kit.infer.engines import OnnxEngine, TensorRTEngine, TorchEngine
+from czii_kit.errors import ConfigError
+from czii_kit.infer.engines import ENGINES, create_engine
 from czii_kit.infer.ensemble import check_compatible
 from czii_kit.infer.export import build_tensorrt_engine, export_onnx
 from czii_kit.infer.predictor import Member
 from czii_kit.models.activation import ProbabilityModel
 from czii_kit.particles import CLASS_NAMES
 from czii_kit.train.checkpoint import build_model, find_checkpoints, load_checkpoint
-
-ENGINE_KINDS = ("torch", "onnx", "tensorrt")
-
 
 def load_checkpoints(weights: list[str | Path], folds: list[int] | None = None) -> list[dict]:
     ckpts = [load_checkpoint(p) for w in weights for p in find_checkpoints(w, folds)]
@@ -50,15 +48,17 @@ def onnx_path_for(ckpt: dict, window, batch_size: int, cache_dir: Path) -> Path:
     return path
 
 
+def engine_inputs(ckpt: dict, kind: str, window, batch_size: int, cache_dir: Path) -> tuple:
+    """What ENGINES[kind] is built from: the torch model, an ONNX file, or a TensorRT engine built from it."""
+    if kind == "torch":
+        return prob_model(ckpt), tuple(window)
+    onnx = onnx_path_for(ckpt, window, batch_size, cache_dir)
+    return (onnx,) if kind == "onnx" else (build_tensorrt_engine(onnx, cache_dir, fp16=True),)
+
+
 def make_member(ckpt: dict, engine: str, device, window, batch_size: int, cache_dir: Path,
                 weight: float = 1.0) -> Member:
-    if engine == "torch":
-        eng = TorchEngine(prob_model(ckpt), tuple(window), device=device)
-    elif engine == "onnx":
-        eng = OnnxEngine(onnx_path_for(ckpt, window, batch_size, cache_dir), device=device)
-    elif engine == "tensorrt":
-        onnx = onnx_path_for(ckpt, window, batch_size, cache_dir)
-        eng = TensorRTEngine(build_tensorrt_engine(onnx, cache_dir, fp16=True), device=device)
-    else:
-        raise CheckpointError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINE_KINDS)}")
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    eng = create_engine(engine, *engine_inputs(ckpt, engine, window, batch_size, cache_dir), device=device)
     return Member(eng, weight, name=f"{Path(ckpt['path']).parent.name}/{Path(ckpt['path']).stem}", meta=ckpt)

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from czii_kit.errors import ConfigError, DataError
-from czii_kit.infer.engines import Engine, check_window
+from czii_kit.infer.engines import Engine, check_window, resolve_device
 from czii_kit.infer.tta import IDENTITY, Transform, check_tta_window
 
 BLENDS = ("gaussian", "border", "constant")
@@ -120,7 +120,7 @@ def predict_volume(
     origins = window_origins(volume.shape, window, stride, overlap)
     padded = _pad_to(volume, padded_shape(volume.shape, window, stride), pad_mode)
 
-    device = torch.device(accumulate_device) if accumulate_device is not None else engine.device
+    device = engine.device if accumulate_device is None else resolve_device(accumulate_device)
     out_shape = tuple(math.ceil(n / stride) for n in volume.shape)
     out_window = tuple(w // stride for w in window)
     weights = importance_map(out_window, blend).to(device)

@@ -24,10 +24,10 @@ from czii_kit.errors import CheckpointError, ConfigError, DataError
 from czii_kit.infer.engines import TorchEngine, resolve_device
 from czii_kit.infer.predictor import Member, candidates, infer_window, predict_probabilities
 from czii_kit.losses import build_loss
-from czii_kit.metric import best_thresholds, score_table
+from czii_kit.metric import best_thresholds, score_table, table_score
 from czii_kit.models import build_model
 from czii_kit.models.activation import ProbabilityModel
-from czii_kit.particles import CLASS_NAMES, WEIGHT
+from czii_kit.particles import CLASS_NAMES
 from czii_kit.train import checkpoint as ckpt_io
 from czii_kit.train.data import RunData, load_runs
 from czii_kit.train.ema import ModelEMA
@@ -112,11 +112,12 @@ def validate(model, activation: str, stride: int, val_runs: list[RunData], cfg: 
         sols.append(run.picks)
     cand = pd.concat(cands, ignore_index=True)
     solution = pd.concat(sols, ignore_index=True)
-    thresholds, _curve = best_thresholds(solution, cand, grid)
+    tuned, _curve = best_thresholds(solution, cand, grid)
+    # classes absent from the held-out run keep the config's default threshold
+    thresholds = {**class_dict(cfg, "threshold"), **{c: float(t) for c, t in tuned.items()}}
     kept = cand[cand["score"] >= cand["particle_type"].map(thresholds)]
     table = score_table(solution, kept)
-    score = float((table["f4"].fillna(0) * table["weight"]).sum() / sum(WEIGHT.values()))
-    return {"score": score, "thresholds": {c: float(thresholds[c]) for c in CLASS_NAMES},
+    return {"score": table_score(table), "thresholds": thresholds,
             "per_class": table.reset_index().to_dict(orient="records"), "runs": [r.name for r in val_runs]}
 
 
