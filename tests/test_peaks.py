@@ -131,6 +131,14 @@ def test_tiled_and_dense_paths_match_brute_force(seed, size, chunk_voxels, monke
         assert [tuple(p) for p in zyx.tolist()] == expected
 
 
+def test_float16_input_matches_the_reference():
+    """float16 (which scipy's filters reject) gives what float32 of the same values gives, ties included."""
+    prob = smooth_volume(5, (2, 18, 40, 33)).astype(np.float16)
+    found = find_peaks(prob, [APO, RIBO], thresholds(0.5))
+    assert len(found) > 0
+    pd.testing.assert_frame_equal(found, reference_peaks(prob.astype(np.float32), [APO, RIBO], thresholds(0.5)))
+
+
 # --------------------------------------------------------------------------- known answers
 def test_gaussian_blobs_come_back_at_their_voxels():
     shape = (30, 48, 52)
@@ -220,9 +228,11 @@ def test_empty_result_has_the_detection_columns():
 
 
 # --------------------------------------------------------------------------- errors
-def test_channel_count_mismatch_is_a_data_error():
+def test_bad_probability_arrays_are_data_errors():
     with pytest.raises(DataError, match="channels"):
         find_peaks(np.zeros((2, 4, 4, 4), dtype=np.float32), [APO], thresholds(0.5))
+    with pytest.raises(DataError, match="dtype"):
+        find_peaks(np.zeros((1, 4, 4, 4), dtype=np.uint8), [APO], thresholds(0.5))
 
 
 def test_threshold_problems_name_the_class():

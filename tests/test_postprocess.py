@@ -42,7 +42,8 @@ def sorted_rows(points: np.ndarray) -> np.ndarray:
 def expected_offsets(centre: np.ndarray, radius: float, primary: float = 0.116, diagonal: float = 0.100) -> np.ndarray:
     """The spec written out: 6 axis offsets at primary*R, 8 diagonal ones at diagonal*R."""
     axis_steps = [s * primary * radius * np.eye(3)[a] for a in range(3) for s in (1, -1)]
-    diagonal_steps = [diagonal * radius * np.array(signs) / np.sqrt(3) for signs in itertools.product((1, -1), repeat=3)]
+    signs = itertools.product((1, -1), repeat=3)
+    diagonal_steps = [diagonal * radius * np.array(sign) / np.sqrt(3) for sign in signs]
     return centre + np.array(axis_steps + diagonal_steps)
 
 
@@ -219,3 +220,10 @@ def test_apply_thresholds_errors_name_the_class():
         apply_thresholds(df, {APO: 0.5})
     with pytest.raises(ConfigError, match="ribosom"):
         apply_thresholds(df, {APO: 0.5, THYRO: 0.5, "ribosom": 0.5})
+
+
+def test_every_step_accepts_no_detections():
+    empty = detections(("run", APO, ORIGIN, 0.5)).iloc[:0]
+    cfg = {name: {"enabled": True} for name in POSTPROCESSORS}
+    out = postprocess(empty, cfg)
+    assert len(out) == 0 and list(out.columns) == ["experiment", "particle_type", "x", "y", "z", "score", "source"]

@@ -26,7 +26,8 @@ from czii_kit.errors import ConfigError, CziiError  # noqa: E402
 def parse_args(argv=None) -> argparse.Namespace:
     from czii_kit.data import synth
 
-    p = argparse.ArgumentParser(description="Write a synthetic CZII dataset (competition layout, deterministic per seed)")
+    p = argparse.ArgumentParser(description="Write a synthetic CZII dataset in the competition layout "
+                                            "(deterministic per seed)")
     p.add_argument("--out", required=True, help="new (or empty) output directory")
     p.add_argument("--train", type=int, default=synth.BUILTIN["n_train"], help="train runs (default %(default)s)")
     p.add_argument("--test", type=int, default=synth.BUILTIN["n_test"], help="test runs (default %(default)s)")

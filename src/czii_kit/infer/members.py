@@ -34,15 +34,20 @@ def prob_model(ckpt: dict) -> ProbabilityModel:
     return ProbabilityModel(build_model(ckpt), ckpt["activation"]).eval()
 
 
+def packed_onnx_path(ckpt_path: str | Path, window, batch_size: int) -> Path:
+    """Where tools/export.py puts a checkpoint's ONNX (and where predict and the Kaggle pack look for it)."""
+    ckpt_path = Path(ckpt_path)
+    return ckpt_path.with_name(f"{ckpt_path.stem}_{'x'.join(map(str, window))}_b{batch_size}.onnx")
+
+
 def onnx_path_for(ckpt: dict, window, batch_size: int, cache_dir: Path) -> Path:
     """ONNX file for a checkpoint at a fixed window/batch: a packed one next to it, else exported into cache_dir."""
     ckpt_path = Path(ckpt["path"])
-    tag = f"{'x'.join(map(str, window))}_b{batch_size}"
-    packed = ckpt_path.with_name(f"{ckpt_path.stem}_{tag}.onnx")
+    packed = packed_onnx_path(ckpt_path, window, batch_size)
     if packed.exists():
         return packed
     key = hashlib.sha256(f"{ckpt_path.resolve()}:{ckpt_path.stat().st_mtime_ns}".encode()).hexdigest()[:12]
-    path = Path(cache_dir) / f"{ckpt_path.stem}_{key}_{tag}.onnx"
+    path = Path(cache_dir) / f"{key}_{packed.name}"
     if not path.exists():
         export_onnx(prob_model(ckpt), tuple(window), path, batch_size=batch_size)
     return path

@@ -60,7 +60,7 @@ def check_input_shape(model: nn.Module, shape: Sequence[int]) -> None:
     """Raise ConfigError unless the last three sizes of ``shape`` are multiples of ``model.input_multiple``.
 
     Call it on the patch/window shape before training or inference, so a bad size fails
-    at once with the nearest valid sizes instead of deep inside a decoder concat.
+    at once with the next valid sizes instead of deep inside a decoder concat.
     """
     spatial = tuple(int(s) for s in shape[-3:])
     multiple = model.input_multiple

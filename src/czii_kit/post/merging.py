@@ -56,15 +56,15 @@ def label_groups(df: pd.DataFrame, labeller: GroupLabeller) -> np.ndarray:
 def collapse_groups(df: pd.DataFrame, labels: np.ndarray, weights: np.ndarray) -> pd.DataFrame:
     """One row per label >= 0: ``weights``-averaged position, max score, other columns of the best member."""
     rows = np.flatnonzero(labels >= 0)
-    label, score = labels[rows], df["score"].to_numpy(dtype=np.float64)[rows]
-    by_label_then_score = np.lexsort((-score, label))
-    _, first, inverse = np.unique(label[by_label_then_score], return_index=True, return_inverse=True)
-    merged = df.iloc[rows[by_label_then_score[first]]].reset_index(drop=True)
-    weight = weights[rows][by_label_then_score]
-    total = np.bincount(inverse, weight)
+    score = df["score"].to_numpy(dtype=np.float64)[rows]
+    member = rows[np.lexsort((-score, labels[rows]))]  # grouped by label, best score first
+    _, first, group = np.unique(labels[member], return_index=True, return_inverse=True)
+    merged = df.iloc[member[first]].reset_index(drop=True)
+    weight = weights[member]
+    total = np.bincount(group, weight, minlength=len(first))
     for axis in XYZ:
-        coordinate = df[axis].to_numpy(dtype=np.float64)[rows][by_label_then_score]
-        merged[axis] = np.bincount(inverse, weight * coordinate, minlength=len(first)) / total
+        coordinate = df[axis].to_numpy(dtype=np.float64)[member]
+        merged[axis] = np.bincount(group, weight * coordinate, minlength=len(first)) / total
     return merged
 
 

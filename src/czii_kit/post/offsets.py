@@ -13,7 +13,9 @@ than its source lies within ``min_spacing_frac * R`` of it: that neighbourhood i
 covered by another detection. The default, 0.5 (``DISTANCE_MULTIPLIER``, the hit-radius
 fraction), drops exactly the candidates that sit inside another detection's hit radius.
 New candidates are not checked against each other: each stays within
-max(primary_frac, diagonal_frac) * R (0.116 R by default) of its own source. They get ``score = source score * score_factor`` (default 0.9: they rank just below
+max(primary_frac, diagonal_frac) * R (0.116 R by default) of its own source.
+
+New rows get ``score = source score * score_factor`` (default 0.9: they rank just below
 their source, so a threshold sweep removes a weak source's offsets first) and
 ``source = "offset"``; the input rows get ``source = "peak"`` unless they already have one.
 """

@@ -266,6 +266,8 @@ def _check_inputs(prob, class_names, stride: int, topk: int | None) -> None:
             f"probabilities have shape {tuple(prob.shape)}; expected (C, Z, Y, X) with C = {len(class_names)} "
             f"channels, one per class in {list(class_names)}"
         )
+    if not np.issubdtype(prob.dtype, np.floating):
+        raise DataError(f"probabilities have dtype {prob.dtype}; pass floating-point scores (float16/32/64)")
     if not (isinstance(stride, int) and stride >= 1):
         raise ConfigError(f"stride must be a positive integer, got {stride!r}")
     if topk is not None and not (isinstance(topk, int) and topk >= 1):

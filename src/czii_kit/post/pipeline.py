@@ -40,10 +40,11 @@ def step_parameters(name: str) -> dict[str, object]:
 
 def default_post_config() -> dict[str, dict]:
     """Every step disabled with its default parameters (tuples as lists, ready for YAML)."""
-    return {
-        name: {"enabled": False, **{k: list(v) if isinstance(v, tuple) else v for k, v in step_parameters(name).items()}}
-        for name in POSTPROCESSORS
-    }
+    def yaml_ready(value):
+        return list(value) if isinstance(value, tuple) else value
+
+    return {name: {"enabled": False, **{key: yaml_ready(value) for key, value in step_parameters(name).items()}}
+            for name in POSTPROCESSORS}
 
 
 def check_post_config(cfg: Mapping) -> None:
