@@ -6,11 +6,13 @@ Composing instead of calling ``smp.Unet`` fixes two things the 1.0.2 class canno
   - output_stride=2 by building one decoder stage fewer: the skipped stage is the
     full-resolution one, the most expensive of all (the first-place team's choice);
   - encoder_depth 3 or 4 with resnet-type encoders (``smp.Unet`` crashes: the ResNet encoder
-    indexes five strides while the decoder insists on ``encoder_depth`` of them).
+    indexes five strides while the decoder insists on ``encoder_depth`` of them). The encoder
+    still holds its unused deeper stages then (library behaviour): they never get gradients.
 segmentation_models_pytorch_3d is imported lazily: it takes seconds and pulls in timm.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -29,6 +31,15 @@ VERIFIED_ENCODER_PREFIXES: tuple[str, ...] = (
 )
 FULL_DEPTH_STRIDES = ((2, 2, 2),) * 5  # the encoders always build five stages, whatever the depth
 DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)  # smp.Unet's default, deepest stage first
+
+
+def import_smp():
+    """The library and its UnetDecoder, imported on first use, muting timm's torch.jit deprecation noise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import segmentation_models_pytorch_3d as smp
+        from segmentation_models_pytorch_3d.decoders.unet.decoder import UnetDecoder
+    return smp, UnetDecoder
 
 
 def check_encoder_name(encoder_name: str, known_names: Sequence[str]) -> None:
@@ -74,8 +85,7 @@ class UnetSMP(nn.Module):
         strides: Sequence[Sequence[int]] | None = None,
     ):
         super().__init__()
-        import segmentation_models_pytorch_3d as smp
-        from segmentation_models_pytorch_3d.decoders.unet.decoder import UnetDecoder
+        smp, UnetDecoder = import_smp()
 
         if encoder_weights is not None:
             raise ConfigError(

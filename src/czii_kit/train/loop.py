@@ -32,6 +32,7 @@ from czii_kit.train import checkpoint as ckpt_io
 from czii_kit.train.data import RunData, load_runs
 from czii_kit.train.ema import ModelEMA
 from czii_kit.train.folds import split_runs
+from czii_kit.utils.cpu import keep_freed_memory
 
 
 @dataclass
@@ -156,6 +157,9 @@ def train_fold(cfg: dict, fold: int, data_root: str | Path, out_dir: str | Path,
             raise ConfigError(f"{name} {list(shape)} must be a multiple of {model.input_multiple} for this model")
     loss_fn = build_loss(cfg["loss"]["name"], class_weights=class_values(cfg, "loss_weight"), **cfg["loss"]["args"])
     model.to(device)
+    if device.type == "cpu":
+        keep_freed_memory()
+        model.to(memory_format=torch.channels_last_3d)  # 1.2-1.5x faster 3D convs on CPU
     ema = ModelEMA(model, cfg["train"]["ema_decay"])
 
     tc = cfg["train"]
@@ -209,7 +213,7 @@ def train_fold(cfg: dict, fold: int, data_root: str | Path, out_dir: str | Path,
             scaler.update()
             scheduler.step()
             ema.update(model)
-            losses.append(float(loss))
+            losses.append(loss.item())
             rate = len(losses) * tc["batch_size"] / (time.monotonic() - t_epoch)
             bar.set_postfix(loss=f"{np.mean(losses):.4f}", patches_s=f"{rate:.1f}")
         out_of_time = time_limit is not None and time.monotonic() - t_start > time_limit

@@ -1,0 +1,37 @@
+"""python tools/make_yolo_dataset.py --data ROOT --out DIR --fold K [--every N] [--min-box VOX]
+
+Writes z-slices of fold K's train and held-out runs (the U-Net's split) as 8-bit PNGs with YOLO
+labels (one box per particle per slice that cuts it, side = the disc's diameter) and data.yaml.
+"""
+from __future__ import annotations
+
+import argparse
+
+from czii_kit.cli.common import exit_on_user_error, resolve_data_root
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Z-slice YOLO dataset (PNG + labels + data.yaml) for one fold")
+    p.add_argument("--data", help="competition directory (default: built-in synthetic dataset)")
+    p.add_argument("--out", required=True, help="new dataset folder (refused if it already holds data.yaml)")
+    p.add_argument("--fold", type=int, required=True, help="held-out run index in the sorted train runs; -1 = none")
+    p.add_argument("--every", type=int, default=1, help="keep every N-th slice (default 1: all)")
+    p.add_argument("--min-box", type=float, default=0.0, help="skip discs thinner than this many voxels (poles)")
+    p.add_argument("--recon", default="denoised", help="reconstruction to slice (default denoised)")
+    p.add_argument("--fold-file", help="CSV with columns run,fold (default: fold K holds out sorted run K)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    return p.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv=None) -> int:
+    from czii_kit.yolo.slices import write_dataset
+
+    args = parse_args(argv)
+    root = resolve_data_root(args.data)
+    data_yaml, train_runs, val_runs = write_dataset(root, args.out, args.fold, every=args.every, recon=args.recon,
+                                                    fold_file=args.fold_file, min_diameter=args.min_box,
+                                                    progress=not args.no_progress)
+    print(f"train runs: {', '.join(train_runs)}\nval runs:   {', '.join(val_runs) or '(none: val = train)'}")
+    print(f"wrote {data_yaml}")
+    return 0

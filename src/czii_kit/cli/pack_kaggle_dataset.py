@@ -1,0 +1,89 @@
+"""python tools/pack_kaggle_dataset.py --weights weights/EXP [...] --out build/kaggle/SLUG --slug SLUG [...]
+
+Packs checkpoints, configs and wheels into a folder ready for `kaggle datasets create -p OUT --dir-mode zip`,
+for the offline notebook kaggle_notebooks/czii_inference.ipynb. Never reads Kaggle credentials.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+
+import czii_kit
+from czii_kit.cli.common import exit_on_user_error
+from czii_kit.errors import ConfigError
+from czii_kit.kaggle.pack import (PLACEHOLDER_USER, PackResult, default_user, missing_from_wheelhouse, pack_dataset,
+                                  wheelhouse_commands)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Pack checkpoints + the czii-kit wheel into a Kaggle dataset folder")
+    p.add_argument("--weights", nargs="+", required=True, help="experiment directories or fold*.pt files")
+    p.add_argument("--out", required=True, help="pack folder to write, e.g. build/kaggle/czii-kit-weights")
+    p.add_argument("--slug", required=True, help="Kaggle dataset slug: 6-50 lowercase letters, digits, hyphens")
+    p.add_argument("--user", help=f"Kaggle username (default: $KAGGLE_USERNAME, else {PLACEHOLDER_USER!r})")
+    p.add_argument("--title", help="dataset title, 6-50 characters (default: the slug)")
+    p.add_argument("--folds", help="comma list of folds to pack from each experiment (default: all)")
+    p.add_argument("--wheels", help="folder of dependency wheels Kaggle lacks (the tool prints how to make it)")
+    p.add_argument("--onnx", action="store_true", help="also pack each checkpoint's ONNX export (tools/export.py)")
+    p.add_argument("--force", action="store_true", help="replace a different pack already at --out")
+    p.add_argument("--kaggle-python", default="3.12",
+                   help="Python version of the Kaggle image, for the printed wheelhouse command (check with "
+                        "`!python --version` in a Kaggle notebook)")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def parse_folds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(f) for f in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--folds {text!r}: give a comma list of fold numbers, e.g. 0,2") from None
+
+
+def print_summary(result: PackResult) -> None:
+    files = result.manifest["files"]
+    megabytes = sum(f["size"] for f in files) / 1e6
+    verb = "replaced the older pack at" if result.replaced else "packed"
+    print(f"{verb} {result.out}: {len(files)} files, {megabytes:.1f} MB")
+    for c in result.manifest["checkpoints"]:
+        score = "n/a" if c["score"] is None else f"{c['score']:.4f}"
+        print(f"  {c['path']}: fold {c['fold']}, {c['model']}, validation F4 {score}"
+              + (f", ONNX {', '.join(c['onnx'])}" if c["onnx"] else ""))
+    print(f"  wheels: {', '.join(p.name for p in result.wheels)}")
+
+
+def print_wheelhouse_advice(result: PackResult, kaggle_python: str) -> None:
+    missing = missing_from_wheelhouse(result.wheels)
+    if missing:
+        print(f"WARNING: Kaggle's image lacks {', '.join(missing)}, and no packed wheel provides them: the notebook "
+              "will fail to import them. Make a wheelhouse, then re-pack with --wheels wheels:")
+        for command in wheelhouse_commands("wheels", kaggle_python):
+            print(f"  {command}")
+
+
+def print_next_steps(result: PackResult) -> None:
+    out = shlex.quote(str(result.out))
+    message = shlex.quote(f"czii-kit {czii_kit.__version__}: {len(result.manifest['checkpoints'])} checkpoint(s)")
+    dataset = result.manifest["dataset"]
+    print("next: upload with the kaggle CLI (it reads your API token itself; this tool never does):")
+    print(f"  new dataset:  kaggle datasets create -p {out} --dir-mode zip")
+    print(f"  new version:  kaggle datasets version -p {out} -m {message} --dir-mode zip")
+    print(f"then attach {dataset} to the notebook: PACK_DIR = \"/kaggle/input/{dataset.split('/')[1]}\" in "
+          "kaggle_notebooks/czii_inference.ipynb and dataset_sources in kernel-metadata.json")
+
+
+@exit_on_user_error
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    user = args.user or default_user()
+    result = pack_dataset(args.weights, args.out, args.slug, user, title=args.title, folds=parse_folds(args.folds),
+                          wheels=args.wheels, onnx=args.onnx, force=args.force, progress=not args.no_progress)
+    print_summary(result)
+    if user == PLACEHOLDER_USER:
+        print(f"note: no --user and no $KAGGLE_USERNAME: dataset-metadata.json says {PLACEHOLDER_USER!r}; "
+              "re-pack with --user, or edit its \"id\", before uploading")
+    print_wheelhouse_advice(result, args.kaggle_python)
+    print_next_steps(result)
+    return 0

@@ -1,0 +1,162 @@
+"""YOLO inference on a tomogram: z-slices -> 2D boxes (batched, confidence floor) -> 3D points.
+
+The checkpoint holds the architecture (ultralytics' model yaml as a dict) and a float state
+dict, so loading needs no pickled ultralytics objects and no download. Slices are letterboxed
+like ultralytics does (long side resized to imgsz, centred grey padding), run through torch or
+an ONNX export, and ultralytics' NMS; box centres go back to voxel coordinates and are linked
+across slices by ``czii_kit.yolo.cluster``. TensorRT is not wired: build an engine from the
+ONNX file (trtexec --onnx=...) if needed.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from czii_kit.errors import CheckpointError, ConfigError
+from czii_kit.yolo.cluster import SLICE_COLUMNS, slices_to_points
+from czii_kit.yolo.slices import normalize_to_uint8, pixel_to_voxel
+
+PAD_VALUE = 114 / 255  # ultralytics' letterbox grey
+Runner = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, S, S) in [0, 1] -> raw (B, 4 + C, anchors)
+
+
+def is_yolo_checkpoint(ckpt: Mapping) -> bool:
+    return ckpt.get("model", {}).get("name") == "yolo"
+
+
+def build_detection_model(ckpt: Mapping) -> torch.nn.Module:
+    """ultralytics DetectionModel from the checkpoint's yaml dict and weights, fused, in eval mode."""
+    from czii_kit.yolo.offline import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics.nn.tasks import DetectionModel
+
+    args = ckpt["model"]["args"]
+    model = DetectionModel(cfg=dict(args["yaml"]), ch=3, nc=int(args["nc"]), verbose=False)
+    try:
+        model.load_state_dict({k: v.float() for k, v in ckpt["state_dict"].items()})
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {ckpt.get('path', '?')}: YOLO weights do not fit its model yaml ({e})") from e
+    model.names = dict(enumerate(ckpt["classes"]))
+    return model.float().fuse(verbose=False).eval()
+
+
+def torch_runner(model: torch.nn.Module, device: torch.device) -> Runner:
+    model = model.to(device)
+
+    @torch.inference_mode()
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        out = model(batch.to(device))
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+    return run
+
+
+def onnx_runner(path: str | Path, device: torch.device) -> Runner:
+    """An ONNX export (dynamic batch) run by onnxruntime; CUDA provider first when on a GPU."""
+    import onnxruntime as ort
+
+    providers = (["CUDAExecutionProvider"] if device.type == "cuda" else []) + ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(path), providers=providers)
+    name = session.get_inputs()[0].name
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {name: batch.cpu().numpy().astype(np.float32)})[0])
+
+    return run
+
+
+def make_runner(ckpt: Mapping, engine: str = "torch", device: str | torch.device = "auto",
+                onnx_path: str | Path | None = None) -> Runner:
+    """A runner for a YOLO checkpoint: torch, or onnx (exported next to ``onnx_path`` when it does not exist yet)."""
+    from czii_kit.infer.engines import resolve_device
+
+    device = resolve_device(device)
+    if engine == "torch":
+        return torch_runner(build_detection_model(ckpt), device)
+    if engine == "onnx":
+        path = Path(onnx_path or Path(ckpt["path"]).with_name(f"{Path(ckpt['path']).stem}_yolo.onnx"))
+        if not path.exists():
+            export_onnx(ckpt, path)
+        return onnx_runner(path, device)
+    raise ConfigError(f"YOLO engine {engine!r} is not supported; use torch or onnx "
+                      "(for TensorRT, build an engine from the ONNX export with trtexec)")
+
+
+def export_onnx(ckpt: Mapping, path: str | Path, imgsz: int | None = None, opset: int = 17) -> Path:
+    """ONNX file of the checkpoint's YOLO model via ultralytics' exporter (dynamic batch, no NMS)."""
+    from czii_kit.yolo.offline import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics.engine.exporter import Exporter
+
+    imgsz = int(imgsz or ckpt["window"][0])
+    model = build_detection_model(ckpt)
+    model.task, model.args = "detect", {"imgsz": imgsz, "data": None}
+    exported = Exporter(overrides={"format": "onnx", "opset": opset, "imgsz": imgsz, "dynamic": True,
+                                   "simplify": False, "batch": 1, "device": "cpu", "half": False})(model=model)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(exported).replace(path)
+    return Path(path)
+
+
+def letterbox(images: np.ndarray, imgsz: int) -> tuple[torch.Tensor, float, tuple[int, int]]:
+    """(B, H, W) uint8 -> (B, 3, imgsz, imgsz) float in [0, 1], with the scale and (left, top) padding."""
+    batch = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)[:, None]
+    height, width = images.shape[1:]
+    scale = imgsz / max(height, width)
+    new_h, new_w = round(height * scale), round(width * scale)
+    if (new_h, new_w) != (height, width):
+        batch = F.interpolate(batch, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=scale < 1)
+    top, left = (imgsz - new_h) // 2, (imgsz - new_w) // 2
+    batch = F.pad(batch, (left, imgsz - new_w - left, top, imgsz - new_h - top), value=PAD_VALUE)
+    return batch.expand(-1, 3, -1, -1).contiguous(), scale, (left, top)
+
+
+def _batches(depth: int, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, depth, size):
+        yield np.arange(start, min(start + size, depth))
+
+
+def detect_slices(runner: Runner, volume_u8: np.ndarray, imgsz: int, conf: float = 0.05, iou: float = 0.5,
+                  batch_size: int = 16, max_det: int = 300, progress: bool = False) -> pd.DataFrame:
+    """Boxes of every z-slice: z (slice), y, x (voxel centre), conf, class_id, plus box width/height (voxels)."""
+    from ultralytics.utils.nms import non_max_suppression
+
+    rows = []
+    for zs in tqdm(list(_batches(volume_u8.shape[0], batch_size)), desc="yolo slices", disable=not progress,
+                   leave=False):
+        batch, scale, (left, top) = letterbox(volume_u8[zs], imgsz)
+        for z, boxes in zip(zs, non_max_suppression(runner(batch), conf, iou, max_det=max_det)):
+            b = boxes.float().cpu().numpy()
+            x = pixel_to_voxel(((b[:, 0] + b[:, 2]) / 2 - left) / scale)
+            y = pixel_to_voxel(((b[:, 1] + b[:, 3]) / 2 - top) / scale)
+            rows.append(pd.DataFrame({"z": float(z), "y": y, "x": x, "conf": b[:, 4], "class_id": b[:, 5].astype(int),
+                                      "width": (b[:, 2] - b[:, 0]) / scale, "height": (b[:, 3] - b[:, 1]) / scale}))
+    columns = [*SLICE_COLUMNS, "width", "height"]
+    return pd.concat(rows, ignore_index=True)[columns] if rows else pd.DataFrame(columns=columns)
+
+
+def yolo_settings(cfg: Mapping) -> dict:
+    """The inference part of a config's ``yolo`` section, checked."""
+    section = cfg.get("yolo")
+    if not isinstance(section, Mapping):
+        raise ConfigError("config has no 'yolo' section; use a YOLO config such as configs/yolo_cpu_quick.yaml")
+    return {k: section[k] for k in ("imgsz", "conf", "iou", "max_det", "infer_batch", "cluster")}
+
+
+def yolo_points(runner: Runner, volume: np.ndarray, experiment: str, cfg: Mapping, floor: float = 0.0,
+                progress: bool = False) -> pd.DataFrame:
+    """Raw tomogram -> 3D detections (experiment, particle_type, x, y, z Å, score) with score >= floor."""
+    settings = yolo_settings(cfg)
+    slices = detect_slices(runner, normalize_to_uint8(volume), settings["imgsz"], conf=settings["conf"],
+                           iou=settings["iou"], batch_size=settings["infer_batch"], max_det=settings["max_det"],
+                           progress=progress)
+    points = slices_to_points(slices, experiment, settings["cluster"])
+    return points[points["score"] >= floor].reset_index(drop=True)

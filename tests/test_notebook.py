@@ -1,0 +1,94 @@
+"""The Kaggle notebook, executed headlessly on CPU like Kaggle would run it: czii-kit imported from the packed
+wheel (not the checkout), the pack left untouched, and a submission equal to tools/predict.py's."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+import torch
+from nbclient import NotebookClient
+
+from czii_kit.cli.pack_kaggle_dataset import main as pack_main
+from czii_kit.cli.predict import main as predict_main
+from czii_kit.cli.score import load_solution
+from czii_kit.metric import score
+from czii_kit.particles import CLASS_NAMES
+from czii_kit.submission import read_submission
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "kaggle_notebooks" / "czii_inference.ipynb"
+KERNEL = "czii-kit-test"
+LOW_THRESHOLD = 0.01  # the 2-epoch model's tuned thresholds find nothing; this finds particles to compare
+TTA = "id,x"  # two passes, and not the checkpoint config's default, so the notebook must pass it on
+
+
+@pytest.fixture(scope="module")
+def low_threshold_experiment(tiny_experiment, tmp_path_factory) -> Path:
+    """tiny_experiment with every class threshold lowered, so the submission is not empty."""
+    ckpt = torch.load(tiny_experiment / "fold0.pt", map_location="cpu", weights_only=True)
+    ckpt["thresholds"] = {name: LOW_THRESHOLD for name in CLASS_NAMES}
+    out = tmp_path_factory.mktemp("weights") / "tiny-low"
+    out.mkdir()
+    torch.save(ckpt, out / "fold0.pt")
+    shutil.copy2(tiny_experiment / "config.yaml", out / "config.yaml")
+    return out
+
+
+def install_wheels(wheels: Path, target: Path) -> None:
+    """What the notebook's install cell runs on Kaggle, into a folder instead of the environment."""
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", "--target",
+                    str(target), *map(str, sorted(wheels.glob("*.whl")))], check=True)
+
+
+def install_kernelspec(jupyter_path: Path) -> None:
+    """A kernel running this interpreter, whatever 'python3' means on this machine."""
+    spec = jupyter_path / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "czii-kit test", "language": "python"}))
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def printed(nb) -> str:
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_notebook_writes_the_same_submission_as_predict(synthetic_root, low_threshold_experiment, tmp_path,
+                                                        monkeypatch):
+    pack_dir = tmp_path / "input" / "czii-kit-weights"
+    assert pack_main(["--weights", str(low_threshold_experiment), "--out", str(pack_dir), "--slug",
+                      "czii-kit-weights", "--user", "tester", "--no-progress"]) == 0
+    site = tmp_path / "site-packages"
+    install_wheels(pack_dir / "wheels", site)
+    install_kernelspec(tmp_path / "jupyter")
+    for name, value in {"JUPYTER_PATH": tmp_path / "jupyter", "PYTHONPATH": site, "CZII_DATA_ROOT": synthetic_root,
+                        "CZII_PACK_DIR": pack_dir, "CZII_OUTPUT": tmp_path / "working" / "submission.csv",
+                        "CZII_ENGINE_CACHE": tmp_path / "engines", "CZII_DEVICE": "cpu", "CZII_TTA": TTA}.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.delenv("CZII_CONFIG_DIR", raising=False)
+    before = snapshot(pack_dir)
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(nb, kernel_name=KERNEL, timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+    assert f"from {site}" in printed(nb)  # czii-kit came from the packed wheel, as on Kaggle
+    assert snapshot(pack_dir) == before  # /kaggle/input is read-only: nothing may be written there
+    submission = read_submission(tmp_path / "working" / "submission.csv")
+    assert len(submission) > 0
+    reference = tmp_path / "reference.csv"
+    assert predict_main(["--data", str(synthetic_root), "--split", "test", "--weights", str(low_threshold_experiment),
+                         "--out", str(reference), "--device", "cpu", "--engine", "torch", "--tta", TTA,
+                         "--no-progress"]) == 0
+    expected = read_submission(reference)
+    pd.testing.assert_frame_equal(submission, expected)
+    solution = load_solution(synthetic_root, "test")
+    assert score(solution, submission) == score(solution, expected)

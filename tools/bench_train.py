@@ -1,0 +1,88 @@
+#!/usr/bin/env python
+"""Training throughput: patches/s, voxels/s, data time vs model time per batch, peak memory.
+
+    python tools/bench_train.py                       # cpu_quick and unet_r34 (a few steps, on this device)
+    python tools/bench_train.py --config cpu_quick --steps 20
+
+Runs on the built-in synthetic dataset (or --data). The data pipeline is timed the way training
+uses it (DataLoader with the config's workers); the model step is forward + backward + AdamW.
+"""
+import argparse
+import resource
+import time
+
+import numpy as np
+import torch
+
+from czii_kit.cli.common import resolve_data_root
+from czii_kit.config import class_values, load_config
+from czii_kit.data import layout
+from czii_kit.data.dataset import PatchDataset
+from czii_kit.data.targets import TargetSpec
+from czii_kit.infer.engines import resolve_device
+from czii_kit.losses import build_loss
+from czii_kit.models import build_model
+from czii_kit.train.data import load_runs
+
+
+def bench(name: str, root, steps: int, overrides: list[str]) -> dict:
+    cfg = load_config(name, overrides)
+    device = resolve_device(cfg["train"]["device"] if name == "cpu_quick" else "auto")
+    runs = load_runs(root, layout.list_runs(root, "train")[:3], cfg, extra_recons=False)
+    tc = cfg["train"]
+    ds = PatchDataset([r.volume for r in runs], [r.points for r in runs], [r.labels for r in runs],
+                      patch_size=tuple(tc["patch_size"]), target_spec=TargetSpec.from_config(cfg["targets"]),
+                      positive_fraction=tc["positive_fraction"], class_weights=class_values(cfg, "sample_weight"),
+                      augment=cfg["augment"], length=(steps + 2) * tc["batch_size"], seed=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=tc["batch_size"], num_workers=tc["num_workers"])
+    model = build_model(cfg["model"]["name"], **cfg["model"]["args"]).to(device).train()
+    loss_fn = build_loss(cfg["loss"]["name"], class_weights=class_values(cfg, "loss_weight"), **cfg["loss"]["args"])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    data_t, step_t = [], []
+    it = iter(loader)
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        image, target = next(it)
+        t1 = time.perf_counter()
+        loss = loss_fn(model(image.to(device)), target.to(device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        if i >= 2:  # warm-up excluded
+            data_t.append(t1 - t0)
+            step_t.append(t2 - t1)
+    batch_vox = tc["batch_size"] * int(np.prod(tc["patch_size"]))
+    step = float(np.mean(step_t)) + float(np.mean(data_t))
+    return {"config": name, "device": str(device), "patch": "x".join(map(str, tc["patch_size"])),
+            "batch": tc["batch_size"], "workers": tc["num_workers"],
+            "data_s_per_batch": float(np.mean(data_t)), "model_s_per_batch": float(np.mean(step_t)),
+            "data_share": float(np.mean(data_t)) / step, "patches_per_s": tc["batch_size"] / step,
+            "voxels_per_s": batch_vox / step,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "peak_cuda_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", nargs="+", default=["cpu_quick", "unet_r34"])
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--data")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    args = p.parse_args()
+    root = resolve_data_root(args.data)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for name in args.config:
+        steps = args.steps if name == "cpu_quick" or torch.cuda.is_available() else min(args.steps, 3)
+        r = bench(name, root, steps, args.overrides)
+        print(f"{r['config']:>12} on {r['device']}: patch {r['patch']} x{r['batch']} (workers {r['workers']}): "
+              f"data {r['data_s_per_batch'] * 1e3:.1f} ms/batch, model {r['model_s_per_batch'] * 1e3:.0f} ms/batch "
+              f"-> data share {100 * r['data_share']:.1f}%; {r['patches_per_s']:.2f} patches/s, "
+              f"{r['voxels_per_s'] / 1e6:.2f} Mvoxel/s; peak RSS {r['peak_rss_gb']:.2f} GB"
+              + (f", peak CUDA {r['peak_cuda_gb']:.2f} GB" if r["peak_cuda_gb"] else ""))
+
+
+if __name__ == "__main__":
+    main()
