@@ -245,3 +245,24 @@ def test_yolo_model_must_be_a_yaml_definition(tmp_path, synthetic_root):
     cfg["yolo"]["model"] = "yolov8n.pt"
     with pytest.raises(ConfigError, match="never downloaded"):
         train_yolo_fold(cfg, 0, synthetic_root, tmp_path / "w", progress=False)
+
+
+def test_ensemble_of_identical_models_equals_one_model_and_halves_lone_points():
+    from czii_kit.yolo.predict import ensemble_points
+
+    def runner_at(x_pixel: float, conf: float):
+        def run(batch: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(batch.shape[0], 4 + len(CLASS_NAMES), 1)
+            out[:, 0, 0], out[:, 1, 0], out[:, 2:4, 0], out[:, 4 + RIBO, 0] = x_pixel, 20.5, 10.0, conf
+            return out
+        return run
+
+    cfg = tiny_yolo_config()
+    cfg["yolo"]["imgsz"] = 64
+    volume = np.random.default_rng(0).normal(size=(6, 64, 64)).astype(np.float32)
+    one = ensemble_points([runner_at(30.5, 0.8)], [cfg], volume, "TS")
+    same = ensemble_points([runner_at(30.5, 0.8)] * 2, [cfg] * 2, volume, "TS")
+    assert len(one) == 1 and one["score"].iloc[0] == pytest.approx(0.8)
+    pd.testing.assert_frame_equal(one, same[one.columns], check_exact=False)
+    apart = ensemble_points([runner_at(10.5, 0.8), runner_at(50.5, 0.6)], [cfg] * 2, volume, "TS")
+    assert sorted(apart["score"]) == pytest.approx([0.3, 0.4])  # each seen by one of two models

@@ -9,7 +9,7 @@ Thresholds are tuned on the same predictions they are scored on, so the numbers 
 bound of what fixed thresholds achieve; use them to compare rows, not as a leaderboard guess.
 
 Outputs in the report folder: report.md (tables), ablation.csv (one row per source x variant),
-per_class.csv (precision/recall/F4 per class and row), thresholds.csv, f4_curves_<source>.png
+per_class.csv (threshold, precision, recall, F4 per class and row), f4_curves_<source>.png
 (per-class F4 versus threshold) and overlay_<run>_<source>.png (ground truth against
 predictions on one slice: hits, misses and false positives in different colours).
 """
@@ -67,8 +67,8 @@ def fold_checkpoints(weights: list[str | Path], folds: list[int] | None = None) 
             kind = "yolo" if is_yolo_checkpoint(ckpt) else "unet"
             slot = found.setdefault(int(ckpt["fold"]), {})
             if kind in slot:
-                raise CheckpointError(f"fold {ckpt['fold']} has two {kind} checkpoints ({slot[kind]['path']} and {path}); "
-                                      "pass one experiment per model kind to --weights")
+                raise CheckpointError(f"fold {ckpt['fold']} has two {kind} checkpoints ({slot[kind]['path']} and "
+                                      f"{path}); pass one experiment per model kind to --weights")
             slot[kind] = ckpt
     return dict(sorted(found.items()))
 
@@ -163,7 +163,8 @@ def evaluate_row(candidates: pd.DataFrame, solution: pd.DataFrame) -> tuple[dict
     return thresholds, table, table_score(table)
 
 
-def ablation(preds: list[FoldPrediction], post_cfg: Mapping, fusion_cfg: Mapping) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def ablation(preds: list[FoldPrediction], post_cfg: Mapping,
+             fusion_cfg: Mapping | None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(one row per source x variant: score and per-class F4; long per-class table; candidates per source for plots)."""
     solution = pd.concat([p.solution for p in preds], ignore_index=True)
     rows, tables, plain = [], [], {}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from czii_kit.cli.common import exit_on_user_error, resolve_data_root
-from czii_kit.config import apply_overrides, load_config
+from czii_kit.config import apply_overrides
 from czii_kit.data import io, layout
 from czii_kit.data.normalize import normalize_from_config
 from czii_kit.errors import ConfigError, DataError
@@ -64,9 +64,9 @@ def available_devices(device: str) -> list[str]:
 
 
 def inference_config(ckpts: list[dict], args) -> dict:
-    """The first checkpoint's resolved config, with the command line's inference overrides."""
+    """The first checkpoint's resolved config (its own schema: no configs/ needed), with the command line's overrides."""
     cfg = ckpts[0]["config"]
-    cfg = apply_overrides(cfg, args.overrides, load_config())
+    cfg = apply_overrides(cfg, args.overrides, schema=cfg)
     if args.tta:
         cfg["infer"]["tta"] = args.tta
     if args.engine:
@@ -75,16 +75,15 @@ def inference_config(ckpts: list[dict], args) -> dict:
 
 
 def check_output(path: Path) -> None:
-    parent = path.resolve().parent
-    if parent.exists() and not parent.is_dir():
-        raise DataError(f"--out {path}: {parent} is not a directory")
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    import os
+    """Fail before hours of inference, not after: the output directory must take a file."""
+    import tempfile
 
-    if not os.access(probe, os.W_OK):
-        raise DataError(f"--out {path}: {probe} is not writable; choose another --out")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".czii-probe-"):
+            pass
+    except OSError as e:
+        raise DataError(f"--out {path}: cannot write there ({e.strerror or e}); choose another --out") from e
 
 
 def predict_split(root, split: str, ckpts: list[dict], cfg: dict, thresholds: dict[str, float], devices: list[str],

@@ -84,7 +84,8 @@ def default_user() -> str:
 
 def dataset_metadata(user: str, slug: str, title: str) -> dict:
     """The dataset-metadata.json that `kaggle datasets create` reads."""
-    return {"title": check_title(title), "id": f"{check_user(user)}/{check_slug(slug)}", "licenses": [{"name": LICENSE}]}
+    return {"title": check_title(title), "id": f"{check_user(user)}/{check_slug(slug)}",
+            "licenses": [{"name": LICENSE}]}
 
 
 # --------------------------------------------------------------------------- files
@@ -154,17 +155,18 @@ def packed_onnx(ckpt: dict) -> Path:
     return path
 
 
-def _copy_experiments(ckpts: list[dict], dest: Path, onnx: bool) -> list[dict]:
-    """Copy checkpoints (+ config.yaml, + ONNX) into dest/EXP/; returns the manifest's checkpoint entries."""
+def _copy_experiments(ckpts: list[dict], experiments: dict[str, Path], exports: dict[str, list[Path]],
+                      dest: Path) -> list[dict]:
+    """Copy checkpoints (+ config.yaml, + ONNX exports) into dest/EXP/; returns the manifest's checkpoint entries."""
     entries = []
-    for name, folder in _experiment_dirs(ckpts).items():
+    for name, folder in experiments.items():
         (dest / name).mkdir()
         if (folder / "config.yaml").is_file():
             shutil.copy2(folder / "config.yaml", dest / name / "config.yaml")
     for ckpt in ckpts:
         src = Path(ckpt["path"])
         exp = src.resolve().parent.name
-        extras = [packed_onnx(ckpt)] if onnx else []
+        extras = exports[ckpt["path"]]
         for path in (src, *extras):
             shutil.copy2(path, dest / exp / path.name)
         entries.append(_checkpoint_entry(ckpt, f"{exp}/{src.name}", [f"{exp}/{p.name}" for p in extras]))
@@ -191,8 +193,8 @@ def project_root() -> Path:
     """The checkout czii-kit is installed from (editable install), to build its wheel."""
     root = Path(czii_kit.__file__).resolve().parents[2]
     if not (root / "setup.cfg").is_file() and not (root / "pyproject.toml").is_file():
-        raise ConfigError(f"czii-kit at {Path(czii_kit.__file__).parent} is not a source checkout; the pack builds "
-                          "the czii-kit wheel from one: run this tool from a checkout installed with `pip install -e .`")
+        raise ConfigError(f"czii-kit at {Path(czii_kit.__file__).parent} is not a source checkout, and the pack "
+                          "builds its wheel from one: run this tool from a checkout installed with `pip install -e .`")
     return root
 
 
@@ -348,11 +350,13 @@ def pack_dataset(weights: Sequence[str | Path], out: str | Path, slug: str, user
     old = _existing_pack(out, force)
     ckpts = load_checkpoints(list(weights), list(folds) if folds is not None else None)
     _require_unique(ckpts)
+    experiments = _experiment_dirs(ckpts)
+    exports = {c["path"]: [packed_onnx(c)] if onnx else [] for c in ckpts}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp's 0700 would follow the rename
     try:
-        checkpoints = _copy_experiments(ckpts, tmp, onnx)
+        checkpoints = _copy_experiments(ckpts, experiments, exports, tmp)
         _copy_configs(tmp / CONFIGS)
         (tmp / WHEELS).mkdir()
         packed_wheels = [build_project_wheel(tmp / WHEELS)]

@@ -75,7 +75,10 @@ def find_checkpoints(weights: str | Path, folds: list[int] | None = None) -> lis
         raise CheckpointError(f"weights {weights} do not exist; pass a checkpoint file or an experiment directory")
     found = sorted(p for p in weights.glob("fold*.pt") if not p.stem.endswith("_last"))
     if folds is not None:
+        have = [int(p.stem[4:]) for p in found]
         found = [p for p in found if int(p.stem[4:]) in folds]
+        if not found:
+            raise CheckpointError(f"none of folds {folds} in {weights} (it has folds {have}); fix --folds")
     if not found:
         raise CheckpointError(f"no fold*.pt checkpoints in {weights}; train with `python tools/train_fold.py --out {weights}`")
     return found

@@ -137,7 +137,8 @@ def train_fold(cfg: dict, fold: int, data_root: str | Path, out_dir: str | Path,
                progress: bool = True) -> dict:
     paths = FoldPaths(Path(out_dir), fold)
     guard_output(paths, cfg, resume)
-    seed_everything(cfg["seed"] + fold)
+    fold_seed = cfg["seed"] + fold + 1  # distinct per fold, non-negative for fold -1
+    seed_everything(fold_seed)
     device = resolve_device(cfg["train"]["device"])
     use_amp = bool(cfg["train"]["amp"]) and device.type == "cuda"
 
@@ -167,7 +168,7 @@ def train_fold(cfg: dict, fold: int, data_root: str | Path, out_dir: str | Path,
         [r.volume for r in train_data], [r.points for r in train_data], [r.labels for r in train_data],
         patch_size=tuple(tc["patch_size"]), target_spec=spec,
         positive_fraction=tc["positive_fraction"], class_weights=class_values(cfg, "sample_weight"),
-        augment=cfg["augment"], length=tc["samples_per_epoch"], seed=cfg["seed"] + fold)
+        augment=cfg["augment"], length=tc["samples_per_epoch"], seed=fold_seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=tc["batch_size"], shuffle=False,
                                          num_workers=tc["num_workers"], drop_last=True,
                                          persistent_workers=tc["num_workers"] > 0)

@@ -32,7 +32,7 @@ def check_slice_detections(df: pd.DataFrame) -> None:
 
 
 def link_components(zyx: np.ndarray, link_distance: float, max_gap: int) -> np.ndarray:
-    """Component label per detection: edges join detections on different slices <= max_gap apart, <= link_distance in x-y."""
+    """Component label per detection; edges join detections 1..max_gap slices apart and <= link_distance in x-y."""
     if len(zyx) == 0:
         return np.empty(0, dtype=np.int64)
     pairs = cKDTree(zyx[:, 1:]).query_pairs(link_distance, output_type="ndarray")

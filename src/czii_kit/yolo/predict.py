@@ -42,7 +42,8 @@ def build_detection_model(ckpt: Mapping) -> torch.nn.Module:
     try:
         model.load_state_dict({k: v.float() for k, v in ckpt["state_dict"].items()})
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {ckpt.get('path', '?')}: YOLO weights do not fit its model yaml ({e})") from e
+        raise CheckpointError(f"checkpoint {ckpt.get('path', '?')}: YOLO weights do not fit its model yaml ({e}); "
+                              "re-train it with this czii-kit") from e
     model.names = dict(enumerate(ckpt["classes"]))
     return model.float().fuse(verbose=False).eval()
 
@@ -160,3 +161,19 @@ def yolo_points(runner: Runner, volume: np.ndarray, experiment: str, cfg: Mappin
                            progress=progress)
     points = slices_to_points(slices, experiment, settings["cluster"])
     return points[points["score"] >= floor].reset_index(drop=True)
+
+
+def ensemble_points(runners: list[Runner], cfgs: list[Mapping], volume: np.ndarray, experiment: str,
+                    floor: float = 0.0) -> pd.DataFrame:
+    """3D points of several YOLO models (e.g. the fold models) on one tomogram, fused per particle.
+
+    Equal weights and the ``dbscan`` fusion rule: a particle's score is the mean over models, a model
+    that misses it counting 0, so agreement ranks higher than one model's guess.
+    """
+    from czii_kit.post.fusion import fuse
+
+    points = {f"yolo{i}": yolo_points(r, volume, experiment, c, floor) for i, (r, c) in enumerate(zip(runners, cfgs))}
+    if len(points) == 1:
+        return next(iter(points.values()))
+    eps = float(cfgs[0].get("fusion", {}).get("eps_frac", 0.5))
+    return fuse(points, method="dbscan", eps_frac=eps, weights=dict.fromkeys(points, 1.0))

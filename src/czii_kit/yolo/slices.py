@@ -122,7 +122,8 @@ def write_dataset(root, out, fold: int, every: int = 1, recon: str = "denoised",
 
     out = Path(out)
     if (out / "data.yaml").exists():
-        raise DataError(f"{out} already holds a YOLO dataset ({out / 'data.yaml'}); delete that folder or pick another --out")
+        raise DataError(f"{out} already holds a YOLO dataset ({out / 'data.yaml'}); "
+                        "delete that folder or pick another --out")
     train_runs, val_runs = split_runs(layout.list_runs(root, "train"), fold, fold_file)
     write_split(root, train_runs, "train", out, recon, every, min_diameter, progress)
     if val_runs:

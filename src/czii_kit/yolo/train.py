@@ -50,6 +50,11 @@ class YoloFoldPaths(FoldPaths):
         return self.out / "yolo_data" / f"fold{self.fold}"
 
 
+def fold_seed(cfg: Mapping, fold: int) -> int:
+    """Distinct per fold and non-negative for fold -1 (as in the U-Net trainer)."""
+    return int(cfg["seed"]) + fold + 1
+
+
 def ultralytics_dir(out: Path) -> Path:
     """Where ultralytics keeps its settings and fonts for this experiment."""
     return out / ".ultralytics"
@@ -63,7 +68,7 @@ def train_arguments(cfg: Mapping, data_yaml: Path, paths: YoloFoldPaths, device:
             "workers": int(y["workers"]), "device": "cpu" if device.type == "cpu" else device.index or 0,
             "project": str(paths.run_dir.parent.resolve()), "name": paths.run_dir.name, "exist_ok": True,
             "plots": False, "amp": device.type == "cuda" and bool(cfg["train"]["amp"]),
-            "seed": int(cfg["seed"]) + paths.fold,
+            "seed": fold_seed(cfg, paths.fold),
             "pretrained": False, "verbose": progress, **dict(y["args"])}
 
 
@@ -156,7 +161,7 @@ def train_yolo_fold(cfg: dict, fold: int, data_root: str | Path, out_dir: str | 
     check_yolo_config(cfg)
     paths = YoloFoldPaths(Path(out_dir), fold)
     guard_output(paths, cfg, resume)
-    seed_everything(cfg["seed"] + fold)
+    seed_everything(fold_seed(cfg, fold))
     device = resolve_device(cfg["train"]["device"])
     train_runs, val_runs = split_runs(layout.list_runs(data_root, "train"), fold, cfg["data"]["fold_file"])
     if (paths.dataset / "data.yaml").exists():

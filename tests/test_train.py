@@ -1,0 +1,143 @@
+"""End-to-end training on the tiny synthetic dataset: checkpoint contents, resume, refusal to clobber, CLI errors."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import TINY_TRAIN_OVERRIDES
+
+from czii_kit.cli.train_fold import main as train_main
+from czii_kit.config import load_config
+from czii_kit.data import layout
+from czii_kit.data.normalize import normalize_volume
+from czii_kit.errors import CheckpointError, DataError
+from czii_kit.particles import CLASS_NAMES
+from czii_kit.train import checkpoint as ckpt_io
+from czii_kit.train import loop
+
+
+def tiny_cfg(root, *extra):
+    cfg = load_config("cpu_quick", TINY_TRAIN_OVERRIDES + list(extra))
+    cfg["data"]["root"] = str(root)
+    return cfg
+
+
+def test_checkpoint_holds_everything(tiny_experiment, synthetic_root):
+    ckpt = ckpt_io.load_checkpoint(tiny_experiment / "fold0.pt")
+    assert ckpt["classes"] == list(CLASS_NAMES)
+    assert ckpt["fold"] == 0 and ckpt["epoch"] in (1, 2)
+    assert set(ckpt["thresholds"]) == set(CLASS_NAMES)
+    assert ckpt["validation"]["runs"] == [layout.list_runs(synthetic_root, "train")[0]]
+    assert 0.0 <= ckpt["validation"]["score"] <= 1.0
+    assert ckpt["normalization"] == ckpt["config"]["normalize"]
+    assert ckpt["model"] == {"name": "resunet", "args": ckpt["config"]["model"]["args"]}
+    assert ckpt["stride"] == 2 and ckpt["activation"] == "softmax"
+    saved = yaml.safe_load((tiny_experiment / "config.yaml").read_text())
+    assert saved == ckpt["config"]
+    model = ckpt_io.build_model(ckpt)
+    with torch.no_grad():
+        out = model(torch.zeros(1, 1, 32, 64, 64))
+    assert out.shape == (1, 7, 16, 32, 32)
+    log = pd.read_csv(tiny_experiment / "fold0_log.csv")
+    assert list(log["epoch"]) == [1, 2] and log["val_f4"].notna().all()
+    assert (tiny_experiment / "fold0_curve.png").stat().st_size > 1000
+
+
+def test_ema_weights_are_saved(tiny_experiment):
+    ckpt = ckpt_io.load_checkpoint(tiny_experiment / "fold0.pt")
+    state = ckpt_io.load_state(tiny_experiment / "fold0_last.pt")
+    if ckpt["epoch"] == 2:  # best is the last epoch: saved weights must be the EMA, not the raw model
+        key = next(k for k, v in state["ema"].items() if v.dtype.is_floating_point and v.numel() > 10)
+        assert torch.equal(ckpt["state_dict"][key], state["ema"][key])
+        assert not torch.equal(state["model"][key], state["ema"][key])
+
+
+def test_refuses_to_clobber(tiny_experiment, synthetic_root, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(tiny_experiment, exp)
+    before = (exp / "fold0.pt").read_bytes()
+    with pytest.raises(CheckpointError, match="--resume"):
+        loop.train_fold(tiny_cfg(synthetic_root), 0, synthetic_root, exp, progress=False)
+    with pytest.raises(CheckpointError, match="different config"):
+        loop.train_fold(tiny_cfg(synthetic_root, "train.lr=0.5"), 1, synthetic_root, exp, progress=False)
+    assert (exp / "fold0.pt").read_bytes() == before
+
+
+def test_resume_after_crash(synthetic_root, tmp_path, monkeypatch):
+    cfg = tiny_cfg(synthetic_root, "train.epochs=3")
+    out = tmp_path / "exp"
+    real_validate, calls = loop.validate, []
+
+    def crash_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "validate", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train_fold(cfg, 1, synthetic_root, out, progress=False)
+    after_crash = ckpt_io.load_checkpoint(out / "fold1.pt")  # epoch 1's best is intact
+    assert after_crash["epoch"] == 1
+    assert len(pd.read_csv(out / "fold1_log.csv")) == 1
+    monkeypatch.setattr(loop, "validate", real_validate)
+    result = loop.train_fold(cfg, 1, synthetic_root, out, resume=True, progress=False)
+    log = pd.read_csv(out / "fold1_log.csv")
+    assert list(log["epoch"]) == [1, 2, 3]  # epoch 2 redone, nothing lost or repeated
+    assert result["best"]["epoch"] in (1, 2, 3)
+    assert ckpt_io.load_state(out / "fold1_last.pt")["epoch"] == 2
+
+
+def test_fold_minus_one_trains_on_all_runs(synthetic_root, tmp_path):
+    cfg = tiny_cfg(synthetic_root, "train.epochs=1", "train.samples_per_epoch=2")
+    result = loop.train_fold(cfg, -1, synthetic_root, tmp_path / "all", progress=False)
+    assert result["val_runs"] == [] and len(result["train_runs"]) == 4
+    ckpt = ckpt_io.load_checkpoint(tmp_path / "all" / "fold-1.pt")
+    assert ckpt["thresholds"] == {c: cfg["classes"][c]["threshold"] for c in CLASS_NAMES}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--fold", "9"], "out of range"),
+    (["--fold", "0", "--set", "train.epoch=1"], "did you mean 'train.epochs'"),
+    (["--fold", "0", "--set", "model.args.encoder=resnet18"], "encoder"),
+    (["--fold", "0", "--config", "nope"], "not found"),
+])
+def test_cli_errors(argv, message, synthetic_root, tmp_path, capsys):
+    assert train_main(argv + ["--data", str(synthetic_root), "--out", str(tmp_path / "x")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_unknown_encoder(synthetic_root, tmp_path, capsys):
+    argv = ["--fold", "0", "--data", str(synthetic_root), "--out", str(tmp_path / "x"), "--config", "unet_r34",
+            "--set", "model.args.encoder_name=resnet1000"]
+    assert train_main(argv) == 2
+    assert "resnet1000" in capsys.readouterr().err
+
+
+def test_root_without_picks(synthetic_root, tmp_path):
+    root = tmp_path / "nopicks"
+    shutil.copytree(synthetic_root / "train" / "static", root / "train" / "static")
+    with pytest.raises(DataError, match="no picks directory"):
+        loop.train_fold(tiny_cfg(root), 0, root, tmp_path / "w", progress=False)
+
+
+def test_nan_volume_is_named():
+    vol = np.zeros((8, 8, 8), np.float32)
+    vol[1, 2, 3] = np.nan
+    with pytest.raises(DataError, match="run X.*1 NaN"):
+        normalize_volume(vol, name="run X")
+
+
+def test_zero_particle_validation_run(synthetic_root, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(synthetic_root, root)
+    val_run = layout.list_runs(root, "train")[0]
+    for f in layout.picks_dir(root, val_run).glob("*.json"):
+        doc = json.loads(f.read_text())
+        doc["points"] = []
+        f.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=f"validation run {val_run} has zero particles"):
+        loop.train_fold(tiny_cfg(root), 0, root, tmp_path / "w", progress=False)
