@@ -70,13 +70,8 @@ def _held_out(root) -> str:
     return sorted(layout.list_runs(root, "train"))[0]
 
 
-def test_report_with_yolo_adds_yolo_and_fused_rows(tiny_experiment, synthetic_root, tmp_path):
-    from test_yolo import tiny_yolo_config
-
-    from czii_kit.yolo.train import train_yolo_fold
-
-    train_yolo_fold(tiny_yolo_config(), 0, synthetic_root, tmp_path / "yolo", progress=False)
-    result = run_evaluation(synthetic_root, [tiny_experiment, tmp_path / "yolo"], tmp_path / "report", device="cpu",
+def test_report_with_yolo_adds_yolo_and_fused_rows(tiny_experiment, tiny_yolo_experiment, synthetic_root, tmp_path):
+    result = run_evaluation(synthetic_root, [tiny_experiment, tiny_yolo_experiment], tmp_path / "report", device="cpu",
                             tta="none", progress=False)
     sources = result["rows"]["source"].unique().tolist()
     assert sources == ["unet", "yolo", "fused-dbscan", "fused-vote"]

@@ -1,7 +1,6 @@
 """tools/predict.py end to end on the tiny experiment: submission, scoring, engines, failures, bad input."""
 import shutil
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -122,3 +121,19 @@ def test_incompatible_checkpoints(tiny_experiment, tmp_path, capsys, synthetic_r
             str(tmp_path / "s.csv"), "--device", "cpu"]
     assert predict_main(argv) == 2
     assert "normalization" in capsys.readouterr().err
+
+
+def test_mixed_unet_and_yolo_checkpoints_are_fused(synthetic_root, tiny_experiment, tiny_yolo_experiment, tmp_path,
+                                                   monkeypatch):
+    from czii_kit.post import fusion
+
+    calls = []
+    real_fuse = fusion.fuse
+    monkeypatch.setattr(fusion, "fuse", lambda sources, **kw: calls.append(sorted(sources)) or real_fuse(sources, **kw))
+    run = layout.list_runs(synthetic_root, "test")[0]
+    out = tmp_path / "mixed.csv"
+    assert run_predict(synthetic_root, tiny_experiment, out, "--tta", "none", "--runs", run,
+                       "--weights", str(tiny_experiment), str(tiny_yolo_experiment)) == 0
+    assert calls == [["unet", "yolo"]]
+    sub = read_submission(out)
+    assert set(sub["experiment"]) <= {run}

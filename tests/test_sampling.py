@@ -8,7 +8,6 @@ from czii_kit.data.dataset import PatchDataset
 from czii_kit.data.sampling import PatchSampler
 from czii_kit.data.targets import TargetSpec
 from czii_kit.errors import ConfigError, DataError
-from czii_kit.particles import CLASS_NAMES
 
 PATCH = (16, 32, 32)
 

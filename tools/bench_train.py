@@ -5,7 +5,8 @@
     python tools/bench_train.py --config cpu_quick --steps 20
 
 Runs on the built-in synthetic dataset (or --data). The data pipeline is timed the way training
-uses it (DataLoader with the config's workers); the model step is forward + backward + AdamW.
+uses it (DataLoader with the config's workers); the model step is forward + backward + AdamW,
+with the model placed exactly as training places it.
 """
 import argparse
 import resource
@@ -23,6 +24,7 @@ from czii_kit.infer.engines import resolve_device
 from czii_kit.losses import build_loss
 from czii_kit.models import build_model
 from czii_kit.train.data import load_runs
+from czii_kit.train.loop import place_model
 
 
 def bench(name: str, root, steps: int, overrides: list[str]) -> dict:
@@ -35,7 +37,7 @@ def bench(name: str, root, steps: int, overrides: list[str]) -> dict:
                       positive_fraction=tc["positive_fraction"], class_weights=class_values(cfg, "sample_weight"),
                       augment=cfg["augment"], length=(steps + 2) * tc["batch_size"], seed=0)
     loader = torch.utils.data.DataLoader(ds, batch_size=tc["batch_size"], num_workers=tc["num_workers"])
-    model = build_model(cfg["model"]["name"], **cfg["model"]["args"]).to(device).train()
+    model = place_model(build_model(cfg["model"]["name"], **cfg["model"]["args"]), device).train()
     loss_fn = build_loss(cfg["loss"]["name"], class_weights=class_values(cfg, "loss_weight"), **cfg["loss"]["args"])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     data_t, step_t = [], []

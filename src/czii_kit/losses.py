@@ -12,7 +12,7 @@ Each loss module carries ``activation`` ("softmax" or "sigmoid"): the one to use
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -20,30 +20,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from czii_kit.errors import ConfigError
-from czii_kit.models.registry import check_args
+from czii_kit.utils.registry import Registry
 from czii_kit.particles import CLASS_NAMES
 
 POSITIVE_THRESHOLD = 0.5
-LOSSES: dict[str, type[nn.Module]] = {}
-
-
-def register_loss(name: str) -> Callable[[type], type]:
-    def register(cls: type) -> type:
-        if name in LOSSES:
-            raise ValueError(f"loss name {name!r} is already registered by {LOSSES[name].__qualname__}")
-        LOSSES[name] = cls
-        return cls
-
-    return register
+LOSSES = Registry("loss")
+register_loss = LOSSES.register
 
 
 def build_loss(name: str, class_weights: Sequence[float] | None = None, **args: Any) -> nn.Module:
     """Build the registered loss ``name``; unknown names or arguments raise ConfigError."""
-    if name not in LOSSES:
-        raise ConfigError(f"unknown loss {name!r}; registered losses: {', '.join(sorted(LOSSES))}")
-    cls = LOSSES[name]
-    check_args(cls, args, f"loss {name!r}")
-    return cls(class_weights=class_weights, **args)
+    return LOSSES.build(name, class_weights=class_weights, **args)
 
 
 def class_weight_tensor(class_weights: Sequence[float] | None) -> torch.Tensor:

@@ -89,43 +89,64 @@ def check_output(path: Path) -> None:
 def predict_split(root, split: str, ckpts: list[dict], cfg: dict, thresholds: dict[str, float], devices: list[str],
                   runs: list[str], member_weights: list[float], time_budget_h: float | None,
                   cache_dir: Path, progress: bool = True):
-    """Run the whole pipeline over runs; returns (detections, per-run seconds, failures, dropped-pass log)."""
+    """Run the whole pipeline over runs; returns (detections, per-run seconds, failures, dropped-pass log).
+
+    3D checkpoints form a probability-space ensemble; YOLO checkpoints give 3D points from z-slices;
+    with both, the two point sets are fused (config ``fusion``) before post-processing.
+    """
     from czii_kit.infer.budget import TimeBudget
-    from czii_kit.infer.members import make_member
-    from czii_kit.infer.predictor import detect, infer_window, predict_probabilities
+    from czii_kit.infer.members import is_yolo, make_member
+    from czii_kit.infer.predictor import candidates, detect, detect_fused, infer_window, predict_probabilities
     from czii_kit.infer.tta import parse_tta
     from czii_kit.infer.workers import map_over_devices
 
+    unet = [(c, w) for c, w in zip(ckpts, member_weights) if not is_yolo(c)]
+    yolo = [c for c in ckpts if is_yolo(c)]
     tta = parse_tta(cfg["infer"]["tta"])
     window = infer_window(cfg)
-    plan = [(i, t) for i in range(len(ckpts)) for t in tta]
-    budget = TimeBudget(time_budget_h * 3600, len(runs), plan) if time_budget_h else None
-    members_on: dict[str, list] = {}
+    plan = [(i, t) for i in range(len(unet)) for t in tta]
+    budget = TimeBudget(time_budget_h * 3600, len(runs), plan) if time_budget_h and unet else None
+    models_on: dict[str, tuple] = {}
     lock = threading.Lock()
     timings: dict[str, float] = {}
-    stride, norm = ckpts[0]["stride"], ckpts[0]["normalization"]
+    floor = min(thresholds.values())
 
-    def members_for(device: str):
+    def models_for(device: str):
         with lock:
-            if device not in members_on:
-                members_on[device] = [
-                    make_member(c, cfg["infer"]["engine"], device, window, cfg["infer"]["batch_size"], cache_dir, w)
-                    for c, w in zip(ckpts, member_weights)]
-            return members_on[device]
+            if device not in models_on:
+                from czii_kit.yolo.predict import make_runner
+
+                engine = cfg["infer"]["engine"]
+                models_on[device] = (
+                    [make_member(c, engine, device, window, cfg["infer"]["batch_size"], cache_dir, w) for c, w in unet],
+                    [make_runner(c, "onnx" if engine == "onnx" else "torch", device) for c in yolo])
+            return models_on[device]
 
     def work(run: str, device: str) -> pd.DataFrame:
         t0 = time.monotonic()
-        members = members_for(device)
-        vol = normalize_from_config(io.read_tomogram(root, run, split, cfg["data"]["recon"]), norm, name=f"run {run}")
-        passes = None
-        if budget is not None:
-            with lock:
-                grouped = defaultdict(list)
-                for i, t in budget.passes_for_next():
-                    grouped[i].append(t)
-                passes = dict(grouped)
-        prob = predict_probabilities(members, vol, cfg, passes=passes, progress=False)
-        found = detect(prob, run, stride, cfg, thresholds)
+        members, runners = models_for(device)
+        raw = io.read_tomogram(root, run, split, cfg["data"]["recon"])
+        sources = {}
+        if members:
+            passes = None
+            if budget is not None:
+                with lock:
+                    grouped = defaultdict(list)
+                    for i, t in budget.passes_for_next():
+                        grouped[i].append(t)
+                    passes = dict(grouped)
+            c0 = members[0].meta
+            vol = normalize_from_config(raw, c0["normalization"], name=f"run {run}")
+            prob = predict_probabilities(members, vol, cfg, passes=passes, progress=False)
+            if not runners:
+                found = detect(prob, run, c0["stride"], cfg, thresholds)
+            else:
+                sources["unet"] = candidates(prob, run, c0["stride"], {**cfg, "post": {}}, floor)
+        if runners:
+            from czii_kit.yolo.predict import ensemble_points
+
+            sources["yolo"] = ensemble_points(runners, [c["config"] for c in yolo], raw, run, floor)
+            found = detect_fused(sources, cfg, thresholds)
         seconds = time.monotonic() - t0
         with lock:
             timings[run] = seconds

@@ -16,9 +16,16 @@ from czii_kit.models.activation import ProbabilityModel
 from czii_kit.particles import CLASS_NAMES
 from czii_kit.train.checkpoint import build_model, find_checkpoints, load_checkpoint
 
+def is_yolo(ckpt: dict) -> bool:
+    return ckpt["model"]["name"] == "yolo"
+
+
 def load_checkpoints(weights: list[str | Path], folds: list[int] | None = None) -> list[dict]:
+    """Load and check checkpoints; 3D members must agree on normalization and stride (YOLO ones are 2D)."""
     ckpts = [load_checkpoint(p) for w in weights for p in find_checkpoints(w, folds)]
-    check_compatible(ckpts)
+    volumetric = [c for c in ckpts if not is_yolo(c)]
+    if volumetric:
+        check_compatible(volumetric)
     for c in ckpts:
         if list(c["classes"]) != list(CLASS_NAMES):
             raise CheckpointError(f"{c['path']}: class order {c['classes']} differs from this czii-kit's {CLASS_NAMES}")

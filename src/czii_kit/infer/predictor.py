@@ -61,3 +61,10 @@ def candidates(prob, experiment: str, stride: int, cfg: dict, floor: float) -> p
 def detect(prob, experiment: str, stride: int, cfg: dict, thresholds: dict[str, float]) -> pd.DataFrame:
     floor = min(thresholds.values())
     return apply_thresholds(candidates(prob, experiment, stride, cfg, floor), thresholds)
+
+
+def detect_fused(sources: dict[str, pd.DataFrame], cfg: dict, thresholds: dict[str, float]) -> pd.DataFrame:
+    """U-Net peaks and YOLO points (both before post-processing) -> fusion -> post-processing -> thresholds."""
+    from czii_kit.post.fusion import fused_candidates
+
+    return apply_thresholds(fused_candidates(sources, cfg.get("fusion"), cfg["post"]), thresholds)

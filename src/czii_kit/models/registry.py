@@ -6,54 +6,22 @@ Every registered class takes ``(in_channels=1, num_classes=7, **args)``, returns
 """
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from czii_kit.errors import ConfigError
+from czii_kit.utils.registry import Registry
 
-MODELS: dict[str, type[nn.Module]] = {}
-
-T = TypeVar("T", bound=type)
-
-
-def register_model(name: str) -> Callable[[T], T]:
-    """Class decorator that makes a model buildable by ``name``."""
-
-    def register(cls: T) -> T:
-        if name in MODELS:
-            raise ValueError(f"model name {name!r} is already registered by {MODELS[name].__qualname__}")
-        MODELS[name] = cls
-        return cls
-
-    return register
-
-
-def check_args(factory: Callable[..., Any], args: Mapping[str, Any], what: str) -> None:
-    """Raise ConfigError naming any key of ``args`` that ``factory``'s signature does not accept."""
-    accepted = [
-        p.name
-        for p in inspect.signature(factory).parameters.values()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ]
-    unknown = [key for key in args if key not in accepted]
-    if unknown:
-        raise ConfigError(
-            f"unknown argument(s) {', '.join(map(repr, unknown))} for {what}; "
-            f"accepted arguments: {', '.join(accepted)}"
-        )
+MODELS = Registry("model")
+register_model = MODELS.register
 
 
 def build_model(name: str, **args: Any) -> nn.Module:
     """Build the registered model ``name`` with constructor ``args`` (validated before the call)."""
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}")
-    cls = MODELS[name]
-    check_args(cls, args, f"model {name!r}")
-    return cls(**args)
+    return MODELS.build(name, **args)
 
 
 def check_input_shape(model: nn.Module, shape: Sequence[int]) -> None:

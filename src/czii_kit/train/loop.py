@@ -15,7 +15,6 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-import czii_kit
 from czii_kit.config import class_dict, class_values, dump_config, save_config
 from czii_kit.data import layout
 from czii_kit.data.dataset import PatchDataset
@@ -90,6 +89,15 @@ def guard_output(paths: FoldPaths, cfg: dict, resume: bool) -> None:
             "or --out for a new experiment (nothing was overwritten)")
 
 
+def place_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move a model for training; on CPU also keep freed memory and use channels-last (1.2-1.5x faster 3D convs)."""
+    model.to(device)
+    if device.type == "cpu":
+        keep_freed_memory()
+        model.to(memory_format=torch.channels_last_3d)
+    return model
+
+
 def cosine_lr(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -157,10 +165,7 @@ def train_fold(cfg: dict, fold: int, data_root: str | Path, out_dir: str | Path,
         if any(s % model.input_multiple for s in shape):
             raise ConfigError(f"{name} {list(shape)} must be a multiple of {model.input_multiple} for this model")
     loss_fn = build_loss(cfg["loss"]["name"], class_weights=class_values(cfg, "loss_weight"), **cfg["loss"]["args"])
-    model.to(device)
-    if device.type == "cpu":
-        keep_freed_memory()
-        model.to(memory_format=torch.channels_last_3d)  # 1.2-1.5x faster 3D convs on CPU
+    place_model(model, device)
     ema = ModelEMA(model, cfg["train"]["ema_decay"])
 
     tc = cfg["train"]
