@@ -137,3 +137,13 @@ def test_mixed_unet_and_yolo_checkpoints_are_fused(synthetic_root, tiny_experime
     assert calls == [["unet", "yolo"]]
     sub = read_submission(out)
     assert set(sub["experiment"]) <= {run}
+
+
+def test_export_tool_handles_yolo_checkpoints(tiny_yolo_experiment, tmp_path, capsys):
+    exp = tmp_path / "yolo"
+    shutil.copytree(tiny_yolo_experiment, exp)
+    assert export_main(["--weights", str(exp), "--format", "onnx"]) == 0
+    out = capsys.readouterr().out
+    assert "torch vs onnx (YOLO): max abs diff" in out and "OK" in out
+    assert (exp / "fold0_yolo.onnx").exists()
+    assert export_main(["--weights", str(exp), "--format", "tensorrt"]) == 2

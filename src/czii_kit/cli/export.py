@@ -29,13 +29,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from czii_kit.infer.engines import OnnxEngine, TensorRTEngine, TorchEngine, require_tensorrt
     from czii_kit.infer.export import build_tensorrt_engine, export_onnx, parity
-    from czii_kit.infer.members import load_checkpoints, packed_onnx_path, prob_model
+    from czii_kit.infer.members import is_yolo, load_checkpoints, packed_onnx_path, prob_model
 
     if args.format == "tensorrt":
         require_tensorrt()  # fail before any work if TensorRT or the GPU is missing
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
-    worst = 0.0
     for ckpt in load_checkpoints(args.weights, folds):
+        if is_yolo(ckpt):
+            export_yolo(ckpt, args)
+            continue
         window = tuple(args.window or ckpt["window"])
         batch = args.batch_size or ckpt["config"]["infer"]["batch_size"]
         path = Path(ckpt["path"])
@@ -52,9 +54,36 @@ def main(argv=None) -> int:
         else:
             candidate, tol = TensorRTEngine(build_tensorrt_engine(onnx, args.engine_cache), device="cuda"), FP16_TOLERANCE
         diff = parity(reference, candidate, n_batches=2, batch_size=batch)
-        worst = max(worst, diff)
         print(f"parity {path.name}: torch vs {args.format}: max abs diff {diff:.3e} (tolerance {tol:.0e}) "
               f"{'OK' if diff <= tol else 'FAILED'}")
         if diff > tol:
             raise CheckpointError(f"{args.format} output of {path} differs from torch by {diff:.3e} > {tol:.0e}")
     return 0
+
+
+def export_yolo(ckpt: dict, args) -> None:
+    """YOLO slice detectors: ONNX through ultralytics' exporter (next to the checkpoint, where predict looks),
+    parity against torch on random slices. TensorRT: build from that ONNX with trtexec on the GPU."""
+    import torch
+
+    from czii_kit.yolo.predict import build_detection_model, export_onnx, onnx_runner, torch_runner
+
+    if args.format == "tensorrt":
+        raise CheckpointError(f"{ckpt['path']} is a YOLO checkpoint: export it with --format onnx and build the "
+                              "engine on the GPU with `trtexec --onnx=FILE --fp16`")
+    path = Path(ckpt["path"])
+    onnx = path.with_name(f"{path.stem}_yolo.onnx")
+    if onnx.exists() and not args.force:
+        print(f"{onnx} exists (use --force to re-export)")
+    else:
+        export_onnx(ckpt, onnx)
+        print(f"wrote {onnx}")
+    imgsz = int(ckpt["window"][0])
+    batch = torch.rand(2, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
+    cpu = torch.device("cpu")
+    diff = float((torch_runner(build_detection_model(ckpt), cpu)(batch) - onnx_runner(onnx, cpu)(batch)).abs().max())
+    tol = 1e-3  # raw box coordinates are in pixels, so absolute differences are larger than for probabilities
+    print(f"parity {path.name}: torch vs onnx (YOLO): max abs diff {diff:.3e} (tolerance {tol:.0e}) "
+          f"{'OK' if diff <= tol else 'FAILED'}")
+    if diff > tol:
+        raise CheckpointError(f"ONNX output of {path} differs from torch by {diff:.3e} > {tol:.0e}")

@@ -1,0 +1,1 @@
+"""Data layer: competition layout, zarr/picks I/O, synthetic data, sampling, targets, augmentation."""

@@ -1,0 +1,208 @@
+"""Read (and, for the synthetic generator, write) tomograms and copick picks.
+
+Readers validate everything a user can get wrong and raise ``DataError`` naming the
+path and the fix. Readers never write: nothing lands in the user's data directory.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from czii_kit.data import layout
+from czii_kit.errors import DataError
+from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING
+
+PICK_COLUMNS = ["experiment", "particle_type", "x", "y", "z"]
+
+
+# --------------------------------------------------------------------------- tomograms
+def open_multiscale(path: str | Path):
+    """Open an OME-NGFF multiscale zarr v2 group read-only and check its metadata."""
+    import zarr
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"tomogram {path} does not exist")
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as e:  # zarr raises several types for unreadable stores
+        raise DataError(f"{path} is not a readable zarr store ({type(e).__name__}: {e})") from e
+    if not isinstance(node, zarr.hierarchy.Group):
+        raise DataError(
+            f"{path} is a bare zarr array, not an OME-NGFF multiscale group with levels 0/1/2; "
+            "re-export it as a group (e.g. with `python tools/make_synthetic.py`' writer)"
+        )
+    if "multiscales" not in node.attrs:
+        raise DataError(f"{path} has no OME-NGFF 'multiscales' attribute in .zattrs; it is not a multiscale group")
+    return node
+
+
+def tomogram_levels(path: str | Path) -> list[str]:
+    group = open_multiscale(path)
+    return [d["path"] for d in group.attrs["multiscales"][0]["datasets"]]
+
+
+def read_tomogram_path(path: str | Path, level: int = 0) -> np.ndarray:
+    """Whole level of a multiscale zarr as a float32 (z, y, x) array."""
+    group = open_multiscale(path)
+    key = str(level)
+    if key not in group:
+        have = sorted(group.array_keys())
+        raise DataError(f"{path} has no level {key!r} (levels present: {', '.join(have) or 'none'})")
+    try:
+        vol = group[key][...]
+    except Exception as e:
+        raise DataError(f"{path}/{key} could not be read; the store is corrupt ({type(e).__name__}: {e})") from e
+    if vol.ndim != 3:
+        raise DataError(f"{path}/{key} has shape {vol.shape}; expected a 3-D (z, y, x) volume")
+    return np.ascontiguousarray(vol, dtype=np.float32)
+
+
+def read_tomogram(root, run: str, split: str = "train", recon: str = "denoised", level: int = 0) -> np.ndarray:
+    path = layout.tomogram_path(root, split, run, recon)
+    if not path.exists():
+        layout.check_root(root)
+        run_path = layout.runs_dir(root, split) / run
+        if not run_path.exists():
+            raise DataError(f"run {run!r} not found in {layout.runs_dir(root, split)}")
+        have = layout.available_recons(root, split, run)
+        raise DataError(
+            f"run {run!r} has no {recon!r} reconstruction at {path} "
+            f"(available: {', '.join(have) or 'none'}); pick one with --recon"
+        )
+    return read_tomogram_path(path, level)
+
+
+def write_tomogram(path: str | Path, volume: np.ndarray, levels: int = 3,
+                   spacing: float = VOXEL_SPACING, chunks=(32, 32, 32)) -> None:
+    """Write an OME-NGFF 0.4 multiscale zarr v2 group (levels 0..levels-1, 2x mean-pooled).
+
+    Refuses to overwrite an existing store.
+    """
+    import zarr
+    from numcodecs import Blosc
+
+    path = Path(path)
+    if path.exists():
+        raise DataError(f"refusing to overwrite existing tomogram {path}")
+    volume = np.asarray(volume, dtype=np.float32)
+    if volume.ndim != 3:
+        raise DataError(f"volume has shape {volume.shape}; expected (z, y, x)")
+    group = zarr.open_group(str(path), mode="w")
+    compressor = Blosc(cname="zstd", clevel=1, shuffle=Blosc.BITSHUFFLE)
+    datasets = []
+    level_vol = volume
+    for lvl in range(levels):
+        group.create_dataset(str(lvl), data=level_vol, chunks=chunks, compressor=compressor, dtype="f4")
+        s = spacing * 2**lvl
+        datasets.append({"path": str(lvl), "coordinateTransformations": [{"type": "scale", "scale": [s, s, s]}]})
+        level_vol = _downsample2(level_vol)
+    group.attrs["multiscales"] = [{
+        "version": "0.4",
+        "name": "/",
+        "axes": [{"name": a, "type": "space", "unit": "angstrom"} for a in "zyx"],
+        "datasets": datasets,
+        "metadata": {},
+    }]
+
+
+def _downsample2(vol: np.ndarray) -> np.ndarray:
+    """2x2x2 mean pooling; odd sizes are edge-padded (630 -> 315 -> 158, as in the real data)."""
+    pad = [(0, s % 2) for s in vol.shape]
+    v = np.pad(vol, pad, mode="edge") if any(p[1] for p in pad) else vol
+    z, y, x = (s // 2 for s in v.shape)
+    return v.reshape(z, 2, y, 2, x, 2).mean(axis=(1, 3, 5), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- picks
+def _particle_from_filename(path: Path) -> str:
+    stem = path.stem
+    return stem if stem in CLASS_NAMES else stem.rsplit("_", 1)[-1]
+
+
+def read_picks_file(path: str | Path, run: str | None = None) -> pd.DataFrame:
+    """One copick picks JSON -> DataFrame(experiment, particle_type, x, y, z) in Å."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"picks file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"picks file {path} is not valid JSON ({e}); re-export it from copick") from e
+    if not isinstance(doc, dict):
+        raise DataError(f"picks file {path} must hold a JSON object with 'pickable_object_name' and 'points'")
+    name = doc.get("pickable_object_name", _particle_from_filename(path))
+    if name not in CLASS_NAMES:
+        raise DataError(f"picks file {path}: unknown particle type {name!r}; expected one of {', '.join(CLASS_NAMES)}")
+    unit = doc.get("unit", "angstrom")
+    if unit != "angstrom":
+        raise DataError(f"picks file {path}: unit is {unit!r}; only 'angstrom' picks are supported")
+    points = doc.get("points")
+    if not isinstance(points, list):
+        raise DataError(f"picks file {path} has no 'points' list")
+    experiment = doc.get("run_name") or run or path.parent.parent.name
+    rows = []
+    for i, p in enumerate(points):
+        try:
+            loc = p["location"]
+            xyz = [float(loc[k]) for k in ("x", "y", "z")]
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(
+                f"picks file {path}: point {i} lacks a numeric location.x/y/z ({type(e).__name__}: {e})"
+            ) from e
+        if not all(math.isfinite(v) for v in xyz):
+            raise DataError(f"picks file {path}: point {i} has a non-finite coordinate {xyz}; fix or drop it")
+        rows.append((experiment, name, *xyz))
+    return pd.DataFrame(rows, columns=PICK_COLUMNS).astype({"x": float, "y": float, "z": float})
+
+
+def read_picks(root, run: str) -> pd.DataFrame:
+    """All picks of a train run, every class, as one DataFrame (may be empty)."""
+    d = layout.picks_dir(root, run)
+    if not d.is_dir():
+        layout.check_root(root)
+        raise DataError(f"run {run!r} has no picks directory {d}; training needs the overlay picks")
+    frames = [read_picks_file(f, run) for f in sorted(d.glob("*.json"))]
+    if not frames:
+        raise DataError(f"picks directory {d} holds no *.json files")
+    df = pd.concat(frames, ignore_index=True).drop_duplicates().reset_index(drop=True)
+    df["experiment"] = run
+    return df
+
+
+def read_all_picks(root, runs: list[str] | None = None) -> pd.DataFrame:
+    """Picks of several train runs (all of them by default) in the Kaggle solution column order."""
+    runs = runs if runs is not None else layout.list_runs(root, "train")
+    frames = [read_picks(root, r) for r in runs]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PICK_COLUMNS)
+
+
+def write_picks(root, run: str, particle_type: str, xyz_angstrom: np.ndarray,
+                user_id: str = "curation", session_id: str = "0") -> Path:
+    """Write one copick picks file `<particle>.json` under the overlay tree of a run."""
+    if particle_type not in CLASS_NAMES:
+        raise DataError(f"unknown particle type {particle_type!r}")
+    xyz = np.asarray(xyz_angstrom, dtype=np.float64).reshape(-1, 3)
+    path = layout.picks_dir(root, run) / f"{particle_type}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    identity = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+    doc = {
+        "pickable_object_name": particle_type,
+        "user_id": user_id,
+        "session_id": session_id,
+        "run_name": run,
+        "voxel_spacing": None,
+        "unit": "angstrom",
+        "points": [
+            {"location": {"x": float(x), "y": float(y), "z": float(z)},
+             "transformation_": identity, "instance_id": 0, "score": 1.0}
+            for x, y, z in xyz
+        ],
+        "trust_orientation": True,
+    }
+    path.write_text(json.dumps(doc, indent=1))
+    return path

@@ -1,0 +1,103 @@
+"""Where to cut training patches: around particles (positives) or anywhere (negatives).
+
+Positives pick a class by ``class_weights`` among the classes present (weight 0: never), then one
+particle of that class uniformly over all runs, and put it at a uniform position inside the patch
+at least ``margin`` voxels from the patch border (less only where the volume border forces it).
+Negatives are uniform over all patch positions of all runs.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from czii_kit.data.targets import check_points
+from czii_kit.errors import ConfigError
+from czii_kit.particles import CLASS_NAMES
+
+DEFAULT_MARGIN = 4  # voxels between a positive's centre and the patch border
+
+
+class PatchSampler:
+    """Draws (run index, full-res patch origin (z, y, x)) for training crops."""
+
+    def __init__(self, shapes: Sequence[Sequence[int]], points: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                 patch_size: Sequence[int], positive_fraction: float = 0.7,
+                 class_weights: Sequence[float] | None = None, seed: int = 0, margin: int = DEFAULT_MARGIN):
+        if not len(shapes) == len(points) == len(labels) or not shapes:
+            raise ConfigError(f"need one shape, points array and labels array per run and at least one run; got "
+                              f"{len(shapes)} shapes, {len(points)} points, {len(labels)} labels")
+        if not 0.0 <= positive_fraction <= 1.0:
+            raise ConfigError(f"positive_fraction must be in [0, 1], got {positive_fraction!r}")
+        self.shapes = np.array([tuple(int(n) for n in s) for s in shapes], dtype=np.int64).reshape(-1, 3)
+        self.patch_size = _check_patch_size(patch_size, self.shapes)
+        self.positive_fraction = float(positive_fraction)
+        self.margin = np.minimum(int(margin), (self.patch_size - 1) // 2)
+        self.rng = np.random.default_rng(seed)
+        self._index_particles(points, labels)
+        self.class_probs = self._class_probabilities(class_weights)
+
+    def _index_particles(self, points: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> None:
+        """Flatten all runs' particles into (run, index in run, centre voxel) arrays, grouped by class."""
+        runs, indices, centres, classes = [], [], [], []
+        for run, (shape, pts, lab) in enumerate(zip(self.shapes, points, labels)):
+            pts, lab = check_points(pts, lab)
+            runs.append(np.full(len(lab), run))
+            indices.append(np.arange(len(lab)))
+            centres.append(np.clip(np.floor(pts + 0.5).astype(np.int64), 0, shape - 1))
+            classes.append(lab)
+        self.particle_run = np.concatenate(runs).astype(np.int64)
+        self.particle_index = np.concatenate(indices).astype(np.int64)
+        self.particle_centre = np.concatenate(centres).reshape(-1, 3)
+        particle_class = np.concatenate(classes).astype(np.int64)
+        self.particles_of_class = [np.flatnonzero(particle_class == c) for c in range(len(CLASS_NAMES))]
+
+    def _class_probabilities(self, class_weights: Sequence[float] | None) -> np.ndarray:
+        weights = np.ones(len(CLASS_NAMES)) if class_weights is None else np.asarray(class_weights, dtype=np.float64)
+        if weights.shape != (len(CLASS_NAMES),) or not np.all(np.isfinite(weights) & (weights >= 0)):
+            raise ConfigError(f"class_weights must be {len(CLASS_NAMES)} non-negative numbers in the order "
+                              f"{', '.join(CLASS_NAMES)}; got {class_weights!r}")
+        present = np.array([len(p) > 0 for p in self.particles_of_class])
+        eligible = weights * present
+        if eligible.sum() == 0:
+            if self.positive_fraction > 0:
+                raise ConfigError("no particle of a class with positive class weight exists in these runs, so no "
+                                  "positive patch can be drawn; set positive_fraction to 0 or fix class_weights")
+            return eligible
+        return eligible / eligible.sum()
+
+    def sample(self, rng: np.random.Generator | None = None) -> tuple[int, np.ndarray]:
+        """A positive patch with probability ``positive_fraction``, else a uniform one."""
+        rng = self.rng if rng is None else rng
+        if rng.random() < self.positive_fraction:
+            run, origin, _ = self.sample_positive(rng)
+            return run, origin
+        return self.sample_negative(rng)
+
+    def sample_positive(self, rng: np.random.Generator) -> tuple[int, np.ndarray, int]:
+        """(run, origin, index of the chosen particle within that run's points)."""
+        cls = rng.choice(len(CLASS_NAMES), p=self.class_probs)
+        members = self.particles_of_class[cls]
+        k = members[rng.integers(len(members))]
+        run = int(self.particle_run[k])
+        offset = rng.integers(self.margin, self.patch_size - self.margin)  # centre's position inside the patch
+        origin = np.clip(self.particle_centre[k] - offset, 0, self.shapes[run] - self.patch_size)
+        return run, origin, int(self.particle_index[k])
+
+    def sample_negative(self, rng: np.random.Generator) -> tuple[int, np.ndarray]:
+        """Uniform over every patch position of every run."""
+        positions = np.prod(self.shapes - self.patch_size + 1, axis=1).astype(np.float64)
+        run = int(rng.choice(len(self.shapes), p=positions / positions.sum()))
+        origin = rng.integers(0, self.shapes[run] - self.patch_size + 1)
+        return run, origin
+
+
+def _check_patch_size(patch_size: Sequence[int], shapes: np.ndarray) -> np.ndarray:
+    patch = np.array([int(n) for n in patch_size], dtype=np.int64)
+    if patch.shape != (3,) or np.any(patch <= 0):
+        raise ConfigError(f"train.patch_size must be three positive ints (z, y, x), got {patch_size!r}")
+    for run, shape in enumerate(shapes):
+        if np.any(patch > shape):
+            raise ConfigError(f"patch size {tuple(patch.tolist())} is larger than volume {run} of shape "
+                              f"{tuple(shape.tolist())}; lower train.patch_size to fit every volume")
+    return patch
