@@ -149,3 +149,17 @@ def dump_config(cfg: dict) -> str:
 
 def save_config(cfg: dict, path: str | os.PathLike) -> None:
     write_text_atomic(path, dump_config(cfg))
+
+
+def dataclass_from_mapping(cls, mapping, what: str):
+    """A config section as a dataclass: missing keys take the defaults, unknown keys are errors."""
+    from collections.abc import Mapping
+    from dataclasses import fields
+
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"{what} config must be a mapping, got {type(mapping).__name__}")
+    allowed = [f.name for f in fields(cls)]
+    unknown = sorted(set(mapping) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown {what} config key(s) {unknown}; allowed keys: {', '.join(allowed)}")
+    return cls(**mapping)

@@ -8,11 +8,12 @@ image and to its targets, and ``transform_points`` maps voxel coordinates throug
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from czii_kit.config import dataclass_from_mapping
 from czii_kit.errors import ConfigError
 
 AXES = ("z", "y", "x")
@@ -129,13 +130,7 @@ class AugmentConfig:
     @classmethod
     def from_config(cls, config: Mapping) -> AugmentConfig:
         """Build from a plain dict; missing keys take the defaults above, unknown keys are errors."""
-        if not isinstance(config, Mapping):
-            raise ConfigError(f"augment config must be a mapping, got {type(config).__name__}")
-        allowed = [f.name for f in fields(cls)]
-        unknown = sorted(set(config) - set(allowed))
-        if unknown:
-            raise ConfigError(f"unknown augment config key(s) {unknown}; allowed keys: {', '.join(allowed)}")
-        return cls(**config)
+        return dataclass_from_mapping(cls, config, "augment")
 
     @classmethod
     def off(cls) -> AugmentConfig:

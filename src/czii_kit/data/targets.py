@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
+from czii_kit.config import dataclass_from_mapping
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.particles import CLASS_NAMES, PARTICLES
 
@@ -70,13 +71,7 @@ class TargetSpec:
     @classmethod
     def from_config(cls, config: Mapping) -> TargetSpec:
         """Build from a plain dict such as {"kind": "gaussian", "stride": 1, "sigma_frac": 0.25}."""
-        if not isinstance(config, Mapping):
-            raise ConfigError(f"target config must be a mapping, got {type(config).__name__}")
-        allowed = [f.name for f in fields(cls)]
-        unknown = sorted(set(config) - set(allowed))
-        if unknown:
-            raise ConfigError(f"unknown target config key(s) {unknown}; allowed keys: {', '.join(allowed)}")
-        return cls(**config)
+        return dataclass_from_mapping(cls, config, "target")
 
     def output_shape(self, shape: Sequence[int]) -> tuple[int, int, int]:
         """Grid shape at this stride of a full-res (Z, Y, X) region."""
