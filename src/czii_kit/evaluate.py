@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from czii_kit.data import io, layout
 from czii_kit.errors import CheckpointError, DataError
-from czii_kit.metric import best_thresholds, score_table, table_score
+from czii_kit.metric import best_thresholds, tuned_score
 from czii_kit.particles import CLASS_NAMES, RADIUS, VOXEL_SPACING, angstrom_to_voxel, particle
 from czii_kit.post.fusion import FUSION_METHODS, fuse, fusion_settings
 from czii_kit.post.pipeline import apply_thresholds, default_post_config, postprocess
@@ -156,11 +156,7 @@ def available_sources(preds: list[FoldPrediction]) -> list[str]:
 
 def evaluate_row(candidates: pd.DataFrame, solution: pd.DataFrame) -> tuple[dict[str, float], pd.DataFrame, float]:
     """Thresholds tuned jointly on all candidates, then the exact metric: (thresholds, per-class table, score)."""
-    tuned, _ = best_thresholds(solution, candidates)
-    thresholds = {c: float(tuned.get(c, np.inf)) for c in CLASS_NAMES}
-    kept = apply_thresholds(candidates, thresholds)
-    table = score_table(solution, kept)
-    return thresholds, table, table_score(table)
+    return tuned_score(solution, candidates)
 
 
 def ablation(preds: list[FoldPrediction], post_cfg: Mapping,

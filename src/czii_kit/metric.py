@@ -234,3 +234,16 @@ def best_thresholds(solution: pd.DataFrame, candidates: pd.DataFrame,
         curves.append(curve)
     table = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
     return best, table
+
+
+def tuned_score(solution: pd.DataFrame, candidates: pd.DataFrame, grid: np.ndarray | None = None,
+                fallback: dict[str, float] | None = None) -> tuple[dict[str, float], pd.DataFrame, float]:
+    """Tune per-class thresholds, keep candidates scoring >= them, score exactly: (thresholds, table, score).
+
+    Classes absent from the solution get no tuned threshold: they take ``fallback`` (default: +inf, i.e. dropped).
+    """
+    tuned, _ = best_thresholds(solution, candidates, grid)
+    thresholds = {c: float(tuned.get(c, (fallback or {}).get(c, np.inf))) for c in CLASS_NAMES}
+    kept = candidates[candidates["score"] >= candidates["particle_type"].map(thresholds)]
+    table = score_table(solution, kept)
+    return thresholds, table, table_score(table)

@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from czii_kit.data.io import PICK_COLUMNS
 from czii_kit.errors import CziiError, DataError, SubmissionError
 from czii_kit.particles import CLASS_NAMES
 from czii_kit.utils.atomic import atomic_path
 
 SUBMISSION_COLUMNS = ["id", "experiment", "particle_type", "x", "y", "z"]
-DETECTION_COLUMNS = ["experiment", "particle_type", "x", "y", "z"]
+DETECTION_COLUMNS = PICK_COLUMNS  # what a detections frame must have to become a submission
 XYZ = ["x", "y", "z"]
 MAX_SHOWN = 5  # offending rows quoted in an error message
 

@@ -29,13 +29,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from czii_kit.infer.engines import OnnxEngine, TensorRTEngine, TorchEngine, require_tensorrt
     from czii_kit.infer.export import build_tensorrt_engine, export_onnx, parity
-    from czii_kit.infer.members import is_yolo, load_checkpoints, packed_onnx_path, prob_model
+    from czii_kit.infer.members import load_checkpoints, packed_onnx_path, prob_model
+    from czii_kit.yolo.predict import is_yolo_checkpoint
 
     if args.format == "tensorrt":
         require_tensorrt()  # fail before any work if TensorRT or the GPU is missing
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     for ckpt in load_checkpoints(args.weights, folds):
-        if is_yolo(ckpt):
+        if is_yolo_checkpoint(ckpt):
             export_yolo(ckpt, args)
             continue
         window = tuple(args.window or ckpt["window"])
@@ -66,13 +67,13 @@ def export_yolo(ckpt: dict, args) -> None:
     parity against torch on random slices. TensorRT: build from that ONNX with trtexec on the GPU."""
     import torch
 
-    from czii_kit.yolo.predict import build_detection_model, export_onnx, onnx_runner, torch_runner
+    from czii_kit.yolo.predict import build_detection_model, export_onnx, onnx_runner, torch_runner, yolo_onnx_path
 
     if args.format == "tensorrt":
         raise CheckpointError(f"{ckpt['path']} is a YOLO checkpoint: export it with --format onnx and build the "
                               "engine on the GPU with `trtexec --onnx=FILE --fp16`")
     path = Path(ckpt["path"])
-    onnx = path.with_name(f"{path.stem}_yolo.onnx")
+    onnx = yolo_onnx_path(path)
     if onnx.exists() and not args.force:
         print(f"{onnx} exists (use --force to re-export)")
     else:

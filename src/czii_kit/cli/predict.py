@@ -95,13 +95,15 @@ def predict_split(root, split: str, ckpts: list[dict], cfg: dict, thresholds: di
     with both, the two point sets are fused (config ``fusion``) before post-processing.
     """
     from czii_kit.infer.budget import TimeBudget
-    from czii_kit.infer.members import is_yolo, make_member
+    from czii_kit.infer.members import make_member
     from czii_kit.infer.predictor import candidates, detect, detect_fused, infer_window, predict_probabilities
     from czii_kit.infer.tta import parse_tta
     from czii_kit.infer.workers import map_over_devices
+    from czii_kit.post.peaks import empty_detections
+    from czii_kit.yolo.predict import is_yolo_checkpoint
 
-    unet = [(c, w) for c, w in zip(ckpts, member_weights) if not is_yolo(c)]
-    yolo = [c for c in ckpts if is_yolo(c)]
+    unet = [(c, w) for c, w in zip(ckpts, member_weights) if not is_yolo_checkpoint(c)]
+    yolo = [c for c in ckpts if is_yolo_checkpoint(c)]
     tta = parse_tta(cfg["infer"]["tta"])
     window = infer_window(cfg)
     plan = [(i, t) for i in range(len(unet)) for t in tta]
@@ -157,8 +159,7 @@ def predict_split(root, split: str, ckpts: list[dict], cfg: dict, thresholds: di
 
     results, failures = map_over_devices(runs, devices, work, progress=progress)
     frames = [results[r] for r in runs if r in results]
-    detections = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["experiment", "particle_type", "x", "y", "z", "score"])
+    detections = pd.concat(frames, ignore_index=True) if frames else empty_detections()
     return detections, timings, failures, (budget.dropped if budget else [])
 
 

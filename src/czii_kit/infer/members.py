@@ -14,16 +14,13 @@ from czii_kit.infer.export import build_tensorrt_engine, export_onnx
 from czii_kit.infer.predictor import Member
 from czii_kit.models.activation import ProbabilityModel
 from czii_kit.particles import CLASS_NAMES
+from czii_kit.yolo.predict import is_yolo_checkpoint
 from czii_kit.train.checkpoint import build_model, find_checkpoints, load_checkpoint
-
-def is_yolo(ckpt: dict) -> bool:
-    return ckpt["model"]["name"] == "yolo"
-
 
 def load_checkpoints(weights: list[str | Path], folds: list[int] | None = None) -> list[dict]:
     """Load and check checkpoints; 3D members must agree on normalization and stride (YOLO ones are 2D)."""
     ckpts = [load_checkpoint(p) for w in weights for p in find_checkpoints(w, folds)]
-    volumetric = [c for c in ckpts if not is_yolo(c)]
+    volumetric = [c for c in ckpts if not is_yolo_checkpoint(c)]
     if volumetric:
         check_compatible(volumetric)
     for c in ckpts:

@@ -23,7 +23,7 @@ from czii_kit.errors import CheckpointError, ConfigError, DataError
 from czii_kit.infer.engines import TorchEngine, resolve_device
 from czii_kit.infer.predictor import Member, candidates, infer_window, predict_probabilities
 from czii_kit.losses import build_loss
-from czii_kit.metric import best_thresholds, score_table, table_score
+from czii_kit.metric import tuned_score
 from czii_kit.models import build_model
 from czii_kit.models.activation import ProbabilityModel
 from czii_kit.particles import CLASS_NAMES
@@ -119,15 +119,18 @@ def validate(model, activation: str, stride: int, val_runs: list[RunData], cfg: 
         prob = predict_probabilities([Member(engine)], run.volume, cfg, tta=None)
         cands.append(candidates(prob, run.name, stride, cfg, floor=float(grid[0])))
         sols.append(run.picks)
-    cand = pd.concat(cands, ignore_index=True)
-    solution = pd.concat(sols, ignore_index=True)
-    tuned, _curve = best_thresholds(solution, cand, grid)
-    # classes absent from the held-out run keep the config's default threshold
-    thresholds = {**class_dict(cfg, "threshold"), **{c: float(t) for c, t in tuned.items()}}
-    kept = cand[cand["score"] >= cand["particle_type"].map(thresholds)]
-    table = score_table(solution, kept)
-    return {"score": table_score(table), "thresholds": thresholds,
-            "per_class": table.reset_index().to_dict(orient="records"), "runs": [r.name for r in val_runs]}
+    return validation_summary(pd.concat(sols, ignore_index=True), pd.concat(cands, ignore_index=True), cfg,
+                              [r.name for r in val_runs])
+
+
+def validation_summary(solution: pd.DataFrame, cand: pd.DataFrame, cfg: dict, runs: list[str]) -> dict:
+    """Tuned thresholds and exact per-class scores of a model's held-out candidates (what checkpoints store).
+
+    Classes absent from the held-out run keep the config's default threshold.
+    """
+    thresholds, table, score = tuned_score(solution, cand, threshold_grid(cfg), class_dict(cfg, "threshold"))
+    return {"score": score, "thresholds": thresholds, "per_class": table.reset_index().to_dict(orient="records"),
+            "runs": list(runs)}
 
 
 def _check_data(train_runs: list[RunData], val_runs: list[RunData]) -> None:

@@ -73,6 +73,12 @@ def onnx_runner(path: str | Path, device: torch.device) -> Runner:
     return run
 
 
+def yolo_onnx_path(ckpt_path: str | Path) -> Path:
+    """Where tools/export.py writes a YOLO checkpoint's ONNX and where predict looks for it."""
+    ckpt_path = Path(ckpt_path)
+    return ckpt_path.with_name(f"{ckpt_path.stem}_yolo.onnx")
+
+
 def make_runner(ckpt: Mapping, engine: str = "torch", device: str | torch.device = "auto",
                 onnx_path: str | Path | None = None) -> Runner:
     """A runner for a YOLO checkpoint: torch, or onnx (exported next to ``onnx_path`` when it does not exist yet)."""
@@ -82,7 +88,7 @@ def make_runner(ckpt: Mapping, engine: str = "torch", device: str | torch.device
     if engine == "torch":
         return torch_runner(build_detection_model(ckpt), device)
     if engine == "onnx":
-        path = Path(onnx_path or Path(ckpt["path"]).with_name(f"{Path(ckpt['path']).stem}_yolo.onnx"))
+        path = Path(onnx_path or yolo_onnx_path(ckpt["path"]))
         if not path.exists():
             export_onnx(ckpt, path)
         return onnx_runner(path, device)

@@ -20,11 +20,11 @@ from czii_kit.config import class_dict, dump_config, save_config
 from czii_kit.data import io, layout
 from czii_kit.errors import ConfigError
 from czii_kit.infer.engines import resolve_device
-from czii_kit.metric import best_thresholds, score_table, table_score
 from czii_kit.particles import CLASS_NAMES
 from czii_kit.train import checkpoint as ckpt_io
 from czii_kit.train.folds import split_runs
-from czii_kit.train.loop import FoldPaths, _write_log, guard_output, seed_everything, threshold_grid
+from czii_kit.train.loop import (FoldPaths, _write_log, guard_output, seed_everything, threshold_grid,
+                                 validation_summary)
 from czii_kit.yolo.offline import import_ultralytics
 from czii_kit.yolo.predict import build_detection_model, torch_runner, yolo_points
 from czii_kit.yolo.slices import write_dataset
@@ -129,13 +129,8 @@ def validate_3d(ckpt: Mapping, cfg: Mapping, root, val_runs: list[str], device: 
         volume = io.read_tomogram(root, run, "train", cfg["data"]["recon"], cfg["data"]["level"])
         cands.append(yolo_points(runner, volume, run, cfg, floor=float(grid[0])))
         sols.append(io.read_picks(root, run))
-    cand, solution = pd.concat(cands, ignore_index=True), pd.concat(sols, ignore_index=True)
-    tuned, _ = best_thresholds(solution, cand, grid)
-    thresholds = {**class_dict(cfg, "threshold"), **{c: float(t) for c, t in tuned.items()}}
-    kept = cand[cand["score"] >= cand["particle_type"].map(thresholds)]
-    table = score_table(solution, kept)
-    return {"score": table_score(table), "thresholds": thresholds,
-            "per_class": table.reset_index().to_dict(orient="records"), "runs": list(val_runs)}
+    return validation_summary(pd.concat(sols, ignore_index=True), pd.concat(cands, ignore_index=True), cfg,
+                              val_runs)
 
 
 def training_log(results: pd.DataFrame, final: dict) -> list[dict]:
