@@ -21,7 +21,7 @@ from czii_kit.infer.engines import (
     resolve_device,
 )
 from czii_kit.infer.ensemble import EnsembleAccumulator, average_probabilities, check_compatible
-from czii_kit.infer.export import build_tensorrt_engine, export_onnx, parity
+from czii_kit.infer.export import FP16_TOLERANCE, build_tensorrt_engine, check_parity, export_onnx, parity
 from czii_kit.infer.sliding_window import predict_volume
 from czii_kit.infer.tta import parse_tta
 from czii_kit.infer.workers import map_over_devices
@@ -106,6 +106,109 @@ def test_parity_refuses_engines_with_different_geometry(model, onnx_file):
         parity(TorchEngine(model, (8, 16, 8)), OnnxEngine(onnx_file))
 
 
+def test_fp16_graph_has_fp16_weights_float32_io_and_stays_close(model, tmp_path):
+    import onnx
+
+    path = export_onnx(model, WINDOW, tmp_path / "half.onnx", batch_size=2, fp16=True)
+    graph = onnx.load(str(path)).graph
+    assert {t.data_type for t in graph.initializer if t.dims} == {onnx.TensorProto.FLOAT16}
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    half = OnnxEngine(path)
+    assert (half.batch_size, half.window, half.stride, half.num_classes) == (2, WINDOW, 2, 6)
+    diff = parity(TorchEngine(model, WINDOW), half, n_batches=2, batch_size=2)
+    assert 1e-6 < diff < FP16_TOLERANCE  # rounded like an fp16 engine, and no worse than the export tool accepts
+    assert next(model.parameters()).dtype == torch.float32  # the user's model is not converted in place
+
+
+def test_check_parity_prints_and_refuses_beyond_the_precision_tolerance(capsys):
+    check_parity("m: torch vs onnx fp16", 1e-3, fp16=True)  # within fp16's 2e-2
+    assert "max abs diff 1.000e-03 (tolerance 2e-02) OK" in capsys.readouterr().out
+    with pytest.raises(CheckpointError, match="differ by 1.000e-03 > 1e-04"):
+        check_parity("m: torch vs onnx fp32", 1e-3, fp16=False)  # the same difference is a broken fp32 export
+    assert "FAILED" in capsys.readouterr().out
+
+
+class FakeTensorRT:
+    """The slice of the TensorRT 11 builder API build_tensorrt_engine uses: strongly typed only, no FP16 flag."""
+
+    __version__ = "11.4.0"
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            self.level = level
+
+    class NetworkDefinitionCreationFlag:
+        STRONGLY_TYPED = 5
+
+    class MemoryPoolType:
+        WORKSPACE = 0
+
+    class BuilderFlag:  # TensorRT 11 removed FP16 and every other precision flag
+        pass
+
+    def __init__(self, parses: bool = True):
+        self.calls, self.parses = [], parses
+        trt = self
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                trt.calls.append(("create_network", flags))
+                return "network"
+
+            def create_builder_config(self):
+                class Config:
+                    def set_memory_pool_limit(self, pool, size):
+                        trt.calls.append(("workspace", size))
+
+                    def set_flag(self, flag):
+                        trt.calls.append(("set_flag", flag))
+
+                return Config()
+
+            def build_serialized_network(self, network, config):
+                trt.calls.append(("build", network))
+                return b"serialized engine"
+
+        class OnnxParser:
+            num_errors = 1
+
+            def __init__(self, network, logger):
+                pass
+
+            def parse(self, data):
+                trt.calls.append(("parse", len(data)))
+                return trt.parses
+
+            def get_error(self, i):
+                return "Unsupported ONNX op: Foo"
+
+        self.Builder, self.OnnxParser = Builder, OnnxParser
+
+
+def test_tensorrt_build_is_strongly_typed_cached_and_atomic(onnx_file, tmp_path, monkeypatch):
+    fake = FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
+    engine = build_tensorrt_engine(onnx_file, tmp_path / "cache", workspace_gb=1)
+    assert engine.read_bytes() == b"serialized engine" and list(engine.parent.iterdir()) == [engine]
+    assert engine.name.startswith("tiny-Tesla-T4-trt11.4.0-")  # only valid on this GPU model and version
+    assert ("create_network", 1 << 5) in fake.calls and ("workspace", 1 << 30) in fake.calls
+    assert not [c for c in fake.calls if c[0] == "set_flag"]  # precision comes from the graph
+    fake.calls.clear()
+    assert build_tensorrt_engine(onnx_file, tmp_path / "cache") == engine and fake.calls == []  # reused
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT(parses=False))
+    with pytest.raises(ConfigError, match="cannot parse .*Unsupported ONNX op: Foo"):
+        build_tensorrt_engine(onnx_file, tmp_path / "other")
+    assert not (tmp_path / "other").exists() or list((tmp_path / "other").iterdir()) == []
+
+
 def test_failed_export_leaves_no_file(tmp_path):
     class Broken(TinyProbModel):
         def forward(self, x):
@@ -137,7 +240,7 @@ def test_geometry_from_shapes():
 
 
 def test_missing_files_raise_checkpoint_error(tmp_path):
-    with pytest.raises(CheckpointError, match="export_onnx"):
+    with pytest.raises(CheckpointError, match="tools/export.py --format onnx"):
         OnnxEngine(tmp_path / "nope.onnx")
 
 
@@ -162,9 +265,9 @@ def test_tensorrt_with_gpu_but_no_package_names_only_the_package(tmp_path, monke
 
 
 def test_registry_and_device_resolution(model, monkeypatch):
-    assert set(ENGINES) == {"torch", "onnx", "tensorrt"}
+    assert set(ENGINES) == {"torch", "onnx", "onnx_fp16", "tensorrt"}
     assert isinstance(create_engine("torch", model, WINDOW, device="cpu"), TorchEngine)
-    with pytest.raises(ConfigError, match="torch, onnx, tensorrt"):
+    with pytest.raises(ConfigError, match="torch, onnx, onnx_fp16, tensorrt"):
         create_engine("openvino")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")

@@ -283,6 +283,23 @@ def test_onnx_exports_are_packed_when_asked(experiment, tmp_path, capsys, prebui
     assert sha256(out / "exp" / onnx.name) == sha256(onnx)
 
 
+def test_yolo_onnx_exports_fp32_and_fp16_are_packed(tiny_yolo_experiment, tmp_path, capsys, prebuilt_wheel):
+    from czii_kit.cli.export import main as export_main
+
+    exp = copy_experiment(tiny_yolo_experiment, tmp_path / "weights" / "yolo")
+    out = tmp_path / "out" / SLUG
+    assert pack([exp], out, "--onnx") == 2
+    assert "fold0_yolo_64_b8.onnx" in capsys.readouterr().err  # names the YOLO export it looked for
+    assert export_main(["--weights", str(exp), "--format", "onnx"]) == 0
+    assert pack([exp], out, "--onnx") == 0
+    assert manifest_of(out)["checkpoints"][0]["onnx"] == ["yolo/fold0_yolo_64_b8.onnx"]
+    assert export_main(["--weights", str(exp), "--format", "onnx", "--precision", "fp16"]) == 0
+    assert pack([exp], out, "--onnx", "--force") == 0
+    entry = manifest_of(out)["checkpoints"][0]
+    assert entry["onnx"] == ["yolo/fold0_yolo_64_b8.onnx", "yolo/fold0_yolo_64_b8_fp16.onnx"]
+    assert sha256(out / "yolo" / "fold0_yolo_64_b8_fp16.onnx") == sha256(exp / "fold0_yolo_64_b8_fp16.onnx")
+
+
 def fake_wheel(folder: Path, name: str) -> Path:
     path = folder / name
     with zipfile.ZipFile(path, "w") as zf:

@@ -189,7 +189,7 @@ GUARDED_SCRIPT = textwrap.dedent("""
     cfg = yaml.safe_load(open(cfg_path))
     result = train_yolo_fold(cfg, 0, root, out, progress=False)
     ckpt = load_checkpoint(result["paths"].best)
-    export_onnx(ckpt, out + "/fold0_yolo.onnx", opset=17)
+    export_onnx(ckpt, out + "/fold0_yolo.onnx")
     print(json.dumps({"score": result["best"]["score"], "val_runs": result["val_runs"], "attempts": attempts}))
 """)
 
@@ -225,17 +225,69 @@ def test_offline_training_writes_only_chosen_dirs(trained_yolo):
 
 
 def test_checkpoint_reloads_with_weights_only_and_matches_onnx(trained_yolo):
+    from czii_kit.infer.engines import OnnxSession
     from czii_kit.train.checkpoint import load_checkpoint
-    from czii_kit.yolo.predict import build_detection_model, is_yolo_checkpoint, onnx_runner, torch_runner
+    from czii_kit.yolo.predict import build_detection_model, graph_runner, is_yolo_checkpoint, torch_runner
 
     ckpt = load_checkpoint(trained_yolo["out"] / "fold0.pt")  # torch.load(weights_only=True) inside
     assert is_yolo_checkpoint(ckpt) and ckpt["classes"] == list(CLASS_NAMES) and ckpt["fold"] == 0
     assert set(ckpt["thresholds"]) == set(CLASS_NAMES)
-    batch = torch.rand(2, 3, 64, 64)
+    session = OnnxSession(trained_yolo["out"] / "fold0_yolo.onnx")
+    assert session.input_shape == (8, 3, 64, 64)  # fixed: yolo.infer_batch and yolo.imgsz
+    batch = torch.rand(11, 3, 64, 64)  # one full graph batch and one padded one
     expected = torch_runner(build_detection_model(ckpt), torch.device("cpu"))(batch)
-    got = onnx_runner(trained_yolo["out"] / "fold0_yolo.onnx", torch.device("cpu"))(batch)
-    assert got.shape == expected.shape == (2, 4 + len(CLASS_NAMES), expected.shape[2])
+    got = graph_runner(session, 64)(batch)
+    assert got.shape == expected.shape == (11, 4 + len(CLASS_NAMES), expected.shape[2])
     torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)
+    with pytest.raises(ConfigError, match=r"\(B, 3, 96, 96\).*re-export"):
+        graph_runner(session, 96)  # a graph exported at another image size
+
+
+def test_fp16_graph_is_fp16_inside_float32_outside_and_close_to_torch(trained_yolo, tmp_path):
+    import onnx
+
+    from czii_kit.infer.engines import OnnxSession
+    from czii_kit.infer.export import FP16_TOLERANCE, FP32_TOLERANCE
+    from czii_kit.train.checkpoint import load_checkpoint
+    from czii_kit.yolo.predict import export_onnx, graph_runner, parity
+
+    ckpt = load_checkpoint(trained_yolo["out"] / "fold0.pt")
+    path = export_onnx(ckpt, tmp_path / "half.onnx", fp16=True)
+    graph = onnx.load(str(path)).graph
+    float16, float32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    assert {t.data_type for t in graph.initializer if t.dims} == {float16}  # weights in fp16
+    assert graph.input[0].type.tensor_type.elem_type == graph.output[0].type.tensor_type.elem_type == float32
+    fp32 = parity(ckpt, graph_runner(OnnxSession(trained_yolo["out"] / "fold0_yolo.onnx"), 64))
+    fp16 = parity(ckpt, graph_runner(OnnxSession(path), 64))
+    assert fp32 < FP32_TOLERANCE and 0 < fp16 < FP16_TOLERANCE and fp16 > fp32  # fp16 rounding shows, within bounds
+
+
+def test_runners_export_into_the_cache_and_never_next_to_the_checkpoint(trained_yolo, tmp_path, monkeypatch):
+    import shutil
+
+    from czii_kit.infer.export import FP16_TOLERANCE
+    from czii_kit.train.checkpoint import load_checkpoint
+    from czii_kit.yolo.predict import make_runner, parity
+
+    weights, cache = tmp_path / "dataset", tmp_path / "cache"  # a read-only Kaggle dataset
+    weights.mkdir()
+    shutil.copy(trained_yolo["out"] / "fold0.pt", weights / "fold0.pt")
+    weights.chmod(0o555)
+    try:
+        ckpt = load_checkpoint(weights / "fold0.pt")
+        assert parity(ckpt, make_runner(ckpt, "onnx", "cpu", cache_dir=cache)) < 1e-4
+        assert parity(ckpt, make_runner(ckpt, "onnx_fp16", "cpu", cache_dir=cache)) < FP16_TOLERANCE
+        assert [p.name for p in weights.iterdir()] == ["fold0.pt"]
+        cached = sorted(p.name[p.name.index("_") + 1:] for p in cache.iterdir())  # key_ prefix dropped
+        assert cached == ["fold0_yolo_64_b8.onnx", "fold0_yolo_64_b8_fp16.onnx"]
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        with pytest.raises(ConfigError, match="a CUDA GPU"):
+            make_runner(ckpt, "tensorrt", "cpu", cache_dir=cache)
+        assert len(list(cache.iterdir())) == 2  # refused before exporting anything
+        with pytest.raises(ConfigError, match="use torch, onnx, onnx_fp16 or tensorrt"):
+            make_runner(ckpt, "openvino", "cpu")
+    finally:
+        weights.chmod(0o755)
 
 
 def test_yolo_model_must_be_a_yaml_definition(tmp_path, synthetic_root):

@@ -102,12 +102,11 @@ def unet_candidates(ckpt: Mapping, root, run: str, device: str, floor: float, tt
 
 def yolo_candidates(ckpt: Mapping, root, run: str, device: str, floor: float) -> pd.DataFrame:
     """YOLO 3D points of one train run with score >= floor."""
-    from czii_kit.infer.engines import resolve_device
-    from czii_kit.yolo.predict import build_detection_model, torch_runner, yolo_points
+    from czii_kit.yolo.predict import make_runner, yolo_points
 
     cfg = ckpt["config"]
     volume = io.read_tomogram(root, run, "train", cfg["data"]["recon"], cfg["data"]["level"])
-    runner = torch_runner(build_detection_model(ckpt), resolve_device(device))
+    runner = make_runner(ckpt, "torch", device)
     return yolo_points(runner, volume, run, cfg, floor=floor)
 
 

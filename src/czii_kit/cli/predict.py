@@ -18,6 +18,8 @@ from czii_kit.particles import CLASS_NAMES
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from czii_kit.infer.engines import ENGINES
+
     p = argparse.ArgumentParser(description="Predict particle centres for every run of a split and write submission.csv")
     p.add_argument("--data", help="competition directory (default: built-in synthetic dataset)")
     p.add_argument("--split", default="test", choices=layout.SPLITS)
@@ -26,8 +28,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--folds", help="comma list of folds to use from each experiment directory (default: all)")
     p.add_argument("--out", default="submission.csv")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--engine", default=None, choices=["torch", "onnx", "tensorrt"],
-                   help="default: the checkpoint config's infer.engine")
+    p.add_argument("--engine", default=None, choices=list(ENGINES),
+                   help="default: the checkpoint config's infer.engine; onnx_fp16 runs the fp16 graph TensorRT "
+                        "builds from, so a CPU shows what fp16 does to the submission")
     p.add_argument("--tta", help="none | flips | full | comma list (default: the checkpoint config's infer.tta)")
     p.add_argument("--time-budget", type=float, metavar="HOURS", help="drop TTA passes, then members, to fit")
     p.add_argument("--runs", help="comma list of runs (default: every run of the split)")
@@ -121,7 +124,7 @@ def predict_split(root, split: str, ckpts: list[dict], cfg: dict, thresholds: di
                 engine = cfg["infer"]["engine"]
                 models_on[device] = (
                     [make_member(c, engine, device, window, cfg["infer"]["batch_size"], cache_dir, w) for c, w in unet],
-                    [make_runner(c, "onnx" if engine == "onnx" else "torch", device) for c in yolo])
+                    [make_runner(c, engine, device, cache_dir) for c in yolo])
             return models_on[device]
 
     def work(run: str, device: str) -> pd.DataFrame:

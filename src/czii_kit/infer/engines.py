@@ -114,51 +114,44 @@ class TorchEngine:
         return int(probe.shape[1])
 
 
-class OnnxEngine:
-    """An onnxruntime session on a fixed-shape graph; window, stride and classes come from the file."""
-
-    name = "onnx"
+class OnnxSession:
+    """A one-input, one-output ONNX graph on onnxruntime: torch float32 in, torch float32 out on ``device``."""
 
     def __init__(self, onnx_path: str | Path, device: str | torch.device = "cpu") -> None:
         ort = _import_or_explain("onnxruntime", "ONNX engines need the onnxruntime package: "
                                  "pip install onnxruntime (or onnxruntime-gpu); or use --engine torch")
         self.device = resolve_device(device)
-        path = _existing_file(onnx_path, "ONNX model", "export it with czii_kit.infer.export.export_onnx")
-        self.session = ort.InferenceSession(str(path), providers=_onnx_providers(ort, self.device))
-        (graph_input,), (graph_output,) = self.session.get_inputs(), self.session.get_outputs()
-        self._input_name, self._output_name = graph_input.name, graph_output.name
-        self.batch_size, self.window, self.stride, self.num_classes = geometry_from_shapes(
-            graph_input.shape, graph_output.shape, path
-        )
+        self.path = _existing_file(onnx_path, "ONNX model", "export it with tools/export.py --format onnx")
+        self.session = ort.InferenceSession(str(self.path), providers=_onnx_providers(ort, self.device))
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise CheckpointError(f"{self.path}: expected one input and one output, got {len(inputs)} and "
+                                  f"{len(outputs)}; re-export it with tools/export.py")
+        self._input_name, self._output_name = inputs[0].name, outputs[0].name
+        self.input_shape, self.output_shape = tuple(inputs[0].shape), tuple(outputs[0].shape)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return run_fixed_batch(batch, self.batch_size, self._run)
-
-    def _run(self, batch: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(batch.detach().cpu().numpy())
+        array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
         (out,) = self.session.run([self._output_name], {self._input_name: array})
         return torch.from_numpy(out).to(self.device)
 
 
-class TensorRTEngine:
-    """A serialized TensorRT engine run on torch CUDA tensors on the current stream."""
-
-    name = "tensorrt"
+class TensorRTSession:
+    """A serialized one-input, one-output float32 TensorRT engine, run on torch CUDA tensors on the current stream."""
 
     def __init__(self, engine_path: str | Path, device: str | torch.device = "cuda") -> None:
         trt = require_tensorrt()
         self.device = resolve_device(device)
         if self.device.type != "cuda":
             raise ConfigError(f"TensorRT engines run on CUDA only, got device {device!r}; use --device cuda")
-        path = _existing_file(engine_path, "TensorRT engine",
-                              "build it with czii_kit.infer.export.build_tensorrt_engine")
+        self.path = _existing_file(engine_path, "TensorRT engine", "build it with tools/export.py --format tensorrt")
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         with torch.cuda.device(self.device):
-            self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+            self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self._engine is None:
             raise CheckpointError(
-                f"TensorRT could not load {path}: engines only run on the GPU model and TensorRT "
-                f"version that built them; delete it and rebuild with build_tensorrt_engine"
+                f"TensorRT could not load {self.path}: engines only run on the GPU model and TensorRT "
+                f"version that built them; delete it and rebuild with tools/export.py --format tensorrt"
             )
         self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
@@ -167,19 +160,16 @@ class TensorRTEngine:
         if len(inputs) != 1 or len(outputs) != 1 or any(
             self._engine.get_tensor_dtype(n) != trt.float32 for n in names
         ):
-            raise CheckpointError(f"{path}: expected one float32 input and one float32 output, got {names}")
+            raise CheckpointError(f"{self.path}: expected one float32 input and one float32 output, got {names}")
         (self._input_name,), (self._output_name,) = inputs, outputs
-        self._output_shape = tuple(self._engine.get_tensor_shape(self._output_name))
-        self.batch_size, self.window, self.stride, self.num_classes = geometry_from_shapes(
-            tuple(self._engine.get_tensor_shape(self._input_name)), self._output_shape, path
-        )
+        self.input_shape = tuple(self._engine.get_tensor_shape(self._input_name))
+        self.output_shape = tuple(self._engine.get_tensor_shape(self._output_name))
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return run_fixed_batch(batch, self.batch_size, self._run)
-
-    def _run(self, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(self.device).contiguous()
-        out = torch.empty(self._output_shape, dtype=torch.float32, device=self.device)
+        batch = batch.to(self.device, torch.float32).contiguous()
+        if tuple(batch.shape) != self.input_shape:
+            raise ConfigError(f"{self.path} takes {self.input_shape}, got {tuple(batch.shape)}")
+        out = torch.empty(self.output_shape, dtype=torch.float32, device=self.device)
         self._context.set_tensor_address(self._input_name, batch.data_ptr())
         self._context.set_tensor_address(self._output_name, out.data_ptr())
         stream = torch.cuda.current_stream(self.device)
@@ -188,9 +178,44 @@ class TensorRTEngine:
         return out
 
 
+GraphSession = OnnxSession | TensorRTSession
+
+
+class _GraphEngine:
+    """A fixed-shape probability graph (ONNX or TensorRT) as an Engine: geometry read from the graph."""
+
+    def __init__(self, session: GraphSession) -> None:
+        self.session, self.device = session, session.device
+        self.batch_size, self.window, self.stride, self.num_classes = geometry_from_shapes(
+            session.input_shape, session.output_shape, session.path
+        )
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return run_fixed_batch(batch, self.batch_size, self.session)
+
+
+class OnnxEngine(_GraphEngine):
+    """An onnxruntime session on a fixed-shape graph; window, stride and classes come from the file."""
+
+    name = "onnx"
+
+    def __init__(self, onnx_path: str | Path, device: str | torch.device = "cpu") -> None:
+        super().__init__(OnnxSession(onnx_path, device))
+
+
+class TensorRTEngine(_GraphEngine):
+    """A serialized TensorRT engine; window, stride and classes come from the engine."""
+
+    name = "tensorrt"
+
+    def __init__(self, engine_path: str | Path, device: str | torch.device = "cuda") -> None:
+        super().__init__(TensorRTSession(engine_path, device))
+
+
 ENGINES: dict[str, Callable[..., Engine]] = {
     "torch": TorchEngine,
     "onnx": OnnxEngine,
+    "onnx_fp16": OnnxEngine,  # the fp16 graph TensorRT builds from: the GPU's precision, scored on any machine
     "tensorrt": TensorRTEngine,
 }
 

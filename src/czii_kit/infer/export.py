@@ -1,16 +1,22 @@
-"""Export a probability model to ONNX, check parity between engines, build cached TensorRT engines.
+"""Export models to ONNX, check parity between engines, build cached TensorRT engines.
 
 ONNX export uses torch's TorchScript-based exporter (``dynamo=False``): in torch 2.14 the
 dynamo exporter needs the extra ``onnxscript`` package and gains nothing for plain conv
 nets. Shapes are fixed, batch included (see engines.py).
+
+fp16 lives in the graph, not in a builder flag: TensorRT 11 builds strongly typed networks
+only and has no ``BuilderFlag.FP16``, so ``fp16=True`` exports fp16 weights and compute
+between float32 input and output casts. TensorRT 10 and 11 build the same fp16 engine from
+that file, and onnxruntime runs it on CPU, which is how its accuracy is checked without a GPU.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -22,6 +28,36 @@ from czii_kit.utils.atomic import atomic_path
 log = logging.getLogger(__name__)
 INPUT_NAME = "volume"
 OUTPUT_NAME = "probabilities"
+FP32_TOLERANCE = 1e-4  # torch vs an fp32 graph, on probabilities (or box coordinates / image size)
+FP16_TOLERANCE = 2e-2  # torch fp32 vs an fp16 graph (ONNX Runtime or TensorRT)
+
+
+class HalfPrecision(torch.nn.Module):
+    """fp16 weights and compute behind float32 input and output: what an fp16 TensorRT engine is built from."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = copy.deepcopy(module).half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.half()).float()
+
+
+def export_graph(module: torch.nn.Module, example: torch.Tensor, path: str | Path, input_name: str,
+                 output_name: str, opset: int = 17, fp16: bool = False) -> Path:
+    """Write ``module`` traced at ``example``'s fixed shape as a one-input, one-output ONNX file, atomically."""
+    module = (HalfPrecision(module) if fp16 else module).eval()
+    path = Path(path)
+    with atomic_path(path, suffix=".onnx") as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message=".*The feature will be removed.*")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            module, (example,), str(tmp), dynamo=False, opset_version=opset,
+            input_names=[input_name], output_names=[output_name], do_constant_folding=True,
+        )
+    log.info("exported %s (input %s, opset %d, %s)", path, tuple(example.shape), opset, "fp16" if fp16 else "fp32")
+    return path
 
 
 def export_onnx(
@@ -30,24 +66,32 @@ def export_onnx(
     path: str | Path,
     batch_size: int = 1,
     opset: int = 17,
+    fp16: bool = False,
 ) -> Path:
     """Write a fixed-shape (batch_size, 1, *window) -> (batch_size, C, *window/stride) ONNX graph atomically."""
     window = check_window(window, int(prob_model.output_stride), int(prob_model.input_multiple))
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    model = prob_model.eval()
-    parameter = next(model.parameters(), None)
+    parameter = next(prob_model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     example = torch.zeros((batch_size, 1, *window), device=device)
-    path = Path(path)
-    with atomic_path(path, suffix=".onnx") as tmp, torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        warnings.filterwarnings("ignore", message=".*The feature will be removed.*")
-        torch.onnx.export(
-            model, (example,), str(tmp), dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
-        )
-    log.info("exported %s (batch %d, window %s, opset %d)", path, batch_size, window, opset)
+    return export_graph(prob_model, example, path, INPUT_NAME, OUTPUT_NAME, opset, fp16)
+
+
+def cached_export(ckpt_path: str | Path, packed: Path, cache_dir: str | Path,
+                  export: Callable[[Path], Path]) -> Path:
+    """``packed`` when tools/export.py put it next to the checkpoint, else an export into ``cache_dir``.
+
+    Never writes next to the checkpoint: on Kaggle it sits in a read-only dataset. The cache key
+    holds the checkpoint's path and modification time, so re-training invalidates it.
+    """
+    if packed.exists():
+        return packed
+    ckpt_path = Path(ckpt_path)
+    key = hashlib.sha256(f"{ckpt_path.resolve()}:{ckpt_path.stat().st_mtime_ns}".encode()).hexdigest()[:12]
+    path = Path(cache_dir) / f"{key}_{packed.name}"
+    if not path.exists():
+        export(path)
     return path
 
 
@@ -72,42 +116,54 @@ def parity(
     return worst
 
 
-def tensorrt_engine_path(onnx_path: str | Path, cache_dir: str | Path, fp16: bool, gpu_name: str,
-                         trt_version: str) -> Path:
+def check_parity(what: str, diff: float, fp16: bool) -> None:
+    """Print the max abs difference against its tolerance; raise when it is exceeded."""
+    tol = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
+    print(f"parity {what}: max abs diff {diff:.3e} (tolerance {tol:.0e}) {'OK' if diff <= tol else 'FAILED'}")
+    if diff > tol:
+        raise CheckpointError(f"{what}: outputs differ by {diff:.3e} > {tol:.0e}; the export is not faithful "
+                              "(for fp16, try the fp32 graph: --precision fp32)")
+
+
+def tensorrt_engine_path(onnx_path: str | Path, cache_dir: str | Path, gpu_name: str, trt_version: str) -> Path:
     """Cache location: engines only run on the GPU model and TensorRT version that built them."""
     digest = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()[:16]
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-")
-    precision = "fp16" if fp16 else "fp32"
-    return Path(cache_dir) / f"{Path(onnx_path).stem}-{gpu}-trt{trt_version}-{precision}-{digest}.engine"
+    return Path(cache_dir) / f"{Path(onnx_path).stem}-{gpu}-trt{trt_version}-{digest}.engine"
 
 
-def build_tensorrt_engine(
-    onnx_path: str | Path, cache_dir: str | Path, fp16: bool = True, workspace_gb: float = 4
-) -> Path:
-    """Build (or reuse from ``cache_dir``) a serialized TensorRT engine for this GPU."""
+def strongly_typed_flags(trt) -> int:
+    """Network creation flags: strongly typed (opt-in on TensorRT 10, the only mode, flag accepted, on 11)."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def build_tensorrt_engine(onnx_path: str | Path, cache_dir: str | Path, workspace_gb: float = 4) -> Path:
+    """Build (or reuse from ``cache_dir``) a serialized TensorRT engine for this GPU.
+
+    Precision follows the ONNX file (export it with ``fp16=True`` for an fp16 engine).
+    """
     trt = require_tensorrt()
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise CheckpointError(f"ONNX model not found: {onnx_path}; export it with export_onnx first")
-    target = tensorrt_engine_path(onnx_path, cache_dir, fp16, torch.cuda.get_device_name(), trt.__version__)
+    target = tensorrt_engine_path(onnx_path, cache_dir, torch.cuda.get_device_name(), trt.__version__)
     if target.is_file():
         log.info("reusing TensorRT engine %s", target)
         return target
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    network = builder.create_network(strongly_typed_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ConfigError(f"TensorRT cannot parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
     log.info("building TensorRT engine %s (takes minutes)", target)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ConfigError(f"TensorRT failed to build an engine from {onnx_path}; see the TensorRT log above")
     with atomic_path(target, suffix=".engine") as tmp:
-        tmp.write_bytes(serialized)
+        tmp.write_bytes(bytes(serialized))
     return target

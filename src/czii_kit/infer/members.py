@@ -1,21 +1,20 @@
 """Turn checkpoints into ready-to-run ensemble members on a device, with any engine kind."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
-from czii_kit.errors import CheckpointError
-from czii_kit.errors import ConfigError
-from czii_kit.infer.engines import ENGINES, create_engine
+from czii_kit.errors import CheckpointError, ConfigError
+from czii_kit.infer.engines import ENGINES, create_engine, require_tensorrt
 from czii_kit.infer.ensemble import check_compatible
-from czii_kit.infer.export import build_tensorrt_engine, export_onnx
+from czii_kit.infer.export import build_tensorrt_engine, cached_export, export_onnx
 from czii_kit.infer.predictor import Member
 from czii_kit.models.activation import ProbabilityModel
 from czii_kit.particles import CLASS_NAMES
 from czii_kit.yolo.predict import is_yolo_checkpoint
 from czii_kit.train.checkpoint import build_model, find_checkpoints, load_checkpoint
+
 
 def load_checkpoints(weights: list[str | Path], folds: list[int] | None = None) -> list[dict]:
     """Load and check checkpoints; 3D members must agree on normalization and stride (YOLO ones are 2D)."""
@@ -38,31 +37,27 @@ def prob_model(ckpt: dict) -> ProbabilityModel:
     return ProbabilityModel(build_model(ckpt), ckpt["activation"]).eval()
 
 
-def packed_onnx_path(ckpt_path: str | Path, window, batch_size: int) -> Path:
+def packed_onnx_path(ckpt_path: str | Path, window, batch_size: int, fp16: bool = False) -> Path:
     """Where tools/export.py puts a checkpoint's ONNX (and where predict and the Kaggle pack look for it)."""
     ckpt_path = Path(ckpt_path)
-    return ckpt_path.with_name(f"{ckpt_path.stem}_{'x'.join(map(str, window))}_b{batch_size}.onnx")
+    precision = "_fp16" if fp16 else ""
+    return ckpt_path.with_name(f"{ckpt_path.stem}_{'x'.join(map(str, window))}_b{batch_size}{precision}.onnx")
 
 
-def onnx_path_for(ckpt: dict, window, batch_size: int, cache_dir: Path) -> Path:
+def onnx_path_for(ckpt: dict, window, batch_size: int, cache_dir: Path, fp16: bool = False) -> Path:
     """ONNX file for a checkpoint at a fixed window/batch: a packed one next to it, else exported into cache_dir."""
-    ckpt_path = Path(ckpt["path"])
-    packed = packed_onnx_path(ckpt_path, window, batch_size)
-    if packed.exists():
-        return packed
-    key = hashlib.sha256(f"{ckpt_path.resolve()}:{ckpt_path.stat().st_mtime_ns}".encode()).hexdigest()[:12]
-    path = Path(cache_dir) / f"{key}_{packed.name}"
-    if not path.exists():
-        export_onnx(prob_model(ckpt), tuple(window), path, batch_size=batch_size)
-    return path
+    return cached_export(ckpt["path"], packed_onnx_path(ckpt["path"], window, batch_size, fp16), cache_dir,
+                         lambda path: export_onnx(prob_model(ckpt), tuple(window), path, batch_size, fp16=fp16))
 
 
 def engine_inputs(ckpt: dict, kind: str, window, batch_size: int, cache_dir: Path) -> tuple:
-    """What ENGINES[kind] is built from: the torch model, an ONNX file, or a TensorRT engine built from it."""
+    """What ENGINES[kind] is built from: the torch model, an fp32 / fp16 ONNX file, or an fp16 TensorRT engine."""
     if kind == "torch":
         return prob_model(ckpt), tuple(window)
-    onnx = onnx_path_for(ckpt, window, batch_size, cache_dir)
-    return (onnx,) if kind == "onnx" else (build_tensorrt_engine(onnx, cache_dir, fp16=True),)
+    if kind in ("onnx", "onnx_fp16"):
+        return (onnx_path_for(ckpt, window, batch_size, cache_dir, fp16=kind == "onnx_fp16"),)
+    require_tensorrt()  # before exporting anything
+    return (build_tensorrt_engine(onnx_path_for(ckpt, window, batch_size, cache_dir, fp16=True), cache_dir),)
 
 
 def make_member(ckpt: dict, engine: str, device, window, batch_size: int, cache_dir: Path,

@@ -142,17 +142,26 @@ def _require_unique(ckpts: list[dict]) -> None:
         seen.add(path)
 
 
-def packed_onnx(ckpt: dict) -> Path:
-    """The ONNX export predict looks for next to a checkpoint (its config's inference window and batch)."""
+def packed_onnx(ckpt: dict) -> list[Path]:
+    """The ONNX exports predict looks for next to a checkpoint: the fp32 one (required), the fp16 one when present.
+
+    A missing fp16 file costs only a few seconds on Kaggle (predict exports it into its cache before
+    building the TensorRT engine); a missing fp32 one means --onnx was asked for without exporting.
+    """
     from czii_kit.infer.members import packed_onnx_path
     from czii_kit.infer.predictor import infer_window
+    from czii_kit.yolo.predict import graph_geometry, is_yolo_checkpoint, yolo_onnx_path
 
     cfg = ckpt["config"]
-    path = packed_onnx_path(ckpt["path"], infer_window(cfg), cfg["infer"]["batch_size"])
-    if not path.is_file():
-        raise CheckpointError(f"--onnx: no ONNX export {path} next to {ckpt['path']}; make it with "
+    if is_yolo_checkpoint(ckpt):
+        fp32, fp16 = (yolo_onnx_path(ckpt["path"], *graph_geometry(ckpt), fp16=f) for f in (False, True))
+    else:
+        fp32, fp16 = (packed_onnx_path(ckpt["path"], infer_window(cfg), cfg["infer"]["batch_size"], f)
+                      for f in (False, True))
+    if not fp32.is_file():
+        raise CheckpointError(f"--onnx: no ONNX export {fp32} next to {ckpt['path']}; make it with "
                               f"`python tools/export.py --weights {ckpt['path']} --format onnx`, or drop --onnx")
-    return path
+    return [fp32, fp16] if fp16.is_file() else [fp32]
 
 
 def _copy_experiments(ckpts: list[dict], experiments: dict[str, Path], exports: dict[str, list[Path]],
@@ -351,7 +360,7 @@ def pack_dataset(weights: Sequence[str | Path], out: str | Path, slug: str, user
     ckpts = load_checkpoints(list(weights), list(folds) if folds is not None else None)
     _require_unique(ckpts)
     experiments = _experiment_dirs(ckpts)
-    exports = {c["path"]: [packed_onnx(c)] if onnx else [] for c in ckpts}
+    exports = {c["path"]: packed_onnx(c) if onnx else [] for c in ckpts}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp's 0700 would follow the rename

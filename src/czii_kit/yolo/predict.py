@@ -3,9 +3,9 @@
 The checkpoint holds the architecture (ultralytics' model yaml as a dict) and a float state
 dict, so loading needs no pickled ultralytics objects and no download. Slices are letterboxed
 like ultralytics does (long side resized to imgsz, centred grey padding), run through torch or
-an ONNX export, and ultralytics' NMS; box centres go back to voxel coordinates and are linked
-across slices by ``czii_kit.yolo.cluster``. TensorRT is not wired: build an engine from the
-ONNX file (trtexec --onnx=...) if needed.
+a fixed-shape ONNX / fp16 TensorRT graph of it (the same export and engine code as the U-Net),
+then ultralytics' NMS; box centres go back to voxel coordinates and are linked across slices
+by ``czii_kit.yolo.cluster``.
 """
 from __future__ import annotations
 
@@ -48,69 +48,113 @@ def build_detection_model(ckpt: Mapping) -> torch.nn.Module:
     return model.float().fuse(verbose=False).eval()
 
 
+class RawDetections(torch.nn.Module):
+    """A DetectionModel reduced to its (B, 4 + C, anchors) tensor (in eval mode ultralytics also returns features)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.model(images)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+
 def torch_runner(model: torch.nn.Module, device: torch.device) -> Runner:
-    model = model.to(device)
+    model = RawDetections(model).to(device).eval()
 
     @torch.inference_mode()
     def run(batch: torch.Tensor) -> torch.Tensor:
-        out = model(batch.to(device))
-        return out[0] if isinstance(out, (list, tuple)) else out
+        return model(batch.to(device))
 
     return run
 
 
-def onnx_runner(path: str | Path, device: torch.device) -> Runner:
-    """An ONNX export (dynamic batch) run by onnxruntime; CUDA provider first when on a GPU."""
-    import onnxruntime as ort
-
-    providers = (["CUDAExecutionProvider"] if device.type == "cuda" else []) + ["CPUExecutionProvider"]
-    session = ort.InferenceSession(str(path), providers=providers)
-    name = session.get_inputs()[0].name
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {name: batch.cpu().numpy().astype(np.float32)})[0])
-
-    return run
+def graph_geometry(ckpt: Mapping) -> tuple[int, int]:
+    """(imgsz, batch) of the checkpoint's fixed-shape graphs: its config's yolo.imgsz and yolo.infer_batch."""
+    settings = yolo_settings(ckpt["config"])
+    return int(settings["imgsz"]), int(settings["infer_batch"])
 
 
-def yolo_onnx_path(ckpt_path: str | Path) -> Path:
-    """Where tools/export.py writes a YOLO checkpoint's ONNX and where predict looks for it."""
+def yolo_onnx_path(ckpt_path: str | Path, imgsz: int, batch_size: int, fp16: bool = False) -> Path:
+    """Where tools/export.py writes a YOLO checkpoint's ONNX and where predict and the Kaggle pack look for it."""
     ckpt_path = Path(ckpt_path)
-    return ckpt_path.with_name(f"{ckpt_path.stem}_yolo.onnx")
+    return ckpt_path.with_name(f"{ckpt_path.stem}_yolo_{imgsz}_b{batch_size}{'_fp16' if fp16 else ''}.onnx")
+
+
+def export_onnx(ckpt: Mapping, path: str | Path, fp16: bool = False, opset: int = 17) -> Path:
+    """Fixed-shape (infer_batch, 3, imgsz, imgsz) -> (infer_batch, 4 + C, anchors) ONNX file, NMS left outside."""
+    from czii_kit.infer.export import export_graph
+
+    imgsz, batch = graph_geometry(ckpt)
+    example = torch.zeros((batch, 3, imgsz, imgsz))
+    return export_graph(RawDetections(build_detection_model(ckpt)), example, path, "images", "raw_detections",
+                        opset, fp16)
+
+
+def onnx_for(ckpt: Mapping, cache_dir: str | Path, fp16: bool = False) -> Path:
+    """The exported ONNX next to the checkpoint, else one exported into ``cache_dir``."""
+    from czii_kit.infer.export import cached_export
+
+    imgsz, batch = graph_geometry(ckpt)
+    return cached_export(ckpt["path"], yolo_onnx_path(ckpt["path"], imgsz, batch, fp16), cache_dir,
+                         lambda path: export_onnx(ckpt, path, fp16))
+
+
+def graph_runner(session, imgsz: int) -> Runner:
+    """An ONNX or TensorRT session of a fixed-batch YOLO graph as a runner (batches split and zero-padded)."""
+    from czii_kit.infer.engines import run_fixed_batch
+
+    shape = tuple(session.input_shape)
+    if len(shape) != 4 or not isinstance(shape[0], int) or shape[0] < 1 or shape[1:] != (3, imgsz, imgsz):
+        raise ConfigError(f"{session.path}: expected a fixed (B, 3, {imgsz}, {imgsz}) input, got {shape}; "
+                          "re-export it with tools/export.py")
+    return lambda batch: run_fixed_batch(batch, shape[0], session)
 
 
 def make_runner(ckpt: Mapping, engine: str = "torch", device: str | torch.device = "auto",
-                onnx_path: str | Path | None = None) -> Runner:
-    """A runner for a YOLO checkpoint: torch, or onnx (exported next to ``onnx_path`` when it does not exist yet)."""
-    from czii_kit.infer.engines import resolve_device
+                cache_dir: str | Path = "build/engines") -> Runner:
+    """A runner for a YOLO checkpoint: torch, onnx, onnx_fp16 or tensorrt (fp16); graphs exported when missing."""
+    from czii_kit.infer.engines import OnnxSession, TensorRTSession, require_tensorrt, resolve_device
+    from czii_kit.infer.export import build_tensorrt_engine
 
     device = resolve_device(device)
+    imgsz, _ = graph_geometry(ckpt)
     if engine == "torch":
         return torch_runner(build_detection_model(ckpt), device)
-    if engine == "onnx":
-        path = Path(onnx_path or yolo_onnx_path(ckpt["path"]))
-        if not path.exists():
-            export_onnx(ckpt, path)
-        return onnx_runner(path, device)
-    raise ConfigError(f"YOLO engine {engine!r} is not supported; use torch or onnx "
-                      "(for TensorRT, build an engine from the ONNX export with trtexec)")
+    if engine in ("onnx", "onnx_fp16"):
+        return graph_runner(OnnxSession(onnx_for(ckpt, cache_dir, fp16=engine == "onnx_fp16"), device), imgsz)
+    if engine == "tensorrt":
+        require_tensorrt()  # before exporting anything
+        engine_file = build_tensorrt_engine(onnx_for(ckpt, cache_dir, fp16=True), cache_dir)
+        return graph_runner(TensorRTSession(engine_file, device), imgsz)
+    raise ConfigError(f"unknown YOLO engine {engine!r}; use torch, onnx, onnx_fp16 or tensorrt")
 
 
-def export_onnx(ckpt: Mapping, path: str | Path, imgsz: int | None = None, opset: int = 17) -> Path:
-    """ONNX file of the checkpoint's YOLO model via ultralytics' exporter (dynamic batch, no NMS)."""
-    from czii_kit.yolo.offline import import_ultralytics
+def parity(ckpt: Mapping, candidate: Runner, device: str | torch.device = "cpu", n_batches: int = 2,
+           seed: int = 0) -> float:
+    """Max difference to torch fp32 over random images, on every anchor: class scores as they are, box
+    centres and sides (pixels) relative to the box's longer side, which is what IoU and NMS see.
 
-    import_ultralytics()
-    from ultralytics.engine.exporter import Exporter
+    Relative, because an untrained or background anchor may regress a box several images wide,
+    where fp16's ~0.1% rounding shows as whole pixels that change no overlap.
+    """
+    from czii_kit.infer.engines import resolve_device
 
-    imgsz = int(imgsz or ckpt["window"][0])
-    model = build_detection_model(ckpt)
-    model.task, model.args = "detect", {"imgsz": imgsz, "data": None}
-    exported = Exporter(overrides={"format": "onnx", "opset": opset, "imgsz": imgsz, "dynamic": True,
-                                   "simplify": False, "batch": 1, "device": "cpu", "half": False})(model=model)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(exported).replace(path)
-    return Path(path)
+    imgsz, batch = graph_geometry(ckpt)
+    reference = torch_runner(build_detection_model(ckpt), resolve_device(device))
+    generator = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for _ in range(n_batches):
+        images = torch.rand((batch, 3, imgsz, imgsz), generator=generator)
+        expected, actual = reference(images).float().cpu(), candidate(images).float().cpu()
+        if expected.shape != actual.shape:
+            raise ConfigError(f"graph output {tuple(actual.shape)} differs from torch's {tuple(expected.shape)}; "
+                              "re-export it with tools/export.py --force")
+        size = expected[:, 2:4].amax(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1, anchors): xywh boxes
+        boxes = ((expected[:, :4] - actual[:, :4]).abs() / size).amax()
+        worst = max(worst, float(boxes), float((expected[:, 4:] - actual[:, 4:]).abs().amax()))
+    return worst
 
 
 def letterbox(images: np.ndarray, imgsz: int) -> tuple[torch.Tensor, float, tuple[int, int]]:
