@@ -75,7 +75,7 @@ def export_unet(ckpt: dict, args, fp16: bool) -> None:
 
 def export_yolo(ckpt: dict, args, fp16: bool) -> None:
     """YOLO slice detectors: fixed (infer_batch, 3, imgsz, imgsz) ONNX next to the checkpoint, then parity on
-    random images (box coordinates as fractions of the image, so one tolerance fits boxes and scores)."""
+    random images (class scores, and boxes relative to their size: see czii_kit.yolo.predict.parity)."""
     from czii_kit.infer.engines import OnnxSession, TensorRTSession
     from czii_kit.infer.export import build_tensorrt_engine, check_parity
     from czii_kit.yolo.predict import export_onnx, graph_geometry, graph_runner, parity, yolo_onnx_path

@@ -28,7 +28,7 @@ from czii_kit.utils.atomic import atomic_path
 log = logging.getLogger(__name__)
 INPUT_NAME = "volume"
 OUTPUT_NAME = "probabilities"
-FP32_TOLERANCE = 1e-4  # torch vs an fp32 graph, on probabilities (or box coordinates / image size)
+FP32_TOLERANCE = 1e-4  # torch vs an fp32 graph, on probabilities (YOLO: scores, boxes relative to size)
 FP16_TOLERANCE = 2e-2  # torch fp32 vs an fp16 graph (ONNX Runtime or TensorRT)
 
 
