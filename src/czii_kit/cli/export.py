@@ -55,8 +55,8 @@ def write_onnx(path: Path, force: bool, export) -> Path:
 
 def export_unet(ckpt: dict, args, fp16: bool) -> None:
     """Fixed-window ONNX next to the checkpoint (where predict and the Kaggle pack look), then parity."""
-    from czii_kit.infer.engines import OnnxEngine, TensorRTEngine, TorchEngine
-    from czii_kit.infer.export import build_tensorrt_engine, check_parity, export_onnx, parity
+    from czii_kit.infer.engines import GraphEngine, TorchEngine
+    from czii_kit.infer.export import check_parity, export_onnx, open_graph, parity
     from czii_kit.infer.members import packed_onnx_path, prob_model
 
     window = tuple(args.window or ckpt["window"])
@@ -65,10 +65,7 @@ def export_unet(ckpt: dict, args, fp16: bool) -> None:
     onnx = write_onnx(packed_onnx_path(ckpt["path"], window, batch, fp16), args.force,
                       lambda path: export_onnx(model, window, path, batch_size=batch, fp16=fp16))
     device = "cpu" if args.format == "onnx" else "cuda"
-    if args.format == "onnx":
-        candidate = OnnxEngine(onnx, device=device)
-    else:
-        candidate = TensorRTEngine(build_tensorrt_engine(onnx, args.engine_cache), device=device)
+    candidate = GraphEngine(open_graph(args.format, lambda _: onnx, args.engine_cache, device), name=args.format)
     diff = parity(TorchEngine(model, window, device=device, fp16=False), candidate, n_batches=2, batch_size=batch)
     check_parity(f"{Path(ckpt['path']).name}: torch vs {args.format} {'fp16' if fp16 else 'fp32'}", diff, fp16)
 
@@ -76,17 +73,13 @@ def export_unet(ckpt: dict, args, fp16: bool) -> None:
 def export_yolo(ckpt: dict, args, fp16: bool) -> None:
     """YOLO slice detectors: fixed (infer_batch, 3, imgsz, imgsz) ONNX next to the checkpoint, then parity on
     random images (class scores, and boxes relative to their size: see czii_kit.yolo.predict.parity)."""
-    from czii_kit.infer.engines import OnnxSession, TensorRTSession
-    from czii_kit.infer.export import build_tensorrt_engine, check_parity
+    from czii_kit.infer.export import check_parity, open_graph
     from czii_kit.yolo.predict import export_onnx, graph_geometry, graph_runner, parity, yolo_onnx_path
 
     imgsz, batch = graph_geometry(ckpt)
     onnx = write_onnx(yolo_onnx_path(ckpt["path"], imgsz, batch, fp16), args.force,
                       lambda path: export_onnx(ckpt, path, fp16))
     device = "cpu" if args.format == "onnx" else "cuda"
-    if args.format == "onnx":
-        session = OnnxSession(onnx, device)
-    else:
-        session = TensorRTSession(build_tensorrt_engine(onnx, args.engine_cache), device)
+    session = open_graph(args.format, lambda _: onnx, args.engine_cache, device)
     diff = parity(ckpt, graph_runner(session, imgsz), device)
     check_parity(f"{Path(ckpt['path']).name}: torch vs {args.format} {'fp16' if fp16 else 'fp32'} (YOLO)", diff, fp16)

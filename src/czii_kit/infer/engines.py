@@ -181,11 +181,14 @@ class TensorRTSession:
 GraphSession = OnnxSession | TensorRTSession
 
 
-class _GraphEngine:
-    """A fixed-shape probability graph (ONNX or TensorRT) as an Engine: geometry read from the graph."""
+class GraphEngine:
+    """A fixed-shape probability graph (ONNX or TensorRT session) as an Engine: geometry read from the graph."""
 
-    def __init__(self, session: GraphSession) -> None:
+    name = "graph"
+
+    def __init__(self, session: GraphSession, name: str | None = None) -> None:
         self.session, self.device = session, session.device
+        self.name = name or self.name
         self.batch_size, self.window, self.stride, self.num_classes = geometry_from_shapes(
             session.input_shape, session.output_shape, session.path
         )
@@ -194,7 +197,7 @@ class _GraphEngine:
         return run_fixed_batch(batch, self.batch_size, self.session)
 
 
-class OnnxEngine(_GraphEngine):
+class OnnxEngine(GraphEngine):
     """An onnxruntime session on a fixed-shape graph; window, stride and classes come from the file."""
 
     name = "onnx"
@@ -203,7 +206,7 @@ class OnnxEngine(_GraphEngine):
         super().__init__(OnnxSession(onnx_path, device))
 
 
-class TensorRTEngine(_GraphEngine):
+class TensorRTEngine(GraphEngine):
     """A serialized TensorRT engine; window, stride and classes come from the engine."""
 
     name = "tensorrt"

@@ -22,7 +22,14 @@ from pathlib import Path
 import torch
 
 from czii_kit.errors import CheckpointError, ConfigError
-from czii_kit.infer.engines import Engine, check_window, require_tensorrt
+from czii_kit.infer.engines import (
+    Engine,
+    GraphSession,
+    OnnxSession,
+    TensorRTSession,
+    check_window,
+    require_tensorrt,
+)
 from czii_kit.utils.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -167,3 +174,19 @@ def build_tensorrt_engine(onnx_path: str | Path, cache_dir: str | Path, workspac
     with atomic_path(target, suffix=".engine") as tmp:
         tmp.write_bytes(bytes(serialized))
     return target
+
+
+def open_graph(kind: str, onnx_for: Callable[[bool], Path], cache_dir: str | Path,
+               device: str | torch.device) -> GraphSession:
+    """The session a graph engine kind runs, for U-Nets and YOLO alike.
+
+    ``onnx_for(fp16)`` gives the ONNX file of that precision (exporting it if needed): onnx runs the
+    fp32 file, onnx_fp16 the fp16 one, tensorrt an engine built from the fp16 one. TensorRT is
+    checked before anything is exported.
+    """
+    if kind == "tensorrt":
+        require_tensorrt()
+        return TensorRTSession(build_tensorrt_engine(onnx_for(True), cache_dir), device)
+    if kind not in ("onnx", "onnx_fp16"):
+        raise ConfigError(f"unknown engine {kind!r}; use torch, onnx, onnx_fp16 or tensorrt")
+    return OnnxSession(onnx_for(kind == "onnx_fp16"), device)

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 
 from czii_kit.errors import CheckpointError, ConfigError
-from czii_kit.infer.engines import ENGINES, create_engine, require_tensorrt
+from czii_kit.infer.engines import ENGINES, GraphEngine, TorchEngine
 from czii_kit.infer.ensemble import check_compatible
-from czii_kit.infer.export import build_tensorrt_engine, cached_export, export_onnx
+from czii_kit.infer.export import cached_export, export_onnx, open_graph
 from czii_kit.infer.predictor import Member
 from czii_kit.models.activation import ProbabilityModel
 from czii_kit.particles import CLASS_NAMES
@@ -50,19 +50,15 @@ def onnx_path_for(ckpt: dict, window, batch_size: int, cache_dir: Path, fp16: bo
                          lambda path: export_onnx(prob_model(ckpt), tuple(window), path, batch_size, fp16=fp16))
 
 
-def engine_inputs(ckpt: dict, kind: str, window, batch_size: int, cache_dir: Path) -> tuple:
-    """What ENGINES[kind] is built from: the torch model, an fp32 / fp16 ONNX file, or an fp16 TensorRT engine."""
-    if kind == "torch":
-        return prob_model(ckpt), tuple(window)
-    if kind in ("onnx", "onnx_fp16"):
-        return (onnx_path_for(ckpt, window, batch_size, cache_dir, fp16=kind == "onnx_fp16"),)
-    require_tensorrt()  # before exporting anything
-    return (build_tensorrt_engine(onnx_path_for(ckpt, window, batch_size, cache_dir, fp16=True), cache_dir),)
-
-
 def make_member(ckpt: dict, engine: str, device, window, batch_size: int, cache_dir: Path,
                 weight: float = 1.0) -> Member:
+    """An ensemble member: the torch model, or the graph the engine kind runs (see export.open_graph)."""
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
-    eng = create_engine(engine, *engine_inputs(ckpt, engine, window, batch_size, cache_dir), device=device)
+    if engine == "torch":
+        eng = TorchEngine(prob_model(ckpt), tuple(window), device=device)
+    else:
+        session = open_graph(engine, lambda fp16: onnx_path_for(ckpt, window, batch_size, cache_dir, fp16),
+                             cache_dir, device)
+        eng = GraphEngine(session, name=engine)
     return Member(eng, weight, name=f"{Path(ckpt['path']).parent.name}/{Path(ckpt['path']).stem}", meta=ckpt)

@@ -114,21 +114,15 @@ def graph_runner(session, imgsz: int) -> Runner:
 
 def make_runner(ckpt: Mapping, engine: str = "torch", device: str | torch.device = "auto",
                 cache_dir: str | Path = "build/engines") -> Runner:
-    """A runner for a YOLO checkpoint: torch, onnx, onnx_fp16 or tensorrt (fp16); graphs exported when missing."""
-    from czii_kit.infer.engines import OnnxSession, TensorRTSession, require_tensorrt, resolve_device
-    from czii_kit.infer.export import build_tensorrt_engine
+    """A runner for a YOLO checkpoint: torch, or the graph an engine kind runs (see infer.export.open_graph)."""
+    from czii_kit.infer.engines import resolve_device
+    from czii_kit.infer.export import open_graph
 
     device = resolve_device(device)
-    imgsz, _ = graph_geometry(ckpt)
     if engine == "torch":
         return torch_runner(build_detection_model(ckpt), device)
-    if engine in ("onnx", "onnx_fp16"):
-        return graph_runner(OnnxSession(onnx_for(ckpt, cache_dir, fp16=engine == "onnx_fp16"), device), imgsz)
-    if engine == "tensorrt":
-        require_tensorrt()  # before exporting anything
-        engine_file = build_tensorrt_engine(onnx_for(ckpt, cache_dir, fp16=True), cache_dir)
-        return graph_runner(TensorRTSession(engine_file, device), imgsz)
-    raise ConfigError(f"unknown YOLO engine {engine!r}; use torch, onnx, onnx_fp16 or tensorrt")
+    session = open_graph(engine, lambda fp16: onnx_for(ckpt, cache_dir, fp16), cache_dir, device)
+    return graph_runner(session, graph_geometry(ckpt)[0])
 
 
 def parity(ckpt: Mapping, candidate: Runner, device: str | torch.device = "cpu", n_batches: int = 2,
