@@ -42,7 +42,7 @@ def tiny_experiment(synthetic_root, tmp_path_factory):
 def tiny_yolo_experiment(synthetic_root, tmp_path_factory):
     """A 1-epoch 64-px YOLO slice detector on fold 0 of the tiny dataset (offline, from its yaml)."""
     from czii_kit.config import load_config
-    from czii_kit.yolo.train import train_yolo_fold
+    from czii_kit.train.yolo import train_yolo_fold
 
     cfg = load_config("yolo_cpu_quick", ["yolo.imgsz=64", "yolo.epochs=1", "yolo.batch=8", "yolo.every=6",
                                          "yolo.conf=0.01", "yolo.max_det=50", "yolo.infer_batch=8",

@@ -4,17 +4,15 @@ import itertools
 import numpy as np
 import pytest
 
-from czii_kit.data.augment import (
-    AugmentConfig,
-    Geometry,
-    apply_geometry,
-    mixup,
-    random_geometry,
-    random_intensity,
-    transform_points,
-)
+from czii_kit.data.augment import AugmentConfig, apply_geometry, mixup, random_intensity
+from czii_kit.data.geometry import Transform, random_transform
 from czii_kit.data.targets import TargetSpec, render_targets
 from czii_kit.errors import ConfigError
+
+def Geometry(flip_z=False, flip_y=False, flip_x=False, rot90_k=0) -> Transform:
+    """The shared transform from per-axis flip flags (how these tests read best)."""
+    return Transform(tuple(a for a, f in enumerate((flip_z, flip_y, flip_x)) if f), rot90_k)
+
 
 ALL_GEOMETRIES = [Geometry(fz, fy, fx, k)
                   for fz, fy, fx in itertools.product([False, True], repeat=3) for k in range(4)]
@@ -29,7 +27,7 @@ def test_targets_of_moved_points_equal_moved_targets(g, stride):
     labels = rng.integers(0, 6, 12)
     spec = TargetSpec(kind="gaussian", stride=stride, sigma_frac=0.3)
     moved_targets = apply_geometry(render_targets(points, labels, shape, (0, 0, 0), spec), g)
-    targets_of_moved = render_targets(transform_points(points, shape, g), labels, shape, (0, 0, 0), spec)
+    targets_of_moved = render_targets(g.transform_points(points, shape), labels, shape, (0, 0, 0), spec)
     np.testing.assert_allclose(moved_targets, targets_of_moved, atol=1e-6)
 
 
@@ -42,7 +40,7 @@ def test_marked_image_voxel_lands_where_its_point_goes(g):
     out = apply_geometry(image, g)
     assert out.shape == image.shape
     landed = np.argwhere(out[0] == 1.0)
-    np.testing.assert_array_equal(landed, transform_points([mark], shape, g).astype(int))
+    np.testing.assert_array_equal(landed, g.transform_points([mark], shape).astype(int))
 
 
 def test_rotation_by_hand():
@@ -53,7 +51,7 @@ def test_rotation_by_hand():
     np.testing.assert_array_equal(apply_geometry(plane, Geometry(flip_x=True))[0], [[2, 1], [4, 3]])
     np.testing.assert_array_equal(apply_geometry(plane, Geometry(flip_y=True, rot90_k=1))[0], [[4, 2], [3, 1]])
     # the value 2 sits at (y, x) = (0, 1) and moves to (0, 0) under k=1
-    np.testing.assert_array_equal(transform_points([[0, 0, 1]], (1, 2, 2), Geometry(rot90_k=1)), [[0, 0, 0]])
+    np.testing.assert_array_equal(Geometry(rot90_k=1).transform_points([[0, 0, 1]], (1, 2, 2)), [[0, 0, 0]])
 
 
 @pytest.mark.parametrize("g", ALL_GEOMETRIES, ids=str)
@@ -61,12 +59,12 @@ def test_z_is_never_mixed_into_yx(g):
     z = np.arange(5, dtype=np.float32)
     z_gradient = np.broadcast_to(z[:, None, None], (5, 8, 8))
     out = apply_geometry(z_gradient, g)
-    expected_z = z[::-1] if g.flip_z else z
+    expected_z = z[::-1] if 0 in g.flips else z
     np.testing.assert_array_equal(out, np.broadcast_to(expected_z[:, None, None], (5, 8, 8)))
     x_gradient = np.broadcast_to(np.arange(8, dtype=np.float32), (5, 8, 8))
     moved = apply_geometry(x_gradient, g)
     assert np.all(moved == moved[:1])  # still constant along z
-    assert np.all(transform_points([[3.0, 1.0, 2.0]], (5, 8, 8), g)[0, 0] == (1.0 if g.flip_z else 3.0))
+    assert np.all(g.transform_points([[3.0, 1.0, 2.0]], (5, 8, 8))[0, 0] == (1.0 if 0 in g.flips else 3.0))
 
 
 def test_apply_geometry_returns_a_contiguous_copy():
@@ -79,20 +77,20 @@ def test_apply_geometry_returns_a_contiguous_copy():
 
 def test_odd_rotation_of_a_non_square_patch_is_refused():
     arr = np.zeros((4, 6, 8))
-    with pytest.raises(ConfigError, match="non-square"):
+    with pytest.raises(ConfigError, match="square y-x"):
         apply_geometry(arr, Geometry(rot90_k=1))
     assert apply_geometry(arr, Geometry(flip_y=True, rot90_k=2)).shape == (4, 6, 8)
 
 
-def test_random_geometry_respects_allowed_axes_and_covers_all_combinations():
+def test_random_transform_respects_allowed_axes_and_covers_all_combinations():
     rng = np.random.default_rng(0)
-    seen = {random_geometry(rng) for _ in range(2000)}
+    seen = {random_transform(rng) for _ in range(2000)}
     assert seen == set(ALL_GEOMETRIES)
-    only_x = {random_geometry(rng, flips=("x",), rot90_xy=False) for _ in range(200)}
+    only_x = {random_transform(rng, flips=("x",), rot90_xy=False) for _ in range(200)}
     assert only_x == {Geometry(), Geometry(flip_x=True)}
-    assert {random_geometry(rng, flips=(), rot90_xy=False) for _ in range(20)} == {Geometry()}
+    assert {random_transform(rng, flips=(), rot90_xy=False) for _ in range(20)} == {Geometry()}
     with pytest.raises(ConfigError, match="unknown flip axis"):
-        random_geometry(rng, flips=("w",))
+        random_transform(rng, flips=("w",))
 
 
 def test_intensity_off_is_identity_and_input_is_untouched():

@@ -11,17 +11,19 @@ import torch
 from czii_kit.errors import CheckpointError, ConfigError
 from czii_kit.infer import engines as engines_module
 from czii_kit.infer.engines import (
-    ENGINES,
+    ENGINE_KINDS,
     Engine,
-    OnnxEngine,
-    TensorRTEngine,
+    GraphEngine,
+    OnnxSession,
+    TensorRTSession,
     TorchEngine,
-    create_engine,
+    check_engine_kind,
     geometry_from_shapes,
     resolve_device,
 )
-from czii_kit.infer.ensemble import EnsembleAccumulator, average_probabilities, check_compatible
-from czii_kit.infer.export import FP16_TOLERANCE, build_tensorrt_engine, check_parity, export_onnx, parity
+from czii_kit.infer.ensemble import WeightedMean, check_compatible
+from czii_kit.infer.export import (FP16_TOLERANCE, build_tensorrt_engine, check_parity, export_onnx, parity,
+                                   probability_graph)
 from czii_kit.infer.sliding_window import predict_volume
 from czii_kit.infer.tta import parse_tta
 from czii_kit.infer.workers import map_over_devices
@@ -78,6 +80,10 @@ def test_torch_engine_rejects_bad_windows_strides_and_cpu_fp16(model):
         TorchEngine(liar, WINDOW)
 
 
+def OnnxEngine(path) -> GraphEngine:
+    return GraphEngine(OnnxSession(path), name="onnx")
+
+
 def test_onnx_engine_reads_geometry_from_the_file(onnx_file):
     engine = OnnxEngine(onnx_file)
     assert (engine.batch_size, engine.window, engine.stride, engine.num_classes) == (2, WINDOW, 2, 6)
@@ -87,7 +93,7 @@ def test_onnx_engine_reads_geometry_from_the_file(onnx_file):
 
 def test_onnx_matches_torch(model, onnx_file):
     torch_engine, onnx_engine = TorchEngine(model, WINDOW), OnnxEngine(onnx_file)
-    assert parity(torch_engine, onnx_engine, n_batches=2, batch_size=2) < 1e-4
+    assert parity(probability_graph(model, WINDOW, 2), onnx_engine, n_batches=2) < 1e-4
     batch = torch.randn(3, 1, *WINDOW)  # not a multiple of the exported batch of 2: split and padded
     assert torch.allclose(onnx_engine(batch), torch_engine(batch), atol=1e-4)
     volume = np.random.default_rng(0).normal(size=(11, 21, 19)).astype(np.float32)
@@ -98,12 +104,12 @@ def test_onnx_matches_torch(model, onnx_file):
 
 def test_parity_detects_a_different_model(model, onnx_file):
     torch.manual_seed(1)
-    assert parity(TorchEngine(TinyProbModel(), WINDOW), OnnxEngine(onnx_file)) > 1e-3
+    assert parity(probability_graph(TinyProbModel(), WINDOW, 2), OnnxEngine(onnx_file)) > 1e-3
 
 
-def test_parity_refuses_engines_with_different_geometry(model, onnx_file):
-    with pytest.raises(ConfigError, match="window differs"):
-        parity(TorchEngine(model, (8, 16, 8)), OnnxEngine(onnx_file))
+def test_parity_refuses_a_graph_of_another_shape(model, onnx_file):
+    with pytest.raises(ConfigError, match=r"takes \(2, 1, 8, 16, 16\).*\(2, 1, 8, 16, 8\)"):
+        parity(probability_graph(model, (8, 16, 8), 2), OnnxSession(onnx_file))
 
 
 def test_fp16_graph_has_fp16_weights_float32_io_and_stays_close(model, tmp_path):
@@ -116,7 +122,7 @@ def test_fp16_graph_has_fp16_weights_float32_io_and_stays_close(model, tmp_path)
     assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     half = OnnxEngine(path)
     assert (half.batch_size, half.window, half.stride, half.num_classes) == (2, WINDOW, 2, 6)
-    diff = parity(TorchEngine(model, WINDOW), half, n_batches=2, batch_size=2)
+    diff = parity(probability_graph(model, WINDOW, 2), half, n_batches=2)
     assert 1e-6 < diff < FP16_TOLERANCE  # rounded like an fp16 engine, and no worse than the export tool accepts
     assert next(model.parameters()).dtype == torch.float32  # the user's model is not converted in place
 
@@ -247,7 +253,7 @@ def test_missing_files_raise_checkpoint_error(tmp_path):
 def test_tensorrt_without_gpu_or_package_says_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` fail
-    for make in (lambda: TensorRTEngine(tmp_path / "m.engine"),
+    for make in (lambda: TensorRTSession(tmp_path / "m.engine"),
                  lambda: build_tensorrt_engine(tmp_path / "m.onnx", tmp_path)):
         with pytest.raises(ConfigError) as error:
             make()
@@ -264,11 +270,11 @@ def test_tensorrt_with_gpu_but_no_package_names_only_the_package(tmp_path, monke
     assert "missing here: the tensorrt package)" in str(error.value)
 
 
-def test_registry_and_device_resolution(model, monkeypatch):
-    assert set(ENGINES) == {"torch", "onnx", "onnx_fp16", "tensorrt"}
-    assert isinstance(create_engine("torch", model, WINDOW, device="cpu"), TorchEngine)
+def test_engine_kinds_and_device_resolution(model, monkeypatch):
+    assert set(ENGINE_KINDS) == {"torch", "onnx", "onnx_fp16", "tensorrt"}
+    assert check_engine_kind("onnx_fp16") == "onnx_fp16"
     with pytest.raises(ConfigError, match="torch, onnx, onnx_fp16, tensorrt"):
-        create_engine("openvino")
+        check_engine_kind("openvino")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
     assert resolve_device("cpu") == torch.device("cpu")
@@ -282,33 +288,41 @@ def test_registry_and_device_resolution(model, monkeypatch):
 
 # ---------------------------------------------------------------- ensembling
 
-def test_average_probabilities_weighted_and_normalized():
-    ones, threes = np.ones((2, 3, 4, 5), np.float32), np.full((2, 3, 4, 5), 3, np.float32)
-    np.testing.assert_allclose(average_probabilities([ones, threes]), 2.0)
-    np.testing.assert_allclose(average_probabilities([ones, threes], [1, 3]), 2.5)  # (1 + 9) / 4
-    np.testing.assert_allclose(average_probabilities([ones, threes], [2, 6]), 2.5)
-    accumulator = EnsembleAccumulator()
-    accumulator.add(ones, 1.0)
-    accumulator.add(threes, 3.0)
-    np.testing.assert_allclose(accumulator.result(), 2.5)
-    assert accumulator.count == 2
-    rng = np.random.default_rng(0)
-    members, weights = [rng.random((3, 4, 5, 6)) for _ in range(3)], [0.5, 2.0, 1.5]
-    expected = sum(w * m for w, m in zip(weights, members)) / sum(weights)
-    np.testing.assert_allclose(average_probabilities(members, weights), expected, rtol=1e-6)
-    np.testing.assert_allclose(average_probabilities([np.arange(4.0), np.zeros(4)]), [0, 0.5, 1, 1.5])
+def test_in_loop_ensemble_is_the_weighted_mean_of_the_members(model):
+    torch.manual_seed(3)
+    other = TinyProbModel()
+    a, b = TorchEngine(model, WINDOW), TorchEngine(other, WINDOW)
+    volume = np.random.default_rng(1).normal(size=(13, 27, 22)).astype(np.float32)
+    flips = parse_tta("flips")
+    alone_a = predict_volume(a, volume, tta=flips, batch_size=2)
+    alone_b = predict_volume(b, volume, tta=parse_tta("none"), batch_size=2)
+    both = predict_volume([a, b], volume, weights=[1, 3], tta=[flips, parse_tta("none")], batch_size=2)
+    torch.testing.assert_close(both, (alone_a + 3 * alone_b) / 4, atol=1e-6, rtol=0)
+    torch.testing.assert_close(predict_volume([a, a], volume, batch_size=2), predict_volume(a, volume, batch_size=2),
+                               atol=1e-6, rtol=0)
 
 
-def test_average_probabilities_errors():
-    a, b = np.zeros((6, 4, 4, 4), np.float32), np.zeros((6, 2, 2, 2), np.float32)
-    with pytest.raises(ConfigError, match=r"member 1 of shape \(6, 2, 2, 2\).*member 0"):
-        average_probabilities([a, b])
-    with pytest.raises(ConfigError, match="2 ensemble weights for 1"):
-        average_probabilities([a], [1, 2])
+def test_in_loop_ensemble_refuses_members_it_cannot_average(model):
+    volume = np.zeros((8, 16, 16), np.float32)
+    with pytest.raises(ConfigError, match="window differs"):
+        predict_volume([TorchEngine(model, WINDOW), TorchEngine(model, (8, 16, 8))], volume)
+    with pytest.raises(ConfigError, match="2 engines, 1 weights"):
+        predict_volume([TorchEngine(model, WINDOW)] * 2, volume, weights=[1])
     with pytest.raises(ConfigError, match="positive"):
-        average_probabilities([a, a], [1, -1])
-    with pytest.raises(ConfigError, match="empty"):
-        average_probabilities([])
+        predict_volume([TorchEngine(model, WINDOW)] * 2, volume, weights=[1, 0])
+
+
+def test_weighted_mean_module_folds_an_ensemble_into_one_graph(model, tmp_path):
+    torch.manual_seed(4)
+    other = TinyProbModel()
+    folded = WeightedMean([model, other], [1.0, 3.0]).eval()
+    x = torch.randn(2, 1, *WINDOW)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), (model(x) + 3 * other(x)) / 4)
+    path = export_onnx(folded, WINDOW, tmp_path / "ensemble.onnx", batch_size=2)
+    assert parity(probability_graph(folded, WINDOW, 2), OnnxSession(path)) < 1e-5
+    with pytest.raises(ConfigError, match="positive"):
+        WeightedMean([model, other], [1.0, -1.0])
 
 
 def test_check_compatible_names_checkpoints_and_field():

@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from czii_kit.evaluate import VARIANTS, evaluate_row, markdown_table, match_hits, run_evaluation, save_hit_overlay
+from czii_kit.evaluate import VARIANTS, markdown_table, match_hits, run_evaluation, save_hit_overlay
+from czii_kit.metric import tuned_score
 from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING, particle
 
 
@@ -38,7 +39,7 @@ def test_perfect_candidates_score_one_and_noise_is_thresholded_away():
     solution = frame([("TS", name, 200.0 * (i + 1), 300.0, 400.0) for i, name in enumerate(CLASS_NAMES)])
     noise = frame([("TS", name, 200.0 * (i + 1), 2000.0, 400.0, 0.1) for i, name in enumerate(CLASS_NAMES)], True)
     candidates = pd.concat([solution.assign(score=0.9), noise], ignore_index=True)
-    thresholds, table, score = evaluate_row(candidates, solution)
+    thresholds, table, score = tuned_score(solution, candidates)
     assert score == pytest.approx(1.0)
     assert all(0.1 < thresholds[c] <= 0.9 for c in CLASS_NAMES)
     assert (table["fp"] == 0).all() and (table["tp"] == 1).all()
@@ -56,7 +57,7 @@ def test_unet_only_report(tiny_experiment, synthetic_root, tmp_path):
     assert set(rows["source"]) == {"unet"} and rows["variant"].tolist() == list(VARIANTS)
     assert rows["score"].between(0, 1).all()
     report = (tmp_path / "report" / "report.md").read_text()
-    assert "YOLO and fused rows are absent" in report and "| unet | plain |" in report
+    assert "No yolo checkpoints were given, so yolo and fused rows are absent" in report and "| unet | plain |" in report
     pngs = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
     assert pngs == ["f4_curves_unet.png", f"overlay_{_held_out(synthetic_root)}_unet.png"]
     per_class = pd.read_csv(tmp_path / "report" / "per_class.csv")

@@ -1,7 +1,7 @@
 import pytest
 
 from czii_kit.errors import ConfigError
-from czii_kit.train.folds import split_runs
+from czii_kit.data.folds import split_runs
 
 RUNS = ["TS_6_4", "TS_5_4", "TS_99_9", "TS_69_2"]
 

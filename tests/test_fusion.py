@@ -5,12 +5,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from czii_kit.config import load_config
 from czii_kit.errors import ConfigError
+from czii_kit.infer.pipeline import finalize
 from czii_kit.particles import particle
-from czii_kit.post.fusion import fuse, fused_candidates, fusion_settings
-from czii_kit.post.pipeline import default_post_config
+from czii_kit.post.fusion import fuse, fuse_sources, fusion_settings
+from czii_kit.post.pipeline import with_steps
 
 R = particle("ribosome").radius
+BASE = load_config()  # fusion and post defaults live in configs/base.yaml only
+
+
+def fused(sources, **changes) -> pd.DataFrame:
+    """``fuse`` with base.yaml's fusion settings, some changed."""
+    return fuse(sources, **{**BASE["fusion"], **changes})
 
 
 def frame(rows) -> pd.DataFrame:
@@ -33,7 +41,8 @@ def at(df: pd.DataFrame, xyz) -> pd.Series:
 
 
 def test_dbscan_rule_weighted_positions_and_scores():
-    fused = fuse({"unet": UNET, "yolo": YOLO}, method="dbscan", eps_frac=0.5, weights={"unet": 2.0, "yolo": 1.0})
+    fused = fuse({"unet": UNET, "yolo": YOLO}, method="dbscan", eps_frac=0.5, weights={"unet": 2.0, "yolo": 1.0},
+                 min_votes=1.0)
     assert len(fused) == 3
     a = at(fused, A)
     w_unet, w_yolo = 2.0 * 0.8, 1.0 * 0.6  # position weight = source weight x score
@@ -46,10 +55,10 @@ def test_dbscan_rule_weighted_positions_and_scores():
 
 
 def test_vote_rule_drops_weak_support_and_averages_present_sources():
-    equal = fuse({"unet": UNET, "yolo": YOLO}, method="vote", weights={"unet": 1.0, "yolo": 1.0}, min_votes=2)
+    equal = fused({"unet": UNET, "yolo": YOLO}, method="vote", weights={"unet": 1.0, "yolo": 1.0}, min_votes=2)
     assert len(equal) == 1
     assert at(equal, A)["score"] == pytest.approx((0.8 + 0.6) / 2)
-    heavy_unet = fuse({"unet": UNET, "yolo": YOLO}, method="vote", weights={"unet": 2.0, "yolo": 1.0}, min_votes=2)
+    heavy_unet = fused({"unet": UNET, "yolo": YOLO}, method="vote", weights={"unet": 2.0, "yolo": 1.0}, min_votes=2)
     assert len(heavy_unet) == 2  # U-Net alone has 2 votes: B stays, C (1 vote) goes
     assert at(heavy_unet, B)["score"] == pytest.approx(0.9)  # mean over present sources only
     assert at(heavy_unet, A)["score"] == pytest.approx((2 * 0.8 + 1 * 0.6) / 3)
@@ -59,34 +68,55 @@ def test_best_score_per_source_and_no_merging_across_class_or_experiment():
     unet = frame([("TS", "ribosome", *A, 0.8), ("TS", "ribosome", *A_NEAR, 0.4),  # two U-Net peaks, one particle
                   ("TS", "apo-ferritin", *A, 0.7), ("TS2", "ribosome", *A, 0.5)])
     yolo = frame([("TS", "ribosome", *A, 0.2)])
-    fused = fuse({"unet": unet, "yolo": yolo}, method="dbscan", weights={"unet": 1.0, "yolo": 1.0})
-    assert len(fused) == 3
-    ribo = fused[(fused["experiment"] == "TS") & (fused["particle_type"] == "ribosome")]
+    out = fused({"unet": unet, "yolo": yolo}, method="dbscan", weights={"unet": 1.0, "yolo": 1.0})
+    assert len(out) == 3
+    ribo = out[(out["experiment"] == "TS") & (out["particle_type"] == "ribosome")]
     assert ribo["score"].tolist() == pytest.approx([(0.8 + 0.2) / 2])  # the best U-Net peak counts, not both
 
 
 def test_eps_is_a_fraction_of_the_class_radius():
     far = frame([("TS", "ribosome", A[0] + 0.6 * R, A[1], A[2], 0.5)])
-    assert len(fuse({"unet": frame([("TS", "ribosome", *A, 0.5)]), "yolo": far}, eps_frac=0.5)) == 2
-    assert len(fuse({"unet": frame([("TS", "ribosome", *A, 0.5)]), "yolo": far}, eps_frac=0.7)) == 1
+    assert len(fused({"unet": frame([("TS", "ribosome", *A, 0.5)]), "yolo": far}, eps_frac=0.5)) == 2
+    assert len(fused({"unet": frame([("TS", "ribosome", *A, 0.5)]), "yolo": far}, eps_frac=0.7)) == 1
 
 
 def test_bad_settings_are_config_errors():
     with pytest.raises(ConfigError, match="method"):
-        fuse({"unet": UNET}, method="mean")
+        fused({"unet": UNET}, method="mean")
     with pytest.raises(ConfigError, match="no weight for source"):
-        fuse({"unet": UNET, "yolo": YOLO}, weights={"unet": 1.0})
-    with pytest.raises(ConfigError, match="unknown key"):
-        fusion_settings({"eps": 0.5})
+        fused({"unet": UNET, "yolo": YOLO}, weights={"unet": 1.0})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['eps'\]"):
+        fusion_settings({**BASE["fusion"], "eps": 0.5})
+    with pytest.raises(ConfigError, match=r"missing key\(s\) \['min_votes'\].*base.yaml"):
+        fusion_settings({k: v for k, v in BASE["fusion"].items() if k != "min_votes"})
+    with pytest.raises(ConfigError, match="ribosom"):
+        fuse_sources({"unet": UNET, "yolo": YOLO}, BASE["fusion"], {"ribosom": {"unet": 1.0}})
 
 
-def test_fused_candidates_then_offsets_like_the_unet_path():
+def test_finalize_fuses_then_adds_offsets_like_the_single_model_path():
     thyro = particle("thyroglobulin").radius
     unet = frame([("TS", "thyroglobulin", 1000.0, 1000.0, 500.0, 0.8)])
     yolo = frame([("TS", "thyroglobulin", 1000.0 + 0.1 * thyro, 1000.0, 500.0, 0.6)])
-    post = default_post_config()
-    post["offsets"]["enabled"] = True
-    out = fused_candidates({"unet": unet, "yolo": yolo}, {"method": "dbscan"}, post)
+    cfg = {**BASE, "post": with_steps(BASE["post"], ["offsets"])}
+    out = finalize({"unet": unet, "yolo": yolo}, cfg)
     assert (out["source"] == "unet+yolo").sum() == 1
     assert (out["source"] == "offset").sum() == 14  # 6 axis + 8 diagonal candidates around the fused point
     assert out.loc[out["source"] == "offset", "score"].to_numpy() == pytest.approx(0.9 * (0.8 + 0.6) / 2)
+
+
+def test_per_class_source_weights_use_a_source_alone_where_fusing_did_not_help():
+    apo = frame([("TS", "apo-ferritin", *A, 0.7)])
+    sources = {"unet": pd.concat([UNET, apo], ignore_index=True), "yolo": YOLO}
+    weights = {"ribosome": {"unet": 1.0, "yolo": 0.0}, "apo-ferritin": {"unet": 0.0, "yolo": 1.0}}
+    out = fuse_sources(sources, BASE["fusion"], weights)
+    ribo = out[out["particle_type"] == "ribosome"]
+    # U-Net alone: its rows unchanged (scores not diluted by the absent source), YOLO's ribosomes gone
+    assert sorted(ribo["score"]) == [0.8, 0.9] and set(ribo["source"]) == {"unet"}
+    assert (out["particle_type"] == "apo-ferritin").sum() == 0  # apo-ferritin: YOLO alone, which has none
+    both = fuse_sources(sources, BASE["fusion"], {"ribosome": {"unet": 1.0, "yolo": 1.0}})
+    ribo = both[both["particle_type"] == "ribosome"]
+    assert len(ribo) == 3 and at(ribo, A)["score"] == pytest.approx((0.8 + 0.6) / 2)
+    # a class without an entry uses fusion.weights: apo-ferritin fused with an absent YOLO halves its score
+    assert both.loc[both["particle_type"] == "apo-ferritin", "score"].tolist() == pytest.approx([0.35])
+    single = fuse_sources({"unet": UNET}, BASE["fusion"])
+    pd.testing.assert_frame_equal(single, UNET)  # one source and no per-class weights: untouched

@@ -267,16 +267,16 @@ def test_never_reads_kaggle_credentials(experiment, tmp_path, monkeypatch, capsy
 
 # --------------------------------------------------------------------------- ONNX and wheelhouse
 def test_onnx_exports_are_packed_when_asked(experiment, tmp_path, capsys, prebuilt_wheel):
+    from czii_kit.checkpoints import load_checkpoint, probability_model
     from czii_kit.infer.export import export_onnx
-    from czii_kit.infer.members import packed_onnx_path, prob_model
-    from czii_kit.train.checkpoint import load_checkpoint
 
     out = tmp_path / "out" / SLUG
     assert pack([experiment], out, "--onnx") == 2
     assert "tools/export.py" in capsys.readouterr().err
     ckpt = load_checkpoint(experiment / "fold0.pt")
     batch = ckpt["config"]["infer"]["batch_size"]
-    onnx = export_onnx(prob_model(ckpt), ckpt["window"], packed_onnx_path(ckpt["path"], ckpt["window"], batch), batch)
+    window = "x".join(map(str, ckpt["window"]))
+    onnx = export_onnx(probability_model(ckpt), ckpt["window"], experiment / f"fold0_{window}_b{batch}.onnx", batch)
     assert pack([experiment], out, "--onnx") == 0
     (entry,) = manifest_of(out)["checkpoints"]
     assert entry["onnx"] == [f"exp/{onnx.name}"]

@@ -273,13 +273,12 @@ def test_nothing_imports_cupy(tmp_path):
     script = textwrap.dedent("""
         import numpy as np
         from czii_kit.particles import CLASS_NAMES
-        from czii_kit.post import apply_thresholds, default_post_config, find_peaks, postprocess
+        from czii_kit.config import load_config
+        from czii_kit.post import POSTPROCESSORS, apply_thresholds, find_peaks, postprocess, with_steps
         prob = np.zeros((6, 12, 12, 12), dtype=np.float32)
         prob[:, 6, 6, 6] = 0.9
         found = find_peaks(prob, CLASS_NAMES, {c: 0.5 for c in CLASS_NAMES})
-        cfg = default_post_config()
-        for step in cfg.values():
-            step["enabled"] = True
+        cfg = with_steps(load_config()["post"], POSTPROCESSORS)
         out = apply_thresholds(postprocess(found, cfg), {c: 0.1 for c in CLASS_NAMES})
         assert len(out) > 6, out
     """)

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from czii_kit.config import load_config
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.particles import RADIUS
 from czii_kit.post import (
@@ -14,10 +15,17 @@ from czii_kit.post import (
     add_hard_particle_offsets,
     apply_thresholds,
     dbscan_merge,
-    default_post_config,
     merge_close,
     postprocess,
+    with_steps,
 )
+
+BASE_POST = load_config()["post"]  # the defaults live in configs/base.yaml only
+
+
+def settings(step: str, **changes) -> dict:
+    """A step's base.yaml settings (without ``enabled``), with ``changes``."""
+    return {**{k: v for k, v in BASE_POST[step].items() if k != "enabled"}, **changes}
 
 THYRO, BGAL, APO = "thyroglobulin", "beta-galactosidase", "apo-ferritin"
 ORIGIN = np.array([2000.0, 3000.0, 1000.0])
@@ -49,7 +57,7 @@ def expected_offsets(centre: np.ndarray, radius: float, primary: float = 0.116, 
 
 # --------------------------------------------------------------------------- offsets
 def test_offsets_of_a_single_detection_are_exactly_the_14_points():
-    out = add_hard_particle_offsets(detections(("run", THYRO, ORIGIN, 0.8)), score_factor=0.5)
+    out = add_hard_particle_offsets(detections(("run", THYRO, ORIGIN, 0.8)), **settings("offsets", score_factor=0.5))
     assert out["source"].tolist() == ["peak"] + ["offset"] * 14
     new = out[out["source"] == "offset"]
     np.testing.assert_allclose(sorted_rows(positions(new)), sorted_rows(expected_offsets(ORIGIN, RADIUS[THYRO])))
@@ -61,15 +69,16 @@ def test_offsets_of_a_single_detection_are_exactly_the_14_points():
 
 def test_offsets_skip_classes_not_asked_for_and_keep_existing_source():
     df = detections(("run", APO, ORIGIN, 0.8)).assign(source="merged")
-    out = add_hard_particle_offsets(df)
+    out = add_hard_particle_offsets(df, **settings("offsets"))
     assert len(out) == 1 and out["source"].tolist() == ["merged"]
-    assert len(add_hard_particle_offsets(detections(("run", APO, ORIGIN, 0.8)), classes=[APO])) == 15
+    assert len(add_hard_particle_offsets(detections(("run", APO, ORIGIN, 0.8)), **settings("offsets", classes=[APO]))) == 15
 
 
 def test_offsets_spacing_check_removes_candidates_near_another_detection():
     radius = RADIUS[BGAL]
     a, b = ORIGIN, ORIGIN + [0.6 * radius, 0, 0]
-    out = add_hard_particle_offsets(detections(("run", BGAL, a, 0.9), ("run", BGAL, b, 0.7)), min_spacing_frac=0.5)
+    out = add_hard_particle_offsets(detections(("run", BGAL, a, 0.9), ("run", BGAL, b, 0.7)),
+                                    **settings("offsets", min_spacing_frac=0.5))
     candidates = np.concatenate([expected_offsets(a, radius), expected_offsets(b, radius)])
     rival = np.concatenate([np.repeat([b], 14, axis=0), np.repeat([a], 14, axis=0)])
     survivors = candidates[np.linalg.norm(candidates - rival, axis=1) > 0.5 * radius]
@@ -82,13 +91,13 @@ def test_offsets_spacing_check_removes_candidates_near_another_detection():
 def test_offsets_are_not_blocked_by_other_classes_or_experiments():
     near = ORIGIN + [0.05 * RADIUS[THYRO], 0, 0]
     df = detections(("run1", THYRO, ORIGIN, 0.9), ("run2", THYRO, near, 0.9), ("run1", APO, near, 0.9))
-    out = add_hard_particle_offsets(df)
+    out = add_hard_particle_offsets(df, **settings("offsets"))
     assert (out["source"] == "offset").sum() == 28
 
 
 def test_offsets_reject_unknown_classes():
     with pytest.raises(ConfigError, match="thyroglobin"):
-        add_hard_particle_offsets(detections(("run", THYRO, ORIGIN, 0.9)), classes=["thyroglobin"])
+        add_hard_particle_offsets(detections(("run", THYRO, ORIGIN, 0.9)), **settings("offsets", classes=["thyroglobin"]))
 
 
 # --------------------------------------------------------------------------- merge_close
@@ -111,14 +120,14 @@ def test_merge_close_merges_near_pairs_into_their_centroid():
 def test_merge_close_follows_chains():
     step = 0.08 * RADIUS[APO]  # ends are 0.16 R apart, joined through the middle one
     df = detections(*[("run", APO, ORIGIN + [i * step, 0, 0], s) for i, s in enumerate([0.3, 0.2, 0.5])])
-    out = merge_close(df)
+    out = merge_close(df, **settings("merge"))
     np.testing.assert_allclose(positions(out), [ORIGIN + [step, 0, 0]])
     assert out["score"].tolist() == [0.5]
 
 
 def test_merge_never_crosses_classes_or_experiments():
     df = detections(("run1", APO, ORIGIN, 0.5), ("run1", THYRO, ORIGIN, 0.6), ("run2", APO, ORIGIN, 0.7))
-    for out in (merge_close(df, radius_frac=1.0), dbscan_merge(df, eps_frac=1.0)):
+    for out in (merge_close(df, radius_frac=1.0), dbscan_merge(df, **settings("dbscan", eps_frac=1.0))):
         assert len(out) == 3
         assert sorted(zip(out["experiment"], out["particle_type"])) == [("run1", APO), ("run1", THYRO), ("run2", APO)]
 
@@ -149,16 +158,16 @@ def test_dbscan_min_samples_drops_singletons():
 
 def test_dbscan_per_class_eps_and_zero_scores():
     df = detections(("run", APO, ORIGIN, 0.0), ("run", APO, ORIGIN + [0.3 * RADIUS[APO], 0, 0], 0.0))
-    merged = dbscan_merge(df, eps_frac={APO: 0.5})
+    merged = dbscan_merge(df, **settings("dbscan", eps_frac={APO: 0.5}))
     np.testing.assert_allclose(positions(merged), [ORIGIN + [0.15 * RADIUS[APO], 0, 0]])  # plain mean
-    assert len(dbscan_merge(df, eps_frac={APO: 0.2})) == 2
+    assert len(dbscan_merge(df, **settings("dbscan", eps_frac={APO: 0.2}))) == 2
     with pytest.raises(ConfigError, match=APO):
-        dbscan_merge(df, eps_frac={THYRO: 0.5})
+        dbscan_merge(df, **settings("dbscan", eps_frac={THYRO: 0.5}))
 
 
 # --------------------------------------------------------------------------- pipeline
 def enabled(**steps) -> dict:
-    return {name: {"enabled": True, **settings} for name, settings in steps.items()}
+    return {name: {"enabled": True, **settings(name, **changes)} for name, changes in steps.items()}
 
 
 def test_pipeline_merges_before_adding_offsets():
@@ -182,10 +191,24 @@ def test_pipeline_runs_dbscan_after_merge():
 
 def test_default_config_is_valid_and_changes_nothing():
     df = detections(("run", THYRO, ORIGIN, 0.9), ("run", THYRO, ORIGIN + [1.0, 0, 0], 0.8))
-    cfg = default_post_config()
-    assert list(cfg) == list(POSTPROCESSORS) == ["merge", "dbscan", "offsets"]
-    pd.testing.assert_frame_equal(postprocess(df, cfg), df)
+    assert list(BASE_POST) == list(POSTPROCESSORS) == ["merge", "dbscan", "offsets"]
+    pd.testing.assert_frame_equal(postprocess(df, BASE_POST), df)
     pd.testing.assert_frame_equal(postprocess(df, {}), df)
+
+
+def test_with_steps_switches_exactly_the_named_steps_and_keeps_settings():
+    cfg = with_steps(BASE_POST, ["dbscan"])
+    assert [name for name, step in cfg.items() if step["enabled"]] == ["dbscan"]
+    assert cfg["dbscan"]["eps_frac"] == BASE_POST["dbscan"]["eps_frac"]
+    assert BASE_POST["dbscan"]["enabled"] is False  # the input is not changed
+    with pytest.raises(ConfigError, match="unknown post-processing step"):
+        with_steps(BASE_POST, ["nms"])
+
+
+def test_an_enabled_step_without_its_settings_is_refused():
+    df = detections(("run", THYRO, ORIGIN, 0.9))
+    with pytest.raises(ConfigError, match="post.merge is enabled but lacks radius_frac.*base.yaml"):
+        postprocess(df, {"merge": {"enabled": True}})
 
 
 @pytest.mark.parametrize("cfg, message", [
@@ -224,6 +247,5 @@ def test_apply_thresholds_errors_name_the_class():
 
 def test_every_step_accepts_no_detections():
     empty = detections(("run", APO, ORIGIN, 0.5)).iloc[:0]
-    cfg = {name: {"enabled": True} for name in POSTPROCESSORS}
-    out = postprocess(empty, cfg)
+    out = postprocess(empty, with_steps(BASE_POST, POSTPROCESSORS))
     assert len(out) == 0 and list(out.columns) == ["experiment", "particle_type", "x", "y", "z", "score", "source"]

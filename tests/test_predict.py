@@ -121,7 +121,7 @@ def test_a_failing_run_is_reported_and_others_finish(synthetic_root, tiny_experi
     (["--thresholds", "ferritin=0.2"], "unknown particle type"),
     (["--set", "infer.tta=sideways"], "sideways"),
     (["--out", "/proc/forbidden/s.csv"], "cannot write there"),
-    (["--member-weights", "1,2,3"], "3 values for 1"),
+    (["--member-weights", "1,2,3"], "3 member weights for 1 checkpoints"),
 ])
 def test_bad_input(args, message, synthetic_root, tiny_experiment, tmp_path, capsys):
     argv = ["--data", str(synthetic_root), "--weights", str(tiny_experiment), "--out", str(tmp_path / "s.csv"),
@@ -171,10 +171,10 @@ def test_export_tool_handles_yolo_checkpoints(tiny_yolo_experiment, tmp_path, ca
     shutil.copytree(tiny_yolo_experiment, exp)
     assert export_main(["--weights", str(exp), "--format", "onnx"]) == 0
     out = capsys.readouterr().out
-    assert "torch vs onnx fp32 (YOLO): max abs diff" in out and "OK" in out
+    assert "fold0_yolo_64_b8.onnx: torch fp32 vs onnx fp32: max abs diff" in out and "OK" in out
     assert (exp / "fold0_yolo_64_b8.onnx").exists()  # the tiny config's yolo.imgsz and yolo.infer_batch
     assert export_main(["--weights", str(exp), "--format", "onnx", "--precision", "fp16"]) == 0
-    assert "torch vs onnx fp16 (YOLO)" in capsys.readouterr().out
+    assert "fold0_yolo_64_b8_fp16.onnx: torch fp32 vs onnx fp16" in capsys.readouterr().out
     assert (exp / "fold0_yolo_64_b8_fp16.onnx").exists()
     written = sorted(p.name for p in exp.iterdir())
     assert export_main(["--weights", str(exp), "--format", "tensorrt"]) == 2  # no GPU here: refused before work

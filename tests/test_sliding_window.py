@@ -108,7 +108,7 @@ def test_importance_maps_are_positive_with_peak_one(blend):
 @pytest.mark.parametrize("shape,overlap", [((19, 45, 33), 0.25), ((8, 16, 16), 0.5), ((40, 17, 61), 0.75)])
 def test_constant_model_gives_constant_output(blend, shape, overlap):
     out = predict_volume(constant_engine(0.37, (8, 16, 16)), random_volume(shape), overlap=overlap, blend=blend)
-    assert out.shape == (6, *shape) and out.dtype == np.float32
+    assert out.shape == (6, *shape) and out.dtype == torch.float32  # a tensor where it was computed
     np.testing.assert_allclose(out, 0.37, rtol=0, atol=1e-6)
 
 

@@ -15,7 +15,7 @@ from czii_kit.data import layout
 from czii_kit.data.normalize import normalize_volume
 from czii_kit.errors import CheckpointError, DataError
 from czii_kit.particles import CLASS_NAMES
-from czii_kit.train import checkpoint as ckpt_io
+from czii_kit import checkpoints as ckpt_io
 from czii_kit.train import loop
 
 
@@ -37,7 +37,7 @@ def test_checkpoint_holds_everything(tiny_experiment, synthetic_root):
     assert ckpt["stride"] == 2 and ckpt["activation"] == "softmax"
     saved = yaml.safe_load((tiny_experiment / "config.yaml").read_text())
     assert saved == ckpt["config"]
-    model = ckpt_io.build_model(ckpt)
+    model = ckpt_io.model_from_checkpoint(ckpt)
     with torch.no_grad():
         out = model(torch.zeros(1, 1, 32, 64, 64))
     assert out.shape == (1, 7, 16, 32, 32)

@@ -101,10 +101,10 @@ def test_unknown_tokens_raise_and_list_valid_ones(spec):
 def test_rotation_needs_square_yx_window_at_planning_time():
     check_tta_window(parse_tta("full"), (8, 16, 16))
     check_tta_window(parse_tta("flips,rot180"), (8, 16, 12))
-    with pytest.raises(ConfigError, match="equal y and x"):
+    with pytest.raises(ConfigError, match="square y-x window"):
         check_tta_window(parse_tta("rot90"), (8, 16, 12))
     engine = FunctionEngine(per_voxel, (4, 8, 6), num_classes=3)
-    with pytest.raises(ConfigError, match="equal y and x"):
+    with pytest.raises(ConfigError, match="square y-x window"):
         predict_volume(engine, np.zeros((4, 8, 6), np.float32), tta=parse_tta("full"))
     assert engine.calls == 0
 

@@ -13,12 +13,24 @@ import pytest
 import torch
 import yaml
 
+from czii_kit.config import load_config
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING, particle
 from czii_kit.yolo.cluster import slices_to_points
 from czii_kit.yolo.slices import cross_section_diameter, slice_boxes, write_dataset
 
 APO, RIBO = CLASS_NAMES.index("apo-ferritin"), CLASS_NAMES.index("ribosome")
+BASE = load_config("yolo_cpu_quick")  # yolo.cluster defaults live in configs/base.yaml only
+
+
+def cluster(**changes) -> dict:
+    return {**BASE["yolo"]["cluster"], **changes}
+
+
+def yolo_kind():
+    from czii_kit.infer.kinds import KINDS
+
+    return KINDS["yolo"]
 
 
 def tiny_yolo_config(epochs: int = 1) -> dict:
@@ -83,7 +95,7 @@ def test_dataset_labels_match_picks_and_split(synthetic_root, tmp_path):
     from czii_kit.data import io
     from czii_kit.viz import picks_in_slice
 
-    data_yaml, train_runs, val_runs = write_dataset(synthetic_root, tmp_path / "ds", fold=1, every=5, progress=False)
+    data_yaml, train_runs, val_runs = write_dataset(synthetic_root, tmp_path / "ds", 1, BASE["data"], every=5, progress=False)
     doc = yaml.safe_load(data_yaml.read_text())
     assert doc["names"] == dict(enumerate(CLASS_NAMES)) and doc["val"] == "images/val"
     runs = sorted(io.read_all_picks(synthetic_root)["experiment"].unique())
@@ -96,7 +108,7 @@ def test_dataset_labels_match_picks_and_split(synthetic_root, tmp_path):
             CLASS_NAMES.index(n) for n in expected["particle_type"])
     assert not (tmp_path / "ds" / "labels" / "val" / f"{val_runs[0]}_z0001.txt").exists()  # every=5
     with pytest.raises(DataError, match="already holds"):
-        write_dataset(synthetic_root, tmp_path / "ds", fold=1, progress=False)
+        write_dataset(synthetic_root, tmp_path / "ds", 1, BASE["data"], progress=False)
 
 
 # --------------------------------------------------------------------------- 3D clustering
@@ -106,10 +118,10 @@ def _slices(rows) -> pd.DataFrame:
 
 def test_close_in_xy_separated_in_z_gives_two_particles():
     rows = [(z, 50.0, 50.0, 0.9, RIBO) for z in range(10, 15)] + [(z, 50.0, 51.0, 0.8, RIBO) for z in range(17, 22)]
-    points = slices_to_points(_slices(rows), "run", {"min_size": 3})
+    points = slices_to_points(_slices(rows), "run", cluster(min_size=3))
     assert len(points) == 2
     assert sorted(points["z"] / VOXEL_SPACING) == pytest.approx([12.0, 19.0])
-    merged = slices_to_points(_slices(rows), "run", {"min_size": 3, "max_gap": 3})  # the 2-slice hole is bridged
+    merged = slices_to_points(_slices(rows), "run", cluster(min_size=3, max_gap=3))  # the 2-slice hole is bridged
     assert len(merged) == 1
 
 
@@ -117,7 +129,7 @@ def test_singletons_dropped_and_weighted_centre_exact():
     rows = [(10, 20.0, 30.0, 0.2, APO), (11, 21.0, 30.0, 0.4, APO), (12, 22.0, 31.5, 0.6, APO),
             (40, 5.0, 5.0, 0.99, APO),  # a lone box: noise
             (11, 21.0, 30.0, 0.5, RIBO)]  # same place, other class: never linked with the apo boxes
-    points = slices_to_points(_slices(rows), "TS_1", {"min_size": 2, "topk": 2})
+    points = slices_to_points(_slices(rows), "TS_1", cluster(min_size=2, topk=2))
     assert points["particle_type"].tolist() == ["apo-ferritin"]
     p = points.iloc[0]
     w = np.array([0.2, 0.4, 0.6])
@@ -132,16 +144,16 @@ def test_link_distance_is_class_radius_fraction():
     r = particle("apo-ferritin").radius / VOXEL_SPACING
     near = [(10, 20.0, 20.0, 0.5, APO), (11, 20.0, 20.0 + 0.4 * r, 0.5, APO)]
     far = [(10, 20.0, 20.0, 0.5, APO), (11, 20.0, 20.0 + 0.6 * r, 0.5, APO)]
-    assert len(slices_to_points(_slices(near), "r", {"min_size": 1, "link_frac": 0.5})) == 1
-    assert len(slices_to_points(_slices(far), "r", {"min_size": 1, "link_frac": 0.5})) == 2
+    assert len(slices_to_points(_slices(near), "r", cluster(min_size=1, link_frac=0.5))) == 1
+    assert len(slices_to_points(_slices(far), "r", cluster(min_size=1, link_frac=0.5))) == 2
     with pytest.raises(ConfigError, match="unknown"):
-        slices_to_points(_slices(near), "r", {"min_sise": 1})
+        slices_to_points(_slices(near), "r", cluster(min_sise=1))
 
 
 # --------------------------------------------------------------------------- image <-> voxel round trip
 def test_detect_slices_maps_boxes_back_to_voxels():
     """A fake network that puts a box at a known input-pixel spot: the voxel centre must come back."""
-    from czii_kit.yolo.predict import detect_slices
+    from czii_kit.yolo.detector import detect_slices
 
     height, width, imgsz = 90, 96, 64
     scale = imgsz / 96
@@ -158,7 +170,7 @@ def test_detect_slices_maps_boxes_back_to_voxels():
         return out
 
     volume = np.zeros((3, height, width), dtype=np.uint8)
-    found = detect_slices(runner, volume, imgsz, conf=0.1, batch_size=2)
+    found = detect_slices(runner, volume, imgsz, conf=0.1, iou=0.5, batch_size=2)
     assert found["z"].tolist() == [0, 1, 2]
     assert found["x"].to_numpy() == pytest.approx(x_vox, abs=1e-4)
     assert found["y"].to_numpy() == pytest.approx(y_vox, abs=1e-4)
@@ -181,15 +193,16 @@ GUARDED_SCRIPT = textwrap.dedent("""
     socket.getaddrinfo = refuse
 
     import yaml
-    from czii_kit.yolo.train import train_yolo_fold
-    from czii_kit.yolo.predict import export_onnx
-    from czii_kit.train.checkpoint import load_checkpoint
+    from czii_kit.checkpoints import load_checkpoint
+    from czii_kit.infer.export import export_graph
+    from czii_kit.infer.kinds import KINDS
+    from czii_kit.train.yolo import train_yolo_fold
 
     root, out, cfg_path = sys.argv[1:4]
     cfg = yaml.safe_load(open(cfg_path))
     result = train_yolo_fold(cfg, 0, root, out, progress=False)
     ckpt = load_checkpoint(result["paths"].best)
-    export_onnx(ckpt, out + "/fold0_yolo.onnx")
+    export_graph(KINDS["yolo"].graph([ckpt], cfg), out + "/fold0_yolo.onnx")
     print(json.dumps({"score": result["best"]["score"], "val_runs": result["val_runs"], "attempts": attempts}))
 """)
 
@@ -225,12 +238,13 @@ def test_offline_training_writes_only_chosen_dirs(trained_yolo):
 
 
 def test_checkpoint_reloads_with_weights_only_and_matches_onnx(trained_yolo):
+    from czii_kit.checkpoints import load_checkpoint
     from czii_kit.infer.engines import OnnxSession
-    from czii_kit.train.checkpoint import load_checkpoint
-    from czii_kit.yolo.predict import build_detection_model, graph_runner, is_yolo_checkpoint, torch_runner
+    from czii_kit.infer.kinds import graph_runner, kind_of
+    from czii_kit.yolo.detector import build_detection_model, torch_runner
 
     ckpt = load_checkpoint(trained_yolo["out"] / "fold0.pt")  # torch.load(weights_only=True) inside
-    assert is_yolo_checkpoint(ckpt) and ckpt["classes"] == list(CLASS_NAMES) and ckpt["fold"] == 0
+    assert kind_of(ckpt).name == "yolo" and ckpt["classes"] == list(CLASS_NAMES) and ckpt["fold"] == 0
     assert set(ckpt["thresholds"]) == set(CLASS_NAMES)
     session = OnnxSession(trained_yolo["out"] / "fold0_yolo.onnx")
     assert session.input_shape == (8, 3, 64, 64)  # fixed: yolo.infer_batch and yolo.imgsz
@@ -246,28 +260,31 @@ def test_checkpoint_reloads_with_weights_only_and_matches_onnx(trained_yolo):
 def test_fp16_graph_is_fp16_inside_float32_outside_and_close_to_torch(trained_yolo, tmp_path):
     import onnx
 
+    from czii_kit.checkpoints import load_checkpoint
     from czii_kit.infer.engines import OnnxSession
-    from czii_kit.infer.export import FP16_TOLERANCE, FP32_TOLERANCE
-    from czii_kit.train.checkpoint import load_checkpoint
-    from czii_kit.yolo.predict import export_onnx, graph_runner, parity
+    from czii_kit.infer.export import FP16_TOLERANCE, FP32_TOLERANCE, export_graph, parity
+    from czii_kit.infer.kinds import graph_runner
 
     ckpt = load_checkpoint(trained_yolo["out"] / "fold0.pt")
-    path = export_onnx(ckpt, tmp_path / "half.onnx", fp16=True)
+    spec = yolo_kind().graph([ckpt], ckpt["config"])
+    path = export_graph(spec, tmp_path / "half.onnx", fp16=True)
     graph = onnx.load(str(path)).graph
     float16, float32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
     assert {t.data_type for t in graph.initializer if t.dims} == {float16}  # weights in fp16
     assert graph.input[0].type.tensor_type.elem_type == graph.output[0].type.tensor_type.elem_type == float32
-    fp32 = parity(ckpt, graph_runner(OnnxSession(trained_yolo["out"] / "fold0_yolo.onnx"), 64))
-    fp16 = parity(ckpt, graph_runner(OnnxSession(path), 64))
+    fp32 = parity(spec, graph_runner(OnnxSession(trained_yolo["out"] / "fold0_yolo.onnx"), 64))
+    fp16 = parity(spec, graph_runner(OnnxSession(path), 64))
     assert fp32 < FP32_TOLERANCE and 0 < fp16 < FP16_TOLERANCE and fp16 > fp32  # fp16 rounding shows, within bounds
 
 
 def test_runners_export_into_the_cache_and_never_next_to_the_checkpoint(trained_yolo, tmp_path, monkeypatch):
     import shutil
 
-    from czii_kit.infer.export import FP16_TOLERANCE
-    from czii_kit.train.checkpoint import load_checkpoint
-    from czii_kit.yolo.predict import make_runner, parity
+    from czii_kit.checkpoints import load_checkpoint
+    from czii_kit.infer.export import FP16_TOLERANCE, parity
+
+    def make_runner(ckpt, engine, device, cache_dir="build/engines"):
+        return yolo_kind().load([ckpt], [1.0], ckpt["config"], engine, device, cache_dir)[0].runner
 
     weights, cache = tmp_path / "dataset", tmp_path / "cache"  # a read-only Kaggle dataset
     weights.mkdir()
@@ -275,8 +292,9 @@ def test_runners_export_into_the_cache_and_never_next_to_the_checkpoint(trained_
     weights.chmod(0o555)
     try:
         ckpt = load_checkpoint(weights / "fold0.pt")
-        assert parity(ckpt, make_runner(ckpt, "onnx", "cpu", cache_dir=cache)) < 1e-4
-        assert parity(ckpt, make_runner(ckpt, "onnx_fp16", "cpu", cache_dir=cache)) < FP16_TOLERANCE
+        spec = yolo_kind().graph([ckpt], ckpt["config"])
+        assert parity(spec, make_runner(ckpt, "onnx", "cpu", cache_dir=cache)) < 1e-4
+        assert parity(spec, make_runner(ckpt, "onnx_fp16", "cpu", cache_dir=cache)) < FP16_TOLERANCE
         assert [p.name for p in weights.iterdir()] == ["fold0.pt"]
         cached = sorted(p.name[p.name.index("_") + 1:] for p in cache.iterdir())  # key_ prefix dropped
         assert cached == ["fold0_yolo_64_b8.onnx", "fold0_yolo_64_b8_fp16.onnx"]
@@ -284,14 +302,14 @@ def test_runners_export_into_the_cache_and_never_next_to_the_checkpoint(trained_
         with pytest.raises(ConfigError, match="a CUDA GPU"):
             make_runner(ckpt, "tensorrt", "cpu", cache_dir=cache)
         assert len(list(cache.iterdir())) == 2  # refused before exporting anything
-        with pytest.raises(ConfigError, match="use torch, onnx, onnx_fp16 or tensorrt"):
+        with pytest.raises(ConfigError, match="expected one of torch, onnx, onnx_fp16, tensorrt"):
             make_runner(ckpt, "openvino", "cpu")
     finally:
         weights.chmod(0o755)
 
 
 def test_yolo_model_must_be_a_yaml_definition(tmp_path, synthetic_root):
-    from czii_kit.yolo.train import train_yolo_fold
+    from czii_kit.train.yolo import train_yolo_fold
 
     cfg = tiny_yolo_config()
     cfg["yolo"]["model"] = "yolov8n.pt"
@@ -300,7 +318,8 @@ def test_yolo_model_must_be_a_yaml_definition(tmp_path, synthetic_root):
 
 
 def test_ensemble_of_identical_models_equals_one_model_and_halves_lone_points():
-    from czii_kit.yolo.predict import ensemble_points
+    from czii_kit.data.io import Tomogram
+    from czii_kit.infer.kinds import Member
 
     def runner_at(x_pixel: float, conf: float):
         def run(batch: torch.Tensor) -> torch.Tensor:
@@ -312,9 +331,15 @@ def test_ensemble_of_identical_models_equals_one_model_and_halves_lone_points():
     cfg = tiny_yolo_config()
     cfg["yolo"]["imgsz"] = 64
     volume = np.random.default_rng(0).normal(size=(6, 64, 64)).astype(np.float32)
-    one = ensemble_points([runner_at(30.5, 0.8)], [cfg], volume, "TS")
-    same = ensemble_points([runner_at(30.5, 0.8)] * 2, [cfg] * 2, volume, "TS")
+    tomogram = Tomogram("TS", "test", "denoised", 0, volume, VOXEL_SPACING)
+
+    def points(*runners):
+        members = [Member(r, 1.0, f"m{i}", {"config": cfg}) for i, r in enumerate(runners)]
+        return yolo_kind().candidates(members, tomogram, cfg, floor=0.0)
+
+    one = points(runner_at(30.5, 0.8))
+    same = points(runner_at(30.5, 0.8), runner_at(30.5, 0.8))
     assert len(one) == 1 and one["score"].iloc[0] == pytest.approx(0.8)
     pd.testing.assert_frame_equal(one, same[one.columns], check_exact=False)
-    apart = ensemble_points([runner_at(10.5, 0.8), runner_at(50.5, 0.6)], [cfg] * 2, volume, "TS")
+    apart = points(runner_at(10.5, 0.8), runner_at(50.5, 0.6))
     assert sorted(apart["score"]) == pytest.approx([0.3, 0.4])  # each seen by one of two models

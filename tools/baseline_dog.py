@@ -8,14 +8,13 @@ model's, so the comparison is like for like (and generous to the baseline).
 """
 import argparse
 
-from czii_kit.baseline import dog_response
+from czii_kit.baseline import dog_score
 from czii_kit.cli.common import resolve_data_root
 from czii_kit.config import load_config
 from czii_kit.data import layout
-from czii_kit.infer.predictor import candidates
-from czii_kit.metric import best_thresholds, format_table, score_table, table_score
+from czii_kit.data.folds import split_runs
+from czii_kit.metric import format_table
 from czii_kit.train.data import load_runs
-from czii_kit.train.folds import split_runs
 
 
 def main() -> None:
@@ -27,16 +26,9 @@ def main() -> None:
     root = resolve_data_root(args.data)
     cfg = load_config(args.config)
     _, val = split_runs(layout.list_runs(root, "train"), args.fold, cfg["data"]["fold_file"])
-    runs = load_runs(root, val, cfg, extra_recons=False)
-    import pandas as pd
-
-    cands = pd.concat([candidates(dog_response(r.volume), r.name, 1, cfg, floor=0.0) for r in runs])
-    solution = pd.concat([r.picks for r in runs])
-    thresholds, _ = best_thresholds(solution, cands)
-    kept = cands[cands["score"] >= cands["particle_type"].map(thresholds).fillna(float("inf"))]
-    table = score_table(solution, kept)
+    _, table, score = dog_score(load_runs(root, val, cfg, extra_recons=False), cfg)
     print(f"DoG baseline on {', '.join(val)} (fold {args.fold}):")
-    print(format_table(table, table_score(table)))
+    print(format_table(table, score))
 
 
 if __name__ == "__main__":

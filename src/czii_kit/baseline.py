@@ -7,16 +7,32 @@ at sigma ~ R / sqrt(3)). Peaks, post-processing and threshold tuning reuse the m
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage
 
-from czii_kit.particles import PARTICLES
+from czii_kit.infer.pipeline import finalize
+from czii_kit.metric import tuned_score
+from czii_kit.particles import CLASS_NAMES, PARTICLES, VOXEL_SPACING
+from czii_kit.post.peaks import find_peaks
 
 
-def dog_response(volume: np.ndarray, ratio: float = 1.6) -> np.ndarray:
+def dog_response(volume: np.ndarray, ratio: float = 1.6, spacing: float = VOXEL_SPACING) -> np.ndarray:
     """(6, Z, Y, X) float32 blob responses of a normalized volume, one channel per class."""
     out = np.empty((len(PARTICLES),) + volume.shape, np.float32)
     inverted = -volume.astype(np.float32)
     for i, p in enumerate(PARTICLES):
-        sigma = p.radius_vox / np.sqrt(3.0)
+        sigma = p.radius / spacing / np.sqrt(3.0)
         out[i] = ndimage.gaussian_filter(inverted, sigma) - ndimage.gaussian_filter(inverted, sigma * ratio)
     return out
+
+
+def dog_score(runs, cfg: dict) -> tuple[dict[str, float], pd.DataFrame, float]:
+    """Thresholds tuned on ``runs`` (``czii_kit.train.data.RunData``) themselves, per-class table, score."""
+    cands = []
+    for run in runs:
+        peaks = find_peaks(dog_response(run.volume, spacing=run.spacing), list(CLASS_NAMES),
+                           dict.fromkeys(CLASS_NAMES, 0.0), kernel_frac=cfg["peaks"]["kernel_frac"],
+                           experiment=run.name, topk=cfg["peaks"]["topk"], spacing=run.spacing)
+        cands.append(finalize({"dog": peaks}, cfg))
+    solution = pd.concat([r.picks for r in runs], ignore_index=True)
+    return tuned_score(solution, pd.concat(cands, ignore_index=True))

@@ -124,6 +124,16 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     return cfg
 
 
+def with_new_defaults(cfg: dict) -> dict:
+    """A resolved config saved by an older czii-kit, with the keys added since at their base.yaml defaults.
+
+    Checkpoints carry their own resolved config; new keys (e.g. infer.fold_ensemble) would be missing
+    from old ones. Where no base.yaml can be found (an installed kit without configs/), ``cfg`` is kept.
+    """
+    path = config_dir() / "base.yaml"
+    return deep_merge(_load_chain(path), cfg) if path.is_file() else cfg
+
+
 def validate(cfg: dict) -> None:
     classes = cfg.get("classes", {})
     missing = [c for c in CLASS_NAMES if c not in classes]

@@ -1,22 +1,28 @@
-"""Cross-validation report: out-of-fold predictions of every fold checkpoint, one ablation table.
+"""Cross-validation report: out-of-fold predictions of every fold checkpoint, one ablation table, and the
+per-class thresholds (and source weights) a full-data model should use.
 
-For each fold checkpoint (U-Net and/or YOLO) the held-out run of that fold is predicted once,
-keeping every candidate above a low floor. Then, for each source (U-Net, YOLO, the two fusion
-rules) and each post-processing variant (none, light merge, DBSCAN, hard-particle offsets, all
-three), per-class thresholds are tuned jointly on all out-of-fold candidates with the exact
-metric (``best_thresholds``) and the thresholded candidates are scored (``score_table``).
-Thresholds are tuned on the same predictions they are scored on, so the numbers are an upper
-bound of what fixed thresholds achieve; use them to compare rows, not as a leaderboard guess.
+For each fold the held-out run(s) are predicted once by that fold's checkpoints (3D model and/or YOLO)
+through the prediction pipeline, keeping every raw candidate above a low floor. Every row of the
+ablation then re-runs ``czii_kit.infer.pipeline.finalize`` on those candidates with its switches (a
+source alone or a fusion rule, x post-processing variants), tunes per-class thresholds jointly on
+all out-of-fold candidates with the exact metric and scores them. Thresholds are tuned on the same
+predictions they are scored on, so the numbers are an upper bound of what fixed thresholds achieve;
+use them to compare rows, not as a leaderboard guess.
+
+With several sources, the fusion's source weights are also tuned per class (a source alone, or the
+fusion with a weight grid): a class where fusing does not beat the best single source uses that
+source alone. The thresholds for the configured post-processing with those weights go to
+``thresholds.json`` (``czii_kit.tuning``), which ``tools/predict.py --thresholds-from`` reads.
 
 Outputs in the report folder: report.md (tables), ablation.csv (one row per source x variant),
-per_class.csv (threshold, precision, recall, F4 per class and row), f4_curves_<source>.png
-(per-class F4 versus threshold) and overlay_<run>_<source>.png (ground truth against
-predictions on one slice: hits, misses and false positives in different colours).
+per_class.csv (threshold, precision, recall, F4 per class and row), thresholds.json,
+f4_curves_<source>.png (per-class F4 versus threshold) and overlay_<run>_<source>.png (ground truth
+against predictions on one slice: hits, misses and false positives in different colours).
 """
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,22 +34,26 @@ from matplotlib.patches import Circle
 from scipy.spatial import cKDTree
 from tqdm.auto import tqdm
 
+from czii_kit.checkpoints import find_checkpoints, load_checkpoint
+from czii_kit.config import class_dict
 from czii_kit.data import io, layout
+from czii_kit.data.folds import split_runs
 from czii_kit.errors import CheckpointError, DataError
+from czii_kit.infer.kinds import KINDS, kind_of
+from czii_kit.infer.pipeline import finalize, inference_config, load_predictor
 from czii_kit.metric import best_thresholds, tuned_score
-from czii_kit.particles import CLASS_NAMES, RADIUS, VOXEL_SPACING, angstrom_to_voxel, particle
-from czii_kit.post.fusion import FUSION_METHODS, fuse, fusion_settings
-from czii_kit.post.pipeline import apply_thresholds, default_post_config, postprocess
-from czii_kit.train.checkpoint import find_checkpoints, load_checkpoint
-from czii_kit.train.folds import split_runs
+from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING, particle
+from czii_kit.post.fusion import FUSION_METHODS
+from czii_kit.post.pipeline import with_steps
+from czii_kit.tuning import Tuning, save_tuning
 from czii_kit.utils.atomic import atomic_path, write_text_atomic
 from czii_kit.viz import busiest_slice, picks_in_slice, save_curves
-from czii_kit.yolo.predict import is_yolo_checkpoint
 
 VARIANTS: dict[str, tuple[str, ...]] = {  # name -> post steps enabled
     "plain": (), "merge": ("merge",), "dbscan": ("dbscan",), "offsets": ("offsets",),
     "merge+dbscan+offsets": ("merge", "dbscan", "offsets"),
 }
+SOURCE_WEIGHT_GRID = (0.5, 1.0, 2.0)  # weight of the last source relative to the others, tried per class
 CURVE_GRID = np.round(np.arange(0.0, 1.0 + 1e-9, 0.01), 6)
 HIT, MISS, FALSE_POSITIVE = "#2ca02c", "#ff7f0e", "#d62728"
 
@@ -59,12 +69,12 @@ class FoldPrediction:
 
 # --------------------------------------------------------------------------- checkpoints
 def fold_checkpoints(weights: list[str | Path], folds: list[int] | None = None) -> dict[int, dict[str, dict]]:
-    """fold -> {"unet": ckpt, "yolo": ckpt} from experiment directories (one checkpoint per kind and fold)."""
+    """fold -> {kind: ckpt} from experiment directories (one checkpoint per kind and fold)."""
     found: dict[int, dict[str, dict]] = {}
     for w in weights:
         for path in find_checkpoints(w, folds):
             ckpt = load_checkpoint(path)
-            kind = "yolo" if is_yolo_checkpoint(ckpt) else "unet"
+            kind = kind_of(ckpt).name
             slot = found.setdefault(int(ckpt["fold"]), {})
             if kind in slot:
                 raise CheckpointError(f"fold {ckpt['fold']} has two {kind} checkpoints ({slot[kind]['path']} and "
@@ -82,99 +92,110 @@ def held_out_runs(root, ckpt: Mapping) -> list[str]:
 
 
 # --------------------------------------------------------------------------- predictions
-def unet_candidates(ckpt: Mapping, root, run: str, device: str, floor: float, tta: str | None) -> pd.DataFrame:
-    """U-Net peaks of one train run with score >= floor (no post-processing)."""
-    from czii_kit.data.normalize import normalize_from_config
-    from czii_kit.infer.engines import TorchEngine
-    from czii_kit.infer.members import prob_model
-    from czii_kit.infer.predictor import Member, predict_probabilities
-    from czii_kit.infer.tta import parse_tta
-    from czii_kit.post.peaks import find_peaks
-
-    cfg = ckpt["config"]
-    volume = io.read_tomogram(root, run, "train", cfg["data"]["recon"], cfg["data"]["level"])
-    volume = normalize_from_config(volume, ckpt["normalization"], name=f"run {run}")
-    engine = TorchEngine(prob_model(ckpt), tuple(ckpt["window"]), device=device)
-    prob = predict_probabilities([Member(engine)], volume, cfg, tta=parse_tta(tta or cfg["infer"]["tta"]))
-    return find_peaks(prob, list(CLASS_NAMES), {c: floor for c in CLASS_NAMES}, kernel_frac=cfg["peaks"]["kernel_frac"],
-                      stride=int(ckpt["stride"]), experiment=run, topk=cfg["peaks"]["topk"])
-
-
-def yolo_candidates(ckpt: Mapping, root, run: str, device: str, floor: float) -> pd.DataFrame:
-    """YOLO 3D points of one train run with score >= floor."""
-    from czii_kit.yolo.predict import make_runner, yolo_points
-
-    cfg = ckpt["config"]
-    volume = io.read_tomogram(root, run, "train", cfg["data"]["recon"], cfg["data"]["level"])
-    runner = make_runner(ckpt, "torch", device)
-    return yolo_points(runner, volume, run, cfg, floor=floor)
-
-
 def predict_out_of_fold(root, checkpoints: dict[int, dict[str, dict]], device: str = "auto", floor: float = 0.05,
                         tta: str | None = None, progress: bool = True) -> list[FoldPrediction]:
-    """Candidates of every fold's held-out run(s) from each of its checkpoints."""
+    """Raw candidates of every fold's held-out run(s), one source per model kind, through the prediction pipeline."""
     out = []
     for fold, kinds in tqdm(checkpoints.items(), desc="folds", disable=not progress):
         runs = {kind: held_out_runs(root, ckpt) for kind, ckpt in kinds.items()}
         if len({tuple(r) for r in runs.values()}) > 1:
-            raise CheckpointError(f"fold {fold}: the U-Net and YOLO checkpoints hold out different runs {runs}; "
-                                  "train both with the same data.fold_file")
+            raise CheckpointError(f"fold {fold}: the checkpoints of this fold hold out different runs {runs}; "
+                                  "train every model kind with the same data.fold_file")
+        ckpts = list(kinds.values())
+        cfg = inference_config(ckpts, tta=tta)
+        predictor = load_predictor(ckpts, cfg, device, "torch")
         for run in next(iter(runs.values())):
-            pred = FoldPrediction(fold, run, io.read_picks(root, run))
-            if "unet" in kinds:
-                pred.sources["unet"] = unet_candidates(kinds["unet"], root, run, device, floor, tta)
-            if "yolo" in kinds:
-                pred.sources["yolo"] = yolo_candidates(kinds["yolo"], root, run, device, floor)
-            out.append(pred)
+            tomogram = io.read_run(root, run, "train", cfg["data"])
+            out.append(FoldPrediction(fold, run, io.read_picks(root, run), predictor.raw_candidates(tomogram, floor)))
     return out
 
 
 # --------------------------------------------------------------------------- ablation
-def post_variant(post_cfg: Mapping, steps: tuple[str, ...]) -> dict:
-    """The configured post parameters with exactly ``steps`` enabled."""
-    cfg = default_post_config()
-    for name, section in (post_cfg or {}).items():
-        cfg[name].update(copy.deepcopy(dict(section)))
-    for name in cfg:
-        cfg[name]["enabled"] = name in steps
-    return cfg
-
-
-def source_candidates(pred: FoldPrediction, source: str, fusion_cfg: Mapping) -> pd.DataFrame:
-    """Raw candidates of one source of one run: a model's own, or a fusion rule ("fused-<method>") over all models."""
-    if source in pred.sources:
-        return pred.sources[source]
-    return fuse(pred.sources, **{**fusion_settings(fusion_cfg), "method": source.removeprefix("fused-")})
-
-
 def available_sources(preds: list[FoldPrediction]) -> list[str]:
-    """Model kinds predicted on EVERY held-out run (a row must cover all folds), then the fusion rules."""
-    kinds = [k for k in ("unet", "yolo") if all(k in p.sources for p in preds)]
-    return kinds + ([f"fused-{m}" for m in FUSION_METHODS] if len(kinds) > 1 else [])
+    """Sources predicted on EVERY held-out run (a row must cover all folds), in registry order."""
+    return [k for k in KINDS if all(k in p.sources for p in preds)]
 
 
-def evaluate_row(candidates: pd.DataFrame, solution: pd.DataFrame) -> tuple[dict[str, float], pd.DataFrame, float]:
-    """Thresholds tuned jointly on all candidates, then the exact metric: (thresholds, per-class table, score)."""
-    return tuned_score(solution, candidates)
+def source_rows(sources: list[str]) -> list[str]:
+    """Ablation rows: each source alone, then (with several) every fusion rule ("fused-<method>")."""
+    return sources + ([f"fused-{m}" for m in FUSION_METHODS] if len(sources) > 1 else [])
 
 
-def ablation(preds: list[FoldPrediction], post_cfg: Mapping,
-             fusion_cfg: Mapping | None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def row_setup(row: str, sources: list[str], cfg: Mapping, steps: Sequence[str]) -> tuple[list[str], dict]:
+    """(sources the row uses, config with its fusion rule and post steps)."""
+    variant = {**cfg, "post": with_steps(cfg["post"], steps)}
+    if row.startswith("fused-"):
+        return sources, {**variant, "fusion": {**cfg["fusion"], "method": row.removeprefix("fused-")}}
+    return [row], variant
+
+
+def candidates_of(preds: list[FoldPrediction], sources: Sequence[str], cfg: Mapping,
+                  source_weights: Mapping | None = None) -> pd.DataFrame:
+    """``finalize`` (no thresholds) of every held-out run with ``sources``: the candidates a row tunes on."""
+    return pd.concat([finalize({s: p.sources[s] for s in sources}, cfg, None, source_weights) for p in preds],
+                     ignore_index=True)
+
+
+def solution_of(preds: list[FoldPrediction]) -> pd.DataFrame:
+    return pd.concat([p.solution for p in preds], ignore_index=True)
+
+
+def ablation(preds: list[FoldPrediction], cfg: Mapping) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(one row per source x variant: score and per-class F4; long per-class table; candidates per source for plots)."""
-    solution = pd.concat([p.solution for p in preds], ignore_index=True)
+    solution = solution_of(preds)
+    sources = available_sources(preds)
     rows, tables, plain = [], [], {}
-    for source in available_sources(preds):
-        raw = pd.concat([source_candidates(p, source, fusion_cfg) for p in preds], ignore_index=True)
+    for source in source_rows(sources):
         for variant, steps in VARIANTS.items():
-            cands = postprocess(raw, post_variant(post_cfg, steps))
-            thresholds, table, score = evaluate_row(cands, solution)
+            used, row_cfg = row_setup(source, sources, cfg, steps)
+            cands = candidates_of(preds, used, row_cfg)
+            thresholds, table, score = tuned_score(solution, cands)
             rows.append({"source": source, "variant": variant, "score": score,
                          **{f"f4_{c}": table.loc[c, "f4"] for c in CLASS_NAMES}})
             tables.append(table.reset_index().assign(source=source, variant=variant,
                                                       threshold=[thresholds[c] for c in table.index]))
             if variant == "plain":
-                plain[source] = (cands, apply_thresholds(cands, thresholds))
+                plain[source] = (cands, cands[cands["score"] >= cands["particle_type"].map(thresholds)])
     return pd.DataFrame(rows), pd.concat(tables, ignore_index=True), plain
+
+
+# --------------------------------------------------------------------------- tuning
+def weight_options(sources: list[str]) -> list[dict[str, float]]:
+    """Per-class choices: each source alone first (ties go to them), then the fusion over a weight grid."""
+    alone = [{s: float(s == one) for s in sources} for one in sources]
+    fused = [{s: (g if s == sources[-1] else 1.0) for s in sources} for g in SOURCE_WEIGHT_GRID]
+    return alone + (fused if len(sources) > 1 else [])
+
+
+def tune_source_weights(preds: list[FoldPrediction], cfg: Mapping) -> dict[str, dict[str, float]] | None:
+    """Per class, the source weights whose out-of-fold F4 (at its best threshold) is highest; None for one source."""
+    sources = available_sources(preds)
+    if len(sources) < 2:
+        return None
+    solution = solution_of(preds)
+    best: dict[str, tuple[float, dict[str, float]]] = {}
+    for option in weight_options(sources):
+        cands = candidates_of(preds, sources, cfg, dict.fromkeys(CLASS_NAMES, option))
+        _, curves = best_thresholds(solution, cands)
+        for name, curve in curves.groupby("particle_type"):
+            f4 = float(curve["f4"].max())
+            if name not in best or f4 > best[name][0]:
+                best[name] = (f4, option)
+    return {name: dict(option) for name, (_, option) in best.items()}
+
+
+def tune(preds: list[FoldPrediction], cfg: Mapping, meta: Mapping) -> tuple[Tuning, pd.DataFrame, float]:
+    """Per-class thresholds (and source weights) for the configured pipeline, tuned on all out-of-fold candidates."""
+    sources = available_sources(preds)
+    weights = tune_source_weights(preds, cfg)
+    cands = candidates_of(preds, sources, cfg, weights)
+    default = class_dict(cfg, "threshold")
+    thresholds, table, score = tuned_score(solution_of(preds), cands, fallback=default)
+    # a class without any candidate tunes to -inf ("keep all"); at predict time that would keep every voxel
+    thresholds = {c: t if math.isfinite(t) else default[c] for c, t in thresholds.items()}
+    info = {**meta, "sources": sources, "score": score, "folds": sorted({p.fold for p in preds}),
+            "runs": [p.run for p in preds]}
+    return Tuning(thresholds, weights, meta=info), table, score
 
 
 # --------------------------------------------------------------------------- pictures
@@ -202,20 +223,21 @@ def match_hits(solution: pd.DataFrame, predictions: pd.DataFrame) -> tuple[np.nd
 
 
 def save_hit_overlay(path: Path, volume: np.ndarray, solution: pd.DataFrame, predictions: pd.DataFrame,
-                     z: int | None = None, title: str = "") -> Path:
+                     z: int | None = None, title: str = "", spacing: float | None = None) -> Path:
     """Slice z with ground truth circles (green hit, orange missed) and predictions (green hit, red false positive)."""
     solution, predictions = solution.reset_index(drop=True), predictions.reset_index(drop=True)
     ref_hit, pred_hit = match_hits(solution, predictions)
-    z = busiest_slice(solution, volume.shape[0]) if z is None else int(z)
+    spacing = spacing or VOXEL_SPACING
+    z = busiest_slice(solution, volume.shape[0], spacing) if z is None else int(z)
     image = volume[z]
     lo, hi = np.percentile(image, [1, 99])
     fig = Figure(figsize=(8, 8 * image.shape[0] / image.shape[1]), dpi=100)
     ax = fig.add_subplot()
     ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
-    for row, is_hit in zip(picks_in_slice(solution, z).itertuples(), ref_hit[slice_rows(solution, z)]):
-        ax.add_patch(Circle((row.x, row.y), row.radius, fill=False, lw=1.5, ec=HIT if is_hit else MISS))
-    for row, is_hit in zip(picks_in_slice(predictions, z).itertuples(), pred_hit[slice_rows(predictions, z)]):
-        ax.plot(row.x, row.y, marker="x", ms=7, mew=1.8, color=HIT if is_hit else FALSE_POSITIVE)
+    for row in picks_in_slice(solution, z, spacing).itertuples():
+        ax.add_patch(Circle((row.x, row.y), row.radius, fill=False, lw=1.5, ec=HIT if ref_hit[row.row] else MISS))
+    for row in picks_in_slice(predictions, z, spacing).itertuples():
+        ax.plot(row.x, row.y, marker="x", ms=7, mew=1.8, color=HIT if pred_hit[row.row] else FALSE_POSITIVE)
     handles = [Line2D([], [], ls="none", marker="o", mfc="none", ms=9, color=HIT, label="particle found"),
                Line2D([], [], ls="none", marker="o", mfc="none", ms=9, color=MISS, label="particle missed"),
                Line2D([], [], ls="none", marker="x", color=HIT, label="prediction: hit"),
@@ -227,13 +249,6 @@ def save_hit_overlay(path: Path, volume: np.ndarray, solution: pd.DataFrame, pre
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
     return path
-
-
-def slice_rows(frame: pd.DataFrame, z: int) -> np.ndarray:
-    """Positions of the rows whose sphere cuts slice z: the rows ``picks_in_slice`` returns, in its order."""
-    z_vox = angstrom_to_voxel(frame[["x", "y", "z"]].to_numpy())[:, 0]
-    radius = frame["particle_type"].map(RADIUS).to_numpy(dtype=float) / VOXEL_SPACING
-    return np.flatnonzero(np.abs(z_vox - z) < radius)
 
 
 # --------------------------------------------------------------------------- report
@@ -248,10 +263,11 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
 
 
 def report_markdown(rows: pd.DataFrame, per_class: pd.DataFrame, preds: list[FoldPrediction],
-                    checkpoints: dict[int, dict[str, dict]], pictures: list[Path]) -> str:
+                    checkpoints: dict[int, dict[str, dict]], pictures: list[Path], tuning: Tuning,
+                    tuned_table: pd.DataFrame) -> str:
     best = rows.loc[rows["score"].idxmax()]
     best_table = per_class[(per_class["source"] == best["source"]) & (per_class["variant"] == best["variant"])]
-    kinds = [k for k in ("unet", "yolo") if k in set(rows["source"])]
+    kinds = available_sources(preds)
     partial = sorted({k for c in checkpoints.values() for k in c} - set(kinds))
     lines = ["# Cross-validation report", "",
              f"Folds: {', '.join(f'{p.fold} ({p.run})' for p in preds)}; models: {', '.join(kinds)}.",
@@ -259,13 +275,25 @@ def report_markdown(rows: pd.DataFrame, per_class: pd.DataFrame, preds: list[Fol
              "same candidates (an upper bound; compare rows with each other).", ""]
     if partial:
         lines += [f"{', '.join(partial)} checkpoints do not cover every fold, so their rows are left out.", ""]
-    for kind, label in (("yolo", "YOLO"), ("unet", "U-Net")):
+    for kind in KINDS:
         if kind not in kinds and kind not in partial:
-            lines += [f"No {label} checkpoints were given, so {label} and fused rows are absent.", ""]
+            lines += [f"No {kind} checkpoints were given, so {kind} and fused rows are absent.", ""]
     lines += ["## Ablation (final score and per-class F4)", "", markdown_table(rows), "",
               f"## Best row: {best['source']} / {best['variant']} (score {best['score']:.4f})", "",
               markdown_table(best_table[["particle_type", "weight", "threshold", "tp", "fp", "fn",
-                                         "precision", "recall", "f4"]]), "", "## Pictures", ""]
+                                         "precision", "recall", "f4"]]), ""]
+    weights = tuning.source_weights
+    tuned = tuned_table.reset_index().assign(threshold=lambda t: t["particle_type"].map(tuning.thresholds))
+    if weights:
+        tuned["sources"] = tuned["particle_type"].map(
+            lambda c: ", ".join(f"{s} x{w:g}" for s, w in weights.get(c, {}).items() if w > 0))
+    lines += [f"## Tuned for prediction: thresholds.json (score {tuning.meta['score']:.4f})", "",
+              "The configured pipeline (its post-processing" + (", per-class source weights" if weights else "")
+              + ") with per-class thresholds tuned on every out-of-fold candidate; "
+              "`tools/predict.py --thresholds-from` this folder uses them.", "",
+              markdown_table(tuned[[c for c in ("particle_type", "sources", "threshold", "tp", "fp", "fn",
+                                                "precision", "recall", "f4") if c in tuned.columns]]), "",
+              "## Pictures", ""]
     lines += [f"![{p.stem}]({p.name})" for p in pictures]
     return "\n".join(lines) + "\n"
 
@@ -275,36 +303,39 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
         df.to_csv(tmp, index=False)
 
 
-def save_pictures(out: Path, root, preds: list[FoldPrediction], plain: dict) -> list[Path]:
+def save_pictures(out: Path, root, preds: list[FoldPrediction], plain: dict, data_cfg: Mapping) -> list[Path]:
     """F4 curves per source, and one overlay per held-out run and source (thresholded plain candidates)."""
-    solution = pd.concat([p.solution for p in preds], ignore_index=True)
+    solution = solution_of(preds)
     pictures = [save_f4_curves(out / f"f4_curves_{source}.png", solution, cands, f"F4 vs threshold: {source}")
                 for source, (cands, _) in plain.items()]
     for pred in preds:
-        volume = io.read_tomogram(root, pred.run, "train")
+        tomogram = io.read_run(root, pred.run, "train", data_cfg)
         for source, (_, kept) in plain.items():
-            pictures.append(save_hit_overlay(out / f"overlay_{pred.run}_{source}.png", volume, pred.solution,
-                                             kept[kept["experiment"] == pred.run], title=f"{pred.run}: {source}"))
+            pictures.append(save_hit_overlay(out / f"overlay_{pred.run}_{source}.png", tomogram.volume, pred.solution,
+                                             kept[kept["experiment"] == pred.run], title=f"{pred.run}: {source}",
+                                             spacing=tomogram.spacing))
     return pictures
 
 
 def run_evaluation(root, weights: list[str | Path], out: str | Path, folds: list[int] | None = None,
                    device: str = "auto", floor: float = 0.05, tta: str | None = None,
                    progress: bool = True) -> dict:
-    """Out-of-fold predictions, ablation, tables and pictures into ``out``; returns the frames and paths."""
+    """Out-of-fold predictions, ablation, thresholds.json, tables and pictures into ``out``."""
     out = Path(out)
     checkpoints = fold_checkpoints(weights, folds)
     preds = predict_out_of_fold(root, checkpoints, device, floor, tta, progress)
     if not any(len(p.solution) for p in preds):
         raise DataError("the held-out runs have no picks at all, so F4 is undefined; check ROOT/train/overlay")
-    first = next(iter(checkpoints.values()))
-    reference = first.get("unet", first.get("yolo"))["config"]
-    fusion_cfg = first["yolo"]["config"].get("fusion") if "yolo" in first else None
-    rows, per_class, plain = ablation(preds, reference["post"], fusion_cfg)
+    cfg = inference_config(list(next(iter(checkpoints.values())).values()), tta=tta)
+    rows, per_class, plain = ablation(preds, cfg)
+    tuning, tuned_table, _ = tune(preds, cfg, {"weights": [str(w) for w in weights], "floor": floor,
+                                               "tta": cfg["infer"]["tta"]})
     out.mkdir(parents=True, exist_ok=True)
-    pictures = save_pictures(out, root, preds, plain)
+    thresholds_file = save_tuning(tuning, out)
+    pictures = save_pictures(out, root, preds, plain, cfg["data"])
     write_csv(rows, out / "ablation.csv")
     write_csv(per_class, out / "per_class.csv")
     report = out / "report.md"
-    write_text_atomic(report, report_markdown(rows, per_class, preds, checkpoints, pictures))
-    return {"rows": rows, "per_class": per_class, "report": report, "pictures": pictures}
+    write_text_atomic(report, report_markdown(rows, per_class, preds, checkpoints, pictures, tuning, tuned_table))
+    return {"rows": rows, "per_class": per_class, "report": report, "pictures": pictures, "tuning": tuning,
+            "thresholds": thresholds_file}

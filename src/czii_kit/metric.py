@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import KDTree
 
+from czii_kit.data.io import PICK_COLUMNS, XYZ
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.particles import BETA, BY_NAME, CLASS_NAMES, WEIGHT
-from czii_kit.submission import (DETECTION_COLUMNS, XYZ, require_columns, require_experiment_names,
-                                 require_finite, require_known_types)
+from czii_kit.submission import require_columns, require_experiment_names, require_finite, require_known_types
 
 GROUP = ["experiment", "particle_type"]
 TOTAL_WEIGHT = float(sum(WEIGHT.values()))
@@ -39,7 +39,7 @@ _NO_POSITIONS = np.empty(0, dtype=np.intp)
 # --------------------------------------------------------------------------- inputs
 def _check_solution(solution: pd.DataFrame) -> None:
     """Ground truth must be complete, finite, of known classes and free of repeated positions."""
-    require_columns(solution, DETECTION_COLUMNS, "solution", DataError)
+    require_columns(solution, PICK_COLUMNS, "solution", DataError)
     require_experiment_names(solution, "solution", DataError)
     require_known_types(solution, "solution", DataError)
     require_finite(solution, XYZ, "solution", DataError)
@@ -54,7 +54,7 @@ def _check_solution(solution: pd.DataFrame) -> None:
 
 def _scored_rows(solution: pd.DataFrame, submission: pd.DataFrame, extra: tuple[str, ...] = ()) -> pd.DataFrame:
     """The submission rows Kaggle looks at (experiments of the solution), checked."""
-    require_columns(submission, [*DETECTION_COLUMNS, *extra], "submission")
+    require_columns(submission, [*PICK_COLUMNS, *extra], "submission")
     kept = submission[submission["experiment"].isin(solution["experiment"].unique())]
     require_known_types(kept, "submission")
     require_finite(kept, [*XYZ, *extra], "submission")

@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from czii_kit.data.io import PICK_COLUMNS
+from czii_kit.data import layout
+from czii_kit.data.io import PICK_COLUMNS, XYZ, read_all_picks
 from czii_kit.errors import CziiError, DataError, SubmissionError
 from czii_kit.particles import CLASS_NAMES
 from czii_kit.utils.atomic import atomic_path
 
 SUBMISSION_COLUMNS = ["id", "experiment", "particle_type", "x", "y", "z"]
-DETECTION_COLUMNS = PICK_COLUMNS  # what a detections frame must have to become a submission
-XYZ = ["x", "y", "z"]
 MAX_SHOWN = 5  # offending rows quoted in an error message
 
 
@@ -127,10 +126,10 @@ def to_submission(detections: pd.DataFrame) -> pd.DataFrame:
 
     Rows are stably sorted by experiment then particle_type, ids are 0..n-1; extra columns are dropped.
     """
-    require_columns(detections, DETECTION_COLUMNS, "detections")
+    require_columns(detections, PICK_COLUMNS, "detections")
     require_experiment_names(detections, "detections")
     require_finite(detections, XYZ, "detections")
-    out = detections[DETECTION_COLUMNS].sort_values(["experiment", "particle_type"], kind="stable")
+    out = detections[PICK_COLUMNS].sort_values(["experiment", "particle_type"], kind="stable")
     out = out.astype({"experiment": str, "particle_type": str, "x": float, "y": float, "z": float})
     out.insert(0, "id", np.arange(len(out), dtype=np.int64))
     return out.reset_index(drop=True)
@@ -138,8 +137,8 @@ def to_submission(detections: pd.DataFrame) -> pd.DataFrame:
 
 def solution_from_picks(picks: pd.DataFrame) -> pd.DataFrame:
     """Ground-truth picks -> a frame shaped like the Kaggle solution (id + submission columns, pick order kept)."""
-    require_columns(picks, DETECTION_COLUMNS, "picks", DataError)
-    out = picks[DETECTION_COLUMNS].astype({"x": float, "y": float, "z": float}).reset_index(drop=True)
+    require_columns(picks, PICK_COLUMNS, "picks", DataError)
+    out = picks[PICK_COLUMNS].astype({"x": float, "y": float, "z": float}).reset_index(drop=True)
     out.insert(0, "id", np.arange(len(out), dtype=np.int64))
     return out
 
@@ -181,5 +180,31 @@ def read_submission(path: str | os.PathLike) -> pd.DataFrame:
 def read_solution(path: str | os.PathLike) -> pd.DataFrame:
     """Read a ground-truth CSV (Kaggle solution layout); its values are checked by ``czii_kit.metric``."""
     df = _read_csv(Path(path), "solution", DataError)
-    require_columns(df, DETECTION_COLUMNS, str(path), DataError)
+    require_columns(df, PICK_COLUMNS, str(path), DataError)
     return df
+
+
+def select_runs(solution: pd.DataFrame, runs: list[str] | None, source: str) -> pd.DataFrame:
+    """Keep the requested runs of a ground-truth table (the metric then ignores other submission runs)."""
+    if not runs:
+        return solution
+    unknown = sorted(set(runs) - set(solution["experiment"]))
+    if unknown:
+        have = ", ".join(sorted(map(str, solution["experiment"].unique()))) or "none"
+        raise DataError(f"run(s) {', '.join(unknown)} have no ground truth in {source} (runs there: {have}); "
+                        "check --runs")
+    return solution[solution["experiment"].isin(runs)]
+
+
+def load_solution(root: str | Path, split: str, runs: list[str] | None = None) -> pd.DataFrame:
+    """Ground truth of a data split: the train picks, or ROOT/solution.csv (synthetic test runs only)."""
+    root = layout.check_root(root)
+    if split == "train":
+        return solution_from_picks(read_all_picks(root, runs))
+    path = root / layout.SOLUTION_CSV
+    if not path.is_file():
+        raise DataError(
+            f"no test ground truth at {path}: test labels exist only for synthetic data "
+            "(tools/make_synthetic.py writes solution.csv); for real data score train runs with --split train"
+        )
+    return select_runs(read_solution(path), runs, str(path))

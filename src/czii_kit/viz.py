@@ -20,21 +20,22 @@ from czii_kit.utils.atomic import atomic_path
 CLASS_COLORS = dict(zip(CLASS_NAMES, ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#e377c2")))
 
 
-def picks_in_slice(picks: pd.DataFrame, z: float) -> pd.DataFrame:
-    """Picks whose sphere cuts slice z: particle_type, x, y (voxels) and the cross-section radius (voxels)."""
-    zyx = angstrom_to_voxel(picks[["x", "y", "z"]].to_numpy())
-    radius = picks["particle_type"].map(RADIUS).to_numpy(dtype=float) / VOXEL_SPACING
+def picks_in_slice(picks: pd.DataFrame, z: float, spacing: float = VOXEL_SPACING) -> pd.DataFrame:
+    """Picks whose sphere cuts slice z: their position ``row`` in ``picks``, particle_type, x, y (voxels) and the
+    cross-section radius (voxels)."""
+    zyx = angstrom_to_voxel(picks[["x", "y", "z"]].to_numpy(), spacing)
+    radius = picks["particle_type"].map(RADIUS).to_numpy(dtype=float) / spacing
     dz = zyx[:, 0] - z
     cut = np.abs(dz) < radius
-    return pd.DataFrame({"particle_type": picks["particle_type"].to_numpy()[cut], "x": zyx[cut, 2],
-                         "y": zyx[cut, 1], "radius": np.sqrt(radius[cut] ** 2 - dz[cut] ** 2)})
+    return pd.DataFrame({"row": np.flatnonzero(cut), "particle_type": picks["particle_type"].to_numpy()[cut],
+                         "x": zyx[cut, 2], "y": zyx[cut, 1], "radius": np.sqrt(radius[cut] ** 2 - dz[cut] ** 2)})
 
 
-def busiest_slice(picks: pd.DataFrame, depth: int) -> int:
+def busiest_slice(picks: pd.DataFrame, depth: int, spacing: float = VOXEL_SPACING) -> int:
     """The z in [0, depth) that cuts the most picks (ties: the lowest z); the middle if there are none."""
     if picks is None or picks.empty:
         return depth // 2
-    counts = [len(picks_in_slice(picks, z)) for z in range(depth)]
+    counts = [len(picks_in_slice(picks, z, spacing)) for z in range(depth)]
     return int(np.argmax(counts))
 
 

@@ -33,5 +33,5 @@ def main(argv=None) -> int:
     result = run_evaluation(root, args.weights, args.out, folds=args.folds, device=args.device, floor=args.floor,
                             tta=args.tta, progress=not args.no_progress)
     print(result["rows"].to_string(index=False, float_format="%.4f"))
-    print(f"wrote {result['report']}")
+    print(f"wrote {result['report']} and {result['thresholds']} (for predict --thresholds-from)")
     return 0

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import copy
 
 from czii_kit.cli.common import exit_on_user_error
+from czii_kit.errors import ConfigError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -24,6 +25,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--window", type=int, nargs=3, metavar=("Z", "Y", "X"), help="default: the checkpoint's window")
     p.add_argument("--engine-cache", default="build/engines", help="where TensorRT engines are cached")
     p.add_argument("--force", action="store_true", help="re-export over an existing ONNX file")
+    p.add_argument("--fold-ensemble", action="store_true",
+                   help="fold the 3D checkpoints (same window and stride) into ONE graph returning their weighted "
+                        "mean; predict uses it with --set infer.fold_ensemble=true and a graph engine")
+    p.add_argument("--member-weights", help="with --fold-ensemble: comma list of weights, one per checkpoint")
     return p.parse_args(argv)
 
 
@@ -31,55 +36,51 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from czii_kit.infer.engines import require_tensorrt
-    from czii_kit.infer.members import load_checkpoints
-    from czii_kit.yolo.predict import is_yolo_checkpoint
+    from czii_kit.infer.kinds import KINDS, group_by_kind, load_checkpoints
 
     if args.format == "tensorrt":
         require_tensorrt()  # fail before any work if TensorRT or the GPU is missing
     fp16 = (args.precision or ("fp16" if args.format == "tensorrt" else "fp32")) == "fp16"
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
-    for ckpt in load_checkpoints(args.weights, folds):
-        (export_yolo if is_yolo_checkpoint(ckpt) else export_unet)(ckpt, args, fp16)
+    weights = [float(w) for w in args.member_weights.split(",")] if args.member_weights else None
+    ckpts = load_checkpoints(args.weights, folds)
+    groups = group_by_kind(ckpts, weights)
+    if args.fold_ensemble:
+        if set(groups) != {"unet"} or len(groups["unet"]) < 2:
+            raise ConfigError("--fold-ensemble folds two or more 3D checkpoints into one graph; pass only 3D "
+                              f"checkpoints (got {', '.join(f'{len(g)} {k}' for k, g in groups.items())})")
+        group = groups["unet"]
+        export_one(KINDS["unet"], [c for c, _ in group], args, fp16, [w for _, w in group])
+        return 0
+    for name, group in groups.items():
+        for ckpt, _ in group:
+            export_one(KINDS[name], [ckpt], args, fp16)
     return 0
 
 
-def write_onnx(path: Path, force: bool, export) -> Path:
-    """Export to ``path`` unless it exists (the user's file is kept without --force)."""
-    if path.exists() and not force:
+def export_config(ckpt: dict, args) -> dict:
+    """The checkpoint's config with the command line's window and batch size (what predict runs with)."""
+    cfg = copy.deepcopy(ckpt["config"])
+    if args.window:
+        cfg["infer"]["window"] = list(args.window)
+    if args.batch_size:
+        cfg["infer"]["batch_size"] = args.batch_size
+    return cfg
+
+
+def export_one(kind, ckpts: list[dict], args, fp16: bool, weights: list[float] | None = None) -> None:
+    """Fixed-shape ONNX next to the checkpoint (where predict and the Kaggle pack look), then parity vs torch fp32."""
+    from czii_kit.infer.export import check_parity, export_graph, open_graph, parity
+
+    cfg = export_config(ckpts[0], args)
+    path = kind.onnx_path(ckpts, cfg, fp16, weights)
+    spec = kind.graph(ckpts, cfg, weights)
+    if path.exists() and not args.force:
         print(f"{path} exists (use --force to re-export)")
     else:
-        export(path)
+        export_graph(spec, path, fp16)
         print(f"wrote {path}")
-    return path
-
-
-def export_unet(ckpt: dict, args, fp16: bool) -> None:
-    """Fixed-window ONNX next to the checkpoint (where predict and the Kaggle pack look), then parity."""
-    from czii_kit.infer.engines import GraphEngine, TorchEngine
-    from czii_kit.infer.export import check_parity, export_onnx, open_graph, parity
-    from czii_kit.infer.members import packed_onnx_path, prob_model
-
-    window = tuple(args.window or ckpt["window"])
-    batch = args.batch_size or ckpt["config"]["infer"]["batch_size"]
-    model = prob_model(ckpt)
-    onnx = write_onnx(packed_onnx_path(ckpt["path"], window, batch, fp16), args.force,
-                      lambda path: export_onnx(model, window, path, batch_size=batch, fp16=fp16))
     device = "cpu" if args.format == "onnx" else "cuda"
-    candidate = GraphEngine(open_graph(args.format, lambda _: onnx, args.engine_cache, device), name=args.format)
-    diff = parity(TorchEngine(model, window, device=device, fp16=False), candidate, n_batches=2, batch_size=batch)
-    check_parity(f"{Path(ckpt['path']).name}: torch vs {args.format} {'fp16' if fp16 else 'fp32'}", diff, fp16)
-
-
-def export_yolo(ckpt: dict, args, fp16: bool) -> None:
-    """YOLO slice detectors: fixed (infer_batch, 3, imgsz, imgsz) ONNX next to the checkpoint, then parity on
-    random images (class scores, and boxes relative to their size: see czii_kit.yolo.predict.parity)."""
-    from czii_kit.infer.export import check_parity, open_graph
-    from czii_kit.yolo.predict import export_onnx, graph_geometry, graph_runner, parity, yolo_onnx_path
-
-    imgsz, batch = graph_geometry(ckpt)
-    onnx = write_onnx(yolo_onnx_path(ckpt["path"], imgsz, batch, fp16), args.force,
-                      lambda path: export_onnx(ckpt, path, fp16))
-    device = "cpu" if args.format == "onnx" else "cuda"
-    session = open_graph(args.format, lambda _: onnx, args.engine_cache, device)
-    diff = parity(ckpt, graph_runner(session, imgsz), device)
-    check_parity(f"{Path(ckpt['path']).name}: torch vs {args.format} {'fp16' if fp16 else 'fp32'} (YOLO)", diff, fp16)
+    session = open_graph(args.format, lambda _: path, args.engine_cache, device)
+    what = f"{path.name}: torch fp32 vs {args.format} {'fp16' if fp16 else 'fp32'}"
+    check_parity(what, parity(spec, session, device), fp16)

@@ -8,16 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
-
 import pandas as pd
 
 from czii_kit.cli.common import exit_on_user_error
 from czii_kit.data import layout
-from czii_kit.data.io import read_all_picks
-from czii_kit.errors import DataError
 from czii_kit.metric import format_table, score_table, table_score
-from czii_kit.submission import read_solution, read_submission, solution_from_picks
+from czii_kit.submission import load_solution, read_solution, read_submission, select_runs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,32 +37,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _run_list(runs: str | None) -> list[str] | None:
     names = [r.strip() for r in (runs or "").split(",") if r.strip()]
     return names or None
-
-
-def select_runs(solution: pd.DataFrame, runs: list[str] | None, source: str) -> pd.DataFrame:
-    """Keep the requested runs of a ground-truth table (the metric then ignores other submission runs)."""
-    if not runs:
-        return solution
-    unknown = sorted(set(runs) - set(solution["experiment"]))
-    if unknown:
-        have = ", ".join(sorted(map(str, solution["experiment"].unique()))) or "none"
-        raise DataError(f"run(s) {', '.join(unknown)} have no ground truth in {source} (runs there: {have}); "
-                        "check --runs")
-    return solution[solution["experiment"].isin(runs)]
-
-
-def load_solution(root: str | Path, split: str, runs: list[str] | None = None) -> pd.DataFrame:
-    """Ground truth of a data split: the train picks, or ROOT/solution.csv (synthetic test runs only)."""
-    root = layout.check_root(root)
-    if split == "train":
-        return solution_from_picks(read_all_picks(root, runs))
-    path = root / layout.SOLUTION_CSV
-    if not path.is_file():
-        raise DataError(
-            f"no test ground truth at {path}: test labels exist only for synthetic data "
-            "(tools/make_synthetic.py writes solution.csv); for real data score train runs with --split train"
-        )
-    return select_runs(read_solution(path), runs, str(path))
 
 
 def _json_value(value):

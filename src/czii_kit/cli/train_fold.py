@@ -32,13 +32,10 @@ def main(argv=None) -> int:
     cfg["data"]["root"] = str(root)
     out = Path(args.out or Path("weights") / resolve_config_path(name).stem)
 
+    from czii_kit.train import trainer_for
     from czii_kit.train.report import summary
 
-    if cfg["model"]["name"] == "yolo":  # the 2D slice detector has its own trainer, same outputs
-        from czii_kit.yolo.train import train_yolo_fold as train_fold
-    else:
-        from czii_kit.train.loop import train_fold
-
-    result = train_fold(cfg, args.fold, root, out, resume=args.resume, progress=not args.no_progress)
+    train = trainer_for(cfg)  # the 2D slice detector has its own trainer, same outputs
+    result = train(cfg, args.fold, root, out, resume=args.resume, progress=not args.no_progress)
     print(summary(result))
     return 0

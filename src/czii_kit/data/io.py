@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,10 @@ import pandas as pd
 
 from czii_kit.data import layout
 from czii_kit.errors import DataError
-from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING
+from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING, angstrom_to_voxel
 
-PICK_COLUMNS = ["experiment", "particle_type", "x", "y", "z"]
+XYZ = ["x", "y", "z"]  # Å coordinate columns of picks, detections and submissions
+PICK_COLUMNS = ["experiment", "particle_type", *XYZ]
 
 
 # --------------------------------------------------------------------------- tomograms
@@ -46,8 +49,30 @@ def tomogram_levels(path: str | Path) -> list[str]:
     return [d["path"] for d in group.attrs["multiscales"][0]["datasets"]]
 
 
+def level_spacing(group, level: int, path: str | Path = "") -> float:
+    """Å per voxel of one level, from its OME-NGFF scale (isotropic), else the competition's spacing x 2^level."""
+    for dataset in group.attrs["multiscales"][0].get("datasets", []):
+        if str(dataset.get("path")) != str(level):
+            continue
+        for transform in dataset.get("coordinateTransformations", []):
+            if transform.get("type") == "scale":
+                scale = [float(s) for s in transform["scale"]][-3:]
+                if not (len(scale) == 3 and all(math.isfinite(s) and s > 0 for s in scale)):
+                    raise DataError(f"{path}: level {level} has an invalid OME-NGFF scale {transform['scale']}")
+                if max(scale) - min(scale) > 1e-3 * max(scale):
+                    raise DataError(f"{path}: level {level} has anisotropic voxels {scale} (z, y, x Å); "
+                                    "czii-kit needs isotropic tomograms")
+                return scale[-1]
+    return VOXEL_SPACING * 2**int(level)
+
+
 def read_tomogram_path(path: str | Path, level: int = 0) -> np.ndarray:
     """Whole level of a multiscale zarr as a float32 (z, y, x) array."""
+    return read_level(path, level)[0]
+
+
+def read_level(path: str | Path, level: int = 0) -> tuple[np.ndarray, float]:
+    """(float32 (z, y, x) array, Å per voxel) of one level of a multiscale zarr."""
     group = open_multiscale(path)
     key = str(level)
     if key not in group:
@@ -59,10 +84,48 @@ def read_tomogram_path(path: str | Path, level: int = 0) -> np.ndarray:
         raise DataError(f"{path}/{key} could not be read; the store is corrupt ({type(e).__name__}: {e})") from e
     if vol.ndim != 3:
         raise DataError(f"{path}/{key} has shape {vol.shape}; expected a 3-D (z, y, x) volume")
-    return np.ascontiguousarray(vol, dtype=np.float32)
+    return np.ascontiguousarray(vol, dtype=np.float32), level_spacing(group, level, path)
+
+
+@dataclass(frozen=True)
+class Tomogram:
+    """One reconstruction of one run, at one multiscale level, with its true voxel size."""
+
+    run: str
+    split: str
+    recon: str
+    level: int
+    volume: np.ndarray  # float32 (z, y, x), raw values
+    spacing: float  # Å per voxel of this level (the OME-NGFF scale, 10.012444 at level 0 on Kaggle)
+
+
+def read_run(root, run: str, split: str, data_cfg: Mapping, recon: str | None = None) -> Tomogram:
+    """THE reader of every caller (training, validation, evaluation, prediction): honours ``data.recon``
+    (unless ``recon`` names another, e.g. one of ``data.extra_recons``) and ``data.level``."""
+    recon = recon or data_cfg["recon"]
+    level = int(data_cfg["level"])
+    path = tomogram_location(root, run, split, recon)
+    volume, spacing = read_level(path, level)
+    return Tomogram(run, split, recon, level, volume, spacing)
+
+
+def run_spacing(root, run: str, split: str, data_cfg: Mapping, recon: str | None = None) -> float:
+    """Å per voxel of the tomogram ``read_run`` would read, from its metadata alone (no voxels read)."""
+    path = tomogram_location(root, run, split, recon or data_cfg["recon"])
+    group = open_multiscale(path)
+    level = int(data_cfg["level"])
+    if str(level) not in group:
+        raise DataError(f"{path} has no level {level!r} (levels present: {', '.join(sorted(group.array_keys()))})")
+    return level_spacing(group, level, path)
 
 
 def read_tomogram(root, run: str, split: str = "train", recon: str = "denoised", level: int = 0) -> np.ndarray:
+    """The raw array only (for pictures and tools that need no units); pipelines use ``read_run``."""
+    return read_level(tomogram_location(root, run, split, recon), level)[0]
+
+
+def tomogram_location(root, run: str, split: str, recon: str) -> Path:
+    """The zarr path of a run's reconstruction, or a DataError that says what exists instead."""
     path = layout.tomogram_path(root, split, run, recon)
     if not path.exists():
         layout.check_root(root)
@@ -72,9 +135,9 @@ def read_tomogram(root, run: str, split: str = "train", recon: str = "denoised",
         have = layout.available_recons(root, split, run)
         raise DataError(
             f"run {run!r} has no {recon!r} reconstruction at {path} "
-            f"(available: {', '.join(have) or 'none'}); pick one with --recon"
+            f"(available: {', '.join(have) or 'none'}); set data.recon (e.g. --set data.recon={have[0] if have else 'denoised'})"
         )
-    return read_tomogram_path(path, level)
+    return path
 
 
 def write_tomogram(path: str | Path, volume: np.ndarray, levels: int = 3,
@@ -172,6 +235,17 @@ def read_picks(root, run: str) -> pd.DataFrame:
     df = pd.concat(frames, ignore_index=True).drop_duplicates().reset_index(drop=True)
     df["experiment"] = run
     return df
+
+
+def points_from_picks(picks: pd.DataFrame, spacing: float = VOXEL_SPACING) -> tuple[np.ndarray, np.ndarray]:
+    """Picks (x, y, z Å) -> ((N, 3) float voxel (z, y, x) at ``spacing``, (N,) class indices into CLASS_NAMES)."""
+    if len(picks) == 0:
+        return np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
+    unknown = sorted(set(picks["particle_type"]) - set(CLASS_NAMES))
+    if unknown:
+        raise DataError(f"picks name unknown particle types {unknown}; expected {', '.join(CLASS_NAMES)}")
+    labels = picks["particle_type"].map({c: i for i, c in enumerate(CLASS_NAMES)}).to_numpy(np.int64)
+    return angstrom_to_voxel(picks[["x", "y", "z"]].to_numpy(), spacing), labels
 
 
 def read_all_picks(root, runs: list[str] | None = None) -> pd.DataFrame:

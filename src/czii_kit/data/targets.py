@@ -21,7 +21,7 @@ import numpy as np
 
 from czii_kit.config import dataclass_from_mapping
 from czii_kit.errors import ConfigError, DataError
-from czii_kit.particles import CLASS_NAMES, PARTICLES
+from czii_kit.particles import CLASS_NAMES, PARTICLES, VOXEL_SPACING
 
 TARGET_KINDS = ("gaussian", "sphere")
 STRIDES = (1, 2)
@@ -59,6 +59,7 @@ class TargetSpec:
     sigma_frac: PerClass = 0.25
     radius_frac: PerClass = 0.5
     stride: int = 1
+    spacing: float = VOXEL_SPACING  # Å per voxel of the tomograms (set from the data, not from config)
 
     def __post_init__(self) -> None:
         if self.kind not in TARGET_KINDS:
@@ -67,6 +68,8 @@ class TargetSpec:
             raise ConfigError(f"target stride {self.stride!r} is unsupported; use one of {STRIDES}")
         per_class_values(self.sigma_frac, "target sigma_frac")
         per_class_values(self.radius_frac, "target radius_frac")
+        if not (isinstance(self.spacing, (int, float)) and math.isfinite(self.spacing) and self.spacing > 0):
+            raise ConfigError(f"target spacing must be a positive number of Å per voxel, got {self.spacing!r}")
 
     @classmethod
     def from_config(cls, config: Mapping) -> TargetSpec:
@@ -79,19 +82,18 @@ class TargetSpec:
 
     def sigma_vox(self) -> np.ndarray:
         """(6,) Gaussian sigma per class in full-res voxels."""
-        return per_class_values(self.sigma_frac, "target sigma_frac") * _radii_vox()
+        return per_class_values(self.sigma_frac, "target sigma_frac") * self._radii_vox()
 
     def radius_vox(self) -> np.ndarray:
         """(6,) sphere radius per class in full-res voxels."""
-        return per_class_values(self.radius_frac, "target radius_frac") * _radii_vox()
+        return per_class_values(self.radius_frac, "target radius_frac") * self._radii_vox()
 
     def support_vox(self) -> np.ndarray:
         """(6,) distance in full-res voxels beyond which the kernel is exactly 0."""
         return GAUSSIAN_TRUNCATE * self.sigma_vox() if self.kind == "gaussian" else self.radius_vox()
 
-
-def _radii_vox() -> np.ndarray:
-    return np.array([p.radius_vox for p in PARTICLES])
+    def _radii_vox(self) -> np.ndarray:
+        return np.array([p.radius for p in PARTICLES]) / self.spacing
 
 
 def check_points(points_zyx, labels) -> tuple[np.ndarray, np.ndarray]:

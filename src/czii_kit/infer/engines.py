@@ -197,37 +197,18 @@ class GraphEngine:
         return run_fixed_batch(batch, self.batch_size, self.session)
 
 
-class OnnxEngine(GraphEngine):
-    """An onnxruntime session on a fixed-shape graph; window, stride and classes come from the file."""
-
-    name = "onnx"
-
-    def __init__(self, onnx_path: str | Path, device: str | torch.device = "cpu") -> None:
-        super().__init__(OnnxSession(onnx_path, device))
-
-
-class TensorRTEngine(GraphEngine):
-    """A serialized TensorRT engine; window, stride and classes come from the engine."""
-
-    name = "tensorrt"
-
-    def __init__(self, engine_path: str | Path, device: str | torch.device = "cuda") -> None:
-        super().__init__(TensorRTSession(engine_path, device))
+ENGINE_KINDS = (
+    "torch",  # the checkpoint's model in torch (fp16 autocast on CUDA)
+    "onnx",  # the fp32 ONNX graph in onnxruntime
+    "onnx_fp16",  # the fp16 graph TensorRT builds from, in onnxruntime: the GPU's precision, scored on any machine
+    "tensorrt",  # a TensorRT engine built from the fp16 graph (CUDA only)
+)
 
 
-ENGINES: dict[str, Callable[..., Engine]] = {
-    "torch": TorchEngine,
-    "onnx": OnnxEngine,
-    "onnx_fp16": OnnxEngine,  # the fp16 graph TensorRT builds from: the GPU's precision, scored on any machine
-    "tensorrt": TensorRTEngine,
-}
-
-
-def create_engine(kind: str, *args, **kwargs) -> Engine:
-    """ENGINES[kind](*args, **kwargs) with an error that lists the known kinds."""
-    if kind not in ENGINES:
-        raise ConfigError(f"unknown engine {kind!r}; expected one of {', '.join(ENGINES)}")
-    return ENGINES[kind](*args, **kwargs)
+def check_engine_kind(kind: str) -> str:
+    if kind not in ENGINE_KINDS:
+        raise ConfigError(f"unknown engine {kind!r}; expected one of {', '.join(ENGINE_KINDS)}")
+    return kind
 
 
 def geometry_from_shapes(
@@ -246,7 +227,7 @@ def geometry_from_shapes(
             return batch, tuple(window), strides.pop(), num_classes
     raise ConfigError(
         f"{source}: expected fixed shapes (B, 1, Z, Y, X) -> (B, C, Z/s, Y/s, X/s), got "
-        f"{shapes[0]} -> {shapes[1]}; re-export with czii_kit.infer.export.export_onnx"
+        f"{shapes[0]} -> {shapes[1]}; re-export it with tools/export.py"
     )
 
 

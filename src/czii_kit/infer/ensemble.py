@@ -1,73 +1,48 @@
-"""Weighted averaging of per-model probability volumes, and the checks that make it meaningful.
+"""What makes averaging members meaningful, and a fold ensemble folded into one module.
 
 Averaging only makes sense when every member predicts the same classes in the same order,
 on the same output grid, from identically normalized input: ``check_compatible`` enforces
-that from checkpoint metadata before any inference runs.
+that from checkpoint metadata before any inference runs. The averaging itself happens inside
+the sliding-window loop (``czii_kit.infer.sliding_window.predict_volume``).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 
-import numpy as np
+import torch
 
 from czii_kit.errors import CheckpointError, ConfigError
 
 COMPATIBILITY_FIELDS = ("classes", "normalization", "stride")  # keys of a czii-kit checkpoint
 
 
-class EnsembleAccumulator:
-    """Running weighted mean of probability arrays: one float32 buffer, whatever the member count.
+class WeightedMean(torch.nn.Module):
+    """Several probability models as one: the weighted mean of their outputs (weights normalized to sum 1).
 
-    Updates go class by class, so the only temporary is one (Z, Y, X) slice, not a whole
-    (C, Z, Y, X) volume (1.75 GB for a full tomogram at stride 1).
+    What ``tools/export.py --fold-ensemble`` exports, so a graph engine runs a fold ensemble in one call.
     """
 
-    def __init__(self) -> None:
-        self._mean: np.ndarray | None = None
-        self._total_weight = 0.0
-        self._first_name = ""
-        self.count = 0
+    def __init__(self, members: Sequence[torch.nn.Module], weights: Sequence[float]) -> None:
+        super().__init__()
+        if len(members) != len(weights) or not members:
+            raise ConfigError(f"got {len(weights)} weights for {len(members)} ensemble members")
+        if not all(math.isfinite(w) and w > 0 for w in weights):
+            raise ConfigError(f"ensemble weights must be positive numbers, got {list(weights)}")
+        strides = {int(m.output_stride) for m in members}
+        if len(strides) != 1:
+            raise ConfigError(f"ensemble members have different output strides {sorted(strides)}")
+        self.members = torch.nn.ModuleList(members)
+        total = float(sum(weights))
+        self.shares = [float(w) / total for w in weights]
+        self.output_stride = strides.pop()
+        self.input_multiple = max(int(m.input_multiple) for m in members)
 
-    def add(self, prob: np.ndarray, weight: float = 1.0, name: str | None = None) -> None:
-        """Add one member's (C, Z, Y, X) probabilities with a positive weight."""
-        name = name or f"member {self.count}"
-        if not (math.isfinite(weight) and weight > 0):
-            raise ConfigError(f"ensemble weight of {name} must be a positive number, got {weight}")
-        prob = np.asarray(prob, dtype=np.float32)
-        if self._mean is None:
-            self._mean = prob.copy()
-            self._first_name = name
-        elif prob.shape != self._mean.shape:
-            raise ConfigError(
-                f"cannot average {name} of shape {prob.shape} with {self._first_name} of shape "
-                f"{self._mean.shape}; members must share classes and output stride"
-            )
-        else:
-            share = np.float32(weight / (self._total_weight + weight))
-            for mean, member in zip(np.atleast_2d(self._mean), np.atleast_2d(prob)):  # views
-                mean += (member - mean) * share
-        self._total_weight += weight
-        self.count += 1
-
-    def result(self) -> np.ndarray:
-        """The weighted mean (weights normalized to sum 1); the buffer itself, not a copy."""
-        if self._mean is None:
-            raise ConfigError("ensemble is empty: add at least one member's probabilities")
-        return self._mean
-
-
-def average_probabilities(
-    arrays: Sequence[np.ndarray], weights: Sequence[float] | None = None
-) -> np.ndarray:
-    """Weighted mean of same-shape arrays; weights default to equal and are normalized."""
-    weights = [1.0] * len(arrays) if weights is None else list(weights)
-    if len(weights) != len(arrays):
-        raise ConfigError(f"got {len(weights)} ensemble weights for {len(arrays)} members")
-    accumulator = EnsembleAccumulator()
-    for array, weight in zip(arrays, weights):
-        accumulator.add(array, weight)
-    return accumulator.result()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.members[0](x) * self.shares[0]
+        for member, share in zip(self.members[1:], self.shares[1:]):
+            out = out + member(x) * share
+        return out
 
 
 def check_compatible(metas: Sequence[dict], names: Sequence[str] | None = None) -> None:

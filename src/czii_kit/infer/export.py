@@ -1,6 +1,7 @@
-"""Export models to ONNX, check parity between engines, build cached TensorRT engines.
+"""Export any member kind's model to ONNX, check parity, build cached TensorRT engines, open graph sessions.
 
-ONNX export uses torch's TorchScript-based exporter (``dynamo=False``): in torch 2.14 the
+Member kinds (``czii_kit.infer.kinds``) say what they export as a ``GraphSpec``; everything here is
+shared by them. ONNX export uses torch's TorchScript-based exporter (``dynamo=False``): in torch 2.14 the
 dynamo exporter needs the extra ``onnxscript`` package and gains nothing for plain conv
 nets. Shapes are fixed, batch included (see engines.py).
 
@@ -17,24 +18,16 @@ import logging
 import re
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from czii_kit.errors import CheckpointError, ConfigError
-from czii_kit.infer.engines import (
-    Engine,
-    GraphSession,
-    OnnxSession,
-    TensorRTSession,
-    check_window,
-    require_tensorrt,
-)
+from czii_kit.infer.engines import GraphSession, OnnxSession, TensorRTSession, check_window, require_tensorrt
 from czii_kit.utils.atomic import atomic_path
 
 log = logging.getLogger(__name__)
-INPUT_NAME = "volume"
-OUTPUT_NAME = "probabilities"
 FP32_TOLERANCE = 1e-4  # torch vs an fp32 graph, on probabilities (YOLO: scores, boxes relative to size)
 FP16_TOLERANCE = 2e-2  # torch fp32 vs an fp16 graph (ONNX Runtime or TensorRT)
 
@@ -50,10 +43,52 @@ class HalfPrecision(torch.nn.Module):
         return self.module(x.half()).float()
 
 
-def export_graph(module: torch.nn.Module, example: torch.Tensor, path: str | Path, input_name: str,
-                 output_name: str, opset: int = 17, fp16: bool = False) -> Path:
-    """Write ``module`` traced at ``example``'s fixed shape as a one-input, one-output ONNX file, atomically."""
-    module = (HalfPrecision(module) if fp16 else module).eval()
+@dataclass(frozen=True)
+class GraphSpec:
+    """What a member kind exports: a torch module at one fixed input shape, and how to check a graph of it.
+
+    ``sample`` draws an input like the real ones (parity checks); ``difference`` measures how far two
+    outputs differ where it matters (max abs difference for probabilities; see the YOLO kind for boxes).
+    """
+
+    module: torch.nn.Module
+    input_shape: tuple[int, ...]
+    input_name: str
+    output_name: str
+    sample: Callable[[torch.Generator], torch.Tensor]
+    difference: Callable[[torch.Tensor, torch.Tensor], float]
+
+
+def max_abs_difference(expected: torch.Tensor, actual: torch.Tensor) -> float:
+    if expected.shape != actual.shape:
+        raise ConfigError(f"graph output {tuple(actual.shape)} differs from torch's {tuple(expected.shape)}; "
+                          "re-export it with tools/export.py --force")
+    return float((expected.float().cpu() - actual.float().cpu()).abs().max())
+
+
+def probability_graph(model: torch.nn.Module, window: Sequence[int], batch_size: int = 1) -> GraphSpec:
+    """A 3D probability model (``ProbabilityModel``-like: output_stride, input_multiple) at a fixed window and batch:
+    (B, 1, Z, Y, X) float32 -> (B, C, Z/s, Y/s, X/s) probabilities."""
+    window = check_window(window, int(model.output_stride), int(model.input_multiple))
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    shape = (int(batch_size), 1, *window)
+    return GraphSpec(model.eval(), shape, "volume", "probabilities",
+                     sample=lambda generator: torch.randn(shape, generator=generator), difference=max_abs_difference)
+
+
+def export_onnx(model: torch.nn.Module, window: Sequence[int], path: str | Path, batch_size: int = 1,
+                fp16: bool = False) -> Path:
+    """Export a 3D probability model at a fixed window and batch (the graph a 3D member's engine runs)."""
+    return export_graph(probability_graph(model, window, batch_size), path, fp16)
+
+
+def export_graph(spec: GraphSpec, path: str | Path, fp16: bool = False, opset: int = 17) -> Path:
+    """Write ``spec.module`` traced at its fixed input shape as a one-input, one-output ONNX file, atomically."""
+    module = (HalfPrecision(spec.module) if fp16 else spec.module).eval()
+    parameter = next(spec.module.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    example = torch.zeros(spec.input_shape, device=device)
     path = Path(path)
     with atomic_path(path, suffix=".onnx") as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
@@ -61,65 +96,43 @@ def export_graph(module: torch.nn.Module, example: torch.Tensor, path: str | Pat
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
             module, (example,), str(tmp), dynamo=False, opset_version=opset,
-            input_names=[input_name], output_names=[output_name], do_constant_folding=True,
+            input_names=[spec.input_name], output_names=[spec.output_name], do_constant_folding=True,
         )
-    log.info("exported %s (input %s, opset %d, %s)", path, tuple(example.shape), opset, "fp16" if fp16 else "fp32")
+    log.info("exported %s (input %s, opset %d, %s)", path, spec.input_shape, opset, "fp16" if fp16 else "fp32")
     return path
 
 
-def export_onnx(
-    prob_model: torch.nn.Module,
-    window: Sequence[int],
-    path: str | Path,
-    batch_size: int = 1,
-    opset: int = 17,
-    fp16: bool = False,
-) -> Path:
-    """Write a fixed-shape (batch_size, 1, *window) -> (batch_size, C, *window/stride) ONNX graph atomically."""
-    window = check_window(window, int(prob_model.output_stride), int(prob_model.input_multiple))
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    parameter = next(prob_model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    example = torch.zeros((batch_size, 1, *window), device=device)
-    return export_graph(prob_model, example, path, INPUT_NAME, OUTPUT_NAME, opset, fp16)
-
-
-def cached_export(ckpt_path: str | Path, packed: Path, cache_dir: str | Path,
+def cached_export(sources: Sequence[str | Path], packed: Path, cache_dir: str | Path,
                   export: Callable[[Path], Path]) -> Path:
-    """``packed`` when tools/export.py put it next to the checkpoint, else an export into ``cache_dir``.
+    """``packed`` when tools/export.py put it next to the checkpoint(s), else an export into ``cache_dir``.
 
-    Never writes next to the checkpoint: on Kaggle it sits in a read-only dataset. The cache key
-    holds the checkpoint's path and modification time, so re-training invalidates it.
+    Never writes next to a checkpoint: on Kaggle it sits in a read-only dataset. The cache key holds
+    the source checkpoints' paths and modification times, so re-training invalidates it.
     """
     if packed.exists():
         return packed
-    ckpt_path = Path(ckpt_path)
-    key = hashlib.sha256(f"{ckpt_path.resolve()}:{ckpt_path.stat().st_mtime_ns}".encode()).hexdigest()[:12]
-    path = Path(cache_dir) / f"{key}_{packed.name}"
+    stamp = ";".join(f"{Path(p).resolve()}:{Path(p).stat().st_mtime_ns}" for p in sources)
+    path = Path(cache_dir) / f"{hashlib.sha256(stamp.encode()).hexdigest()[:12]}_{packed.name}"
     if not path.exists():
         export(path)
     return path
 
 
-def parity(
-    reference: Engine, candidate: Engine, n_batches: int = 2, seed: int = 0, batch_size: int = 1
-) -> float:
-    """Max |reference - candidate| probability over random N(0, 1) windows (normalized-volume-like)."""
-    for field in ("window", "stride", "num_classes"):
-        ours, theirs = getattr(reference, field), getattr(candidate, field)
-        if ours != theirs:
-            raise ConfigError(
-                f"cannot compare engines {reference.name} and {candidate.name}: {field} differs "
-                f"({ours} vs {theirs})"
-            )
+def parity(spec: GraphSpec, candidate: Callable[[torch.Tensor], torch.Tensor], device: str | torch.device = "cpu",
+           n_batches: int = 2, seed: int = 0) -> float:
+    """Worst ``spec.difference`` between the fp32 torch module and ``candidate`` over random inputs."""
+    takes = getattr(candidate, "input_shape", None)
+    if takes is not None and tuple(takes) != tuple(spec.input_shape):
+        raise ConfigError(f"the graph takes {tuple(takes)}, but the model was exported at {tuple(spec.input_shape)}; "
+                          "re-export it (tools/export.py --force) with the window and batch you run")
+    module = spec.module.to(device).eval()
     generator = torch.Generator().manual_seed(seed)
     worst = 0.0
     for _ in range(n_batches):
-        batch = torch.randn((batch_size, 1, *reference.window), generator=generator)
-        expected = reference(batch.to(reference.device)).float().cpu()
-        actual = candidate(batch.to(candidate.device)).float().cpu()
-        worst = max(worst, float((expected - actual).abs().max()))
+        batch = spec.sample(generator).to(device)
+        with torch.inference_mode():
+            expected = module(batch)
+        worst = max(worst, spec.difference(expected, candidate(batch)))
     return worst
 
 

@@ -16,8 +16,13 @@ Maps are products of per-axis profiles, each peaking at 1 and floored at MIN_AXI
 no voxel ever gets zero weight, and the product stays separable, so where two windows
 share their y-x tile their relative weight along z is not flattened by a floor.
 
+Ensembles. Several engines (fold models) run inside the same loop: a window batch is cropped
+and uploaded once, each engine runs its TTA passes on it, and the weighted mean goes into one
+accumulator. The result stays on the accumulator's device (a CUDA tensor on a GPU) for the
+peak finder; nothing is copied to the host here.
+
 Memory. The accumulator is float32 (C, Z/s, Y/s, X/s) plus a float32 (Z/s, Y/s, X/s)
-weight sum on ``accumulate_device`` (default: the engine's device). For a 184x630x630
+weight sum on ``accumulate_device`` (default: the engines' device). For a 184x630x630
 tomogram with 6 classes at stride 1 that is 6 x 292 MB + 292 MB ~ 2.0 GB (0.26 GB at
 stride 2) -- fine on a 16 GB T4. Windows are processed ``batch_size`` at a time.
 """
@@ -100,55 +105,87 @@ def _axis_profile(n: int, blend: str) -> np.ndarray:
 
 
 def predict_volume(
-    engine: Engine,
+    engines: Engine | Sequence[Engine],
     volume: np.ndarray,
+    weights: Sequence[float] | None = None,
+    tta: Sequence[Transform] | Sequence[Sequence[Transform]] | None = None,
     overlap: float = 0.25,
     batch_size: int = 4,
     blend: str = "gaussian",
-    tta: Sequence[Transform] | None = None,
     progress: bool = False,
     accumulate_device: str | torch.device | None = None,
     pad_mode: str = "reflect",
-) -> np.ndarray:
-    """Blend the engine's window predictions into (C, ceil(Z/s), ceil(Y/s), ceil(X/s)) float32."""
+) -> torch.Tensor:
+    """Blend the weighted mean of the engines' TTA-averaged window predictions into one
+    (C, ceil(Z/s), ceil(Y/s), ceil(X/s)) float32 tensor on ``accumulate_device`` (default: the engines' device).
+
+    Windows outside, members and TTA passes inside: each window batch is cropped and uploaded once,
+    every engine runs its passes on it, and one accumulator takes the blend. ``tta`` is one list of
+    transforms for every engine, or one list per engine (a time budget may give members fewer passes).
+    """
+    engines = [engines] if isinstance(engines, Engine) else list(engines)
+    plans = _member_plans(engines, weights, tta)
+    first = engines[0]
     volume = _as_volume(volume)
-    transforms = list(tta) if tta else [IDENTITY]
-    window, stride = tuple(engine.window), int(engine.stride)
-    check_tta_window(transforms, window)
+    window, stride = tuple(first.window), int(first.stride)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     origins = window_origins(volume.shape, window, stride, overlap)
     padded = _pad_to(volume, padded_shape(volume.shape, window, stride), pad_mode)
 
-    device = engine.device if accumulate_device is None else resolve_device(accumulate_device)
+    device = first.device if accumulate_device is None else resolve_device(accumulate_device)
     out_shape = tuple(math.ceil(n / stride) for n in volume.shape)
     out_window = tuple(w // stride for w in window)
-    weights = importance_map(out_window, blend).to(device)
-    tta_weights = weights / len(transforms)  # folds the TTA mean into the blend: no extra pass
-    summed = torch.zeros((engine.num_classes, *out_shape), dtype=torch.float32, device=device)
+    importance = importance_map(out_window, blend).to(device)
+    summed = torch.zeros((first.num_classes, *out_shape), dtype=torch.float32, device=device)
     weight_sum = torch.zeros(out_shape, dtype=torch.float32, device=device)
 
     n_batches = math.ceil(len(origins) / batch_size)
     for chunk in tqdm(_chunks(origins, batch_size), total=n_batches, disable=not progress,
-                      desc=f"{engine.name} windows", unit="batch"):
-        batch = _crop_batch(padded, chunk, window).to(engine.device)
-        probs = _sum_over_tta(engine, batch, transforms).to(device)
-        _check_output(engine, probs, len(chunk), out_window)
+                      desc=f"{len(engines)} model(s) x windows", unit="batch"):
+        batch = _crop_batch(padded, chunk, window).to(first.device)
+        probs = None
+        for engine, share, transforms in plans:
+            for transform in transforms:
+                prob = transform.invert(engine(transform.apply(batch)))
+                _check_output(engine, prob, len(chunk), out_window)
+                prob = prob.to(device) * share
+                probs = prob if probs is None else probs.add_(prob)
         for origin, prob in zip(chunk, probs):
             target, source = _output_slices(origin, stride, out_window, out_shape)
-            summed[(slice(None), *target)].addcmul_(prob[(slice(None), *source)], tta_weights[source])
-            weight_sum[target] += weights[source]
+            summed[(slice(None), *target)].addcmul_(prob[(slice(None), *source)], importance[source])
+            weight_sum[target] += importance[source]
     summed /= weight_sum
-    return summed.cpu().numpy()
+    return summed
 
 
-def _sum_over_tta(engine: Engine, batch: torch.Tensor, transforms: Sequence[Transform]) -> torch.Tensor:
-    """Sum of the inverted engine outputs over the TTA transforms (the caller divides)."""
-    total = None
-    for transform in transforms:
-        prob = transform.invert(engine(transform.apply(batch)))
-        total = prob if total is None else total + prob
-    return total
+def _member_plans(engines: Sequence[Engine], weights, tta) -> list[tuple[Engine, float, list[Transform]]]:
+    """(engine, share of the mean per pass, transforms) per engine; members must agree on the output grid."""
+    if not engines:
+        raise ConfigError("predict_volume needs at least one engine")
+    weights = [1.0] * len(engines) if weights is None else [float(w) for w in weights]
+    if not tta or isinstance(tta[0], Transform):
+        per_engine = [list(tta) if tta else [IDENTITY]] * len(engines)
+    else:
+        per_engine = [list(t) if t else [IDENTITY] for t in tta]
+    if len(weights) != len(engines) or len(per_engine) != len(engines):
+        raise ConfigError(f"got {len(engines)} engines, {len(weights)} weights and {len(per_engine)} TTA lists; "
+                          "give one of each per engine")
+    if not all(math.isfinite(w) and w > 0 for w in weights):
+        raise ConfigError(f"ensemble weights must be positive numbers, got {weights}")
+    first = engines[0]
+    for engine in engines[1:]:
+        for name in ("window", "stride", "num_classes", "device"):
+            if getattr(engine, name) != getattr(first, name):
+                raise ConfigError(
+                    f"engines {first.name} and {engine.name} cannot be averaged in one window loop: {name} "
+                    f"differs ({getattr(first, name)} vs {getattr(engine, name)}); use one window, stride, "
+                    "class list and device for every member")
+    for transforms in per_engine:
+        check_tta_window(transforms, first.window)
+    total = sum(weights)
+    return [(engine, w / total / len(transforms), transforms)
+            for engine, w, transforms in zip(engines, weights, per_engine)]
 
 
 def _output_slices(

@@ -148,16 +148,9 @@ def packed_onnx(ckpt: dict) -> list[Path]:
     A missing fp16 file costs only a few seconds on Kaggle (predict exports it into its cache before
     building the TensorRT engine); a missing fp32 one means --onnx was asked for without exporting.
     """
-    from czii_kit.infer.members import packed_onnx_path
-    from czii_kit.infer.predictor import infer_window
-    from czii_kit.yolo.predict import graph_geometry, is_yolo_checkpoint, yolo_onnx_path
+    from czii_kit.infer.kinds import kind_of
 
-    cfg = ckpt["config"]
-    if is_yolo_checkpoint(ckpt):
-        fp32, fp16 = (yolo_onnx_path(ckpt["path"], *graph_geometry(ckpt), fp16=f) for f in (False, True))
-    else:
-        fp32, fp16 = (packed_onnx_path(ckpt["path"], infer_window(cfg), cfg["infer"]["batch_size"], f)
-                      for f in (False, True))
+    fp32, fp16 = (kind_of(ckpt).onnx_path([ckpt], ckpt["config"], fp16) for fp16 in (False, True))
     if not fp32.is_file():
         raise CheckpointError(f"--onnx: no ONNX export {fp32} next to {ckpt['path']}; make it with "
                               f"`python tools/export.py --weights {ckpt['path']} --format onnx`, or drop --onnx")
@@ -352,7 +345,7 @@ def pack_dataset(weights: Sequence[str | Path], out: str | Path, slug: str, user
                  folds: Sequence[int] | None = None, wheels: str | Path | None = None, onnx: bool = False,
                  force: bool = False, progress: bool = True) -> PackResult:
     """Pack the selected checkpoints, configs and wheels into out, ready for `kaggle datasets create`."""
-    from czii_kit.infer.members import load_checkpoints
+    from czii_kit.infer.kinds import load_checkpoints
 
     metadata = dataset_metadata(user, slug, title or slug)
     out = Path(out)

@@ -2,7 +2,7 @@
 from czii_kit.post.merging import dbscan_merge, merge_close
 from czii_kit.post.offsets import add_hard_particle_offsets
 from czii_kit.post.peaks import DETECTION_COLUMNS, find_peaks, reference_peaks
-from czii_kit.post.pipeline import POSTPROCESSORS, apply_thresholds, default_post_config, postprocess
+from czii_kit.post.pipeline import POSTPROCESSORS, apply_thresholds, postprocess, with_steps
 
 __all__ = [
     "DETECTION_COLUMNS",
@@ -10,9 +10,9 @@ __all__ = [
     "add_hard_particle_offsets",
     "apply_thresholds",
     "dbscan_merge",
-    "default_post_config",
     "find_peaks",
     "merge_close",
     "postprocess",
     "reference_peaks",
+    "with_steps",
 ]

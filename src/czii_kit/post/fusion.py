@@ -12,7 +12,10 @@ weighted by source weight x score. Two scoring rules, from the two seed solution
   fewer than ``min_votes`` are dropped, the others score the weighted mean of the present
   sources' best scores (absent sources do not pull the score down).
 
-Thresholds and hard-particle offsets then run as on the U-Net path (``fused_candidates``).
+``fuse_sources`` applies this per class with per-class source weights (tuned on out-of-fold
+candidates by ``czii_kit.evaluate``): a source with weight 0 is left out of a class, and a class
+left with a single source takes that source's candidates unchanged, so fusing never touches a
+class where it did not help. ``czii_kit.infer.pipeline.finalize`` then post-processes and thresholds.
 """
 from __future__ import annotations
 
@@ -22,13 +25,13 @@ import numpy as np
 import pandas as pd
 
 from czii_kit.errors import ConfigError
-from czii_kit.particles import particle
+from czii_kit.particles import CLASS_NAMES, particle
 from czii_kit.post.merging import check_detections, check_positive, collapse_groups, label_groups
 from czii_kit.post.peaks import DETECTION_COLUMNS, empty_detections, proximity_components
-from czii_kit.post.pipeline import postprocess
 
 FUSION_METHODS = ("dbscan", "vote")
-DEFAULT_FUSION = {"method": "dbscan", "eps_frac": 0.5, "weights": {"unet": 1.0, "yolo": 1.0}, "min_votes": 1.0}
+FUSION_KEYS = ("method", "eps_frac", "weights", "min_votes")  # the ``fusion`` section of configs/base.yaml
+ClassWeights = Mapping[str, Mapping[str, float]]  # class -> source -> weight (0 leaves a source out)
 
 
 def check_fusion(method: str, weights: Mapping[str, float], sources: Mapping[str, pd.DataFrame]) -> None:
@@ -65,10 +68,10 @@ def best_per_source(df: pd.DataFrame, labels: np.ndarray, names: list[str]) -> n
     return np.where(np.isfinite(best), best, np.nan)
 
 
-def fuse(sources: Mapping[str, pd.DataFrame], method: str = "dbscan", eps_frac: float = 0.5,
-         weights: Mapping[str, float] | None = None, min_votes: float = 1.0) -> pd.DataFrame:
+def fuse(sources: Mapping[str, pd.DataFrame], *, method: str, eps_frac: float, weights: Mapping[str, float],
+         min_votes: float) -> pd.DataFrame:
     """One detections frame from several (experiment, particle_type, x, y, z, score) frames; see the module doc."""
-    weights = dict(weights) if weights is not None else {name: 1.0 for name in sources}
+    weights = dict(weights)
     check_fusion(method, weights, sources)
     names = list(sources)
     df = union(sources)
@@ -92,16 +95,47 @@ def fuse(sources: Mapping[str, pd.DataFrame], method: str = "dbscan", eps_frac: 
     return fused[keep].reset_index(drop=True)
 
 
-def fusion_settings(cfg: Mapping | None) -> dict:
-    """A config's ``fusion`` section over the defaults, unknown keys refused."""
-    cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(DEFAULT_FUSION))
+def fusion_settings(cfg: Mapping) -> dict:
+    """A config's ``fusion`` section, checked: exactly the keys of configs/base.yaml (its defaults live there)."""
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"fusion config must be a mapping with keys {', '.join(FUSION_KEYS)}, got {cfg!r}")
+    unknown = sorted(set(cfg) - set(FUSION_KEYS))
+    missing = [k for k in FUSION_KEYS if k not in cfg]
+    if unknown or missing:
+        raise ConfigError(f"fusion: unknown key(s) {unknown}, missing key(s) {missing}; "
+                          f"it needs exactly {', '.join(FUSION_KEYS)} (see configs/base.yaml)")
+    return dict(cfg)
+
+
+def check_class_weights(class_weights: ClassWeights, sources) -> None:
+    unknown = sorted(set(class_weights) - set(CLASS_NAMES))
     if unknown:
-        raise ConfigError(f"fusion has unknown key(s) {', '.join(unknown)}; valid: {', '.join(DEFAULT_FUSION)}")
-    return {**DEFAULT_FUSION, **cfg}
+        raise ConfigError(f"per-class source weights name unknown particle type(s) {unknown}; "
+                          f"valid: {', '.join(CLASS_NAMES)}")
+    for name, weights in class_weights.items():
+        for source, w in weights.items():
+            if not (isinstance(w, (int, float)) and w >= 0):
+                raise ConfigError(f"source weight {name}/{source} must be a number >= 0, got {w!r}")
 
 
-def fused_candidates(sources: Mapping[str, pd.DataFrame], fusion_cfg: Mapping | None,
-                     post_cfg: Mapping) -> pd.DataFrame:
-    """Fuse, then the U-Net path's post-processing (merge / dbscan / hard-particle offsets) from ``post_cfg``."""
-    return postprocess(fuse(sources, **fusion_settings(fusion_cfg)), post_cfg)
+def fuse_sources(sources: Mapping[str, pd.DataFrame], fusion_cfg: Mapping,
+                 class_weights: ClassWeights | None = None) -> pd.DataFrame:
+    """One candidate list from every source (see the module doc): the config's fusion for all classes,
+    or per class with ``class_weights`` (a class not listed uses ``fusion.weights``)."""
+    settings = fusion_settings(fusion_cfg)
+    if class_weights is None:
+        if len(sources) == 1:
+            return next(iter(sources.values()))
+        return fuse(sources, **settings)
+    check_class_weights(class_weights, sources)
+    frames = [empty_detections().assign(source="")]
+    for name in CLASS_NAMES:
+        weights = {s: float(w) for s, w in class_weights.get(name, settings["weights"]).items()
+                   if w > 0 and s in sources}
+        per_class = {s: sources[s][sources[s]["particle_type"] == name] for s in weights}
+        if len(per_class) == 1:
+            ((source, frame),) = per_class.items()
+            frames.append(frame[DETECTION_COLUMNS].assign(source=source))
+        elif per_class:
+            frames.append(fuse(per_class, **{**settings, "weights": weights}))
+    return pd.concat(frames, ignore_index=True)

@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterator, Mapping
 import numpy as np
 import pandas as pd
 
+from czii_kit.data.io import XYZ
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.particles import particle
 from czii_kit.post.peaks import DETECTION_COLUMNS, class_value, proximity_components
 
-XYZ = ["x", "y", "z"]
 GroupLabeller = Callable[[np.ndarray, str], np.ndarray]  # (xyz of one group, class) -> label per row, -1 drops
 
 
@@ -68,7 +68,7 @@ def collapse_groups(df: pd.DataFrame, labels: np.ndarray, weights: np.ndarray) -
     return merged
 
 
-def merge_close(df: pd.DataFrame, radius_frac: float = 0.1) -> pd.DataFrame:
+def merge_close(df: pd.DataFrame, *, radius_frac: float) -> pd.DataFrame:
     """Collapse chains of detections at most ``radius_frac`` x class radius apart into their mean position."""
     check_detections(df)
     check_positive(radius_frac, "merge.radius_frac")
@@ -79,8 +79,8 @@ def merge_close(df: pd.DataFrame, radius_frac: float = 0.1) -> pd.DataFrame:
     return collapse_groups(df, label_groups(df, components), np.ones(len(df)))
 
 
-def dbscan_merge(df: pd.DataFrame, eps_frac: float | Mapping[str, float] = 0.5,
-                 min_samples: int | Mapping[str, int] = 1) -> pd.DataFrame:
+def dbscan_merge(df: pd.DataFrame, *, eps_frac: float | Mapping[str, float],
+                 min_samples: int | Mapping[str, int]) -> pd.DataFrame:
     """DBSCAN per class (eps = eps_frac x radius, Å); clusters -> score-weighted centroid, max score.
 
     Points DBSCAN calls noise (possible only when min_samples > 1) are dropped. Weights are

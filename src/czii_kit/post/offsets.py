@@ -10,12 +10,12 @@ radius. For each detection of a chosen class with radius R, 14 candidates are pr
 
 A candidate is kept only if no existing detection of the same class and experiment other
 than its source lies within ``min_spacing_frac * R`` of it: that neighbourhood is already
-covered by another detection. The default, 0.5 (``DISTANCE_MULTIPLIER``, the hit-radius
-fraction), drops exactly the candidates that sit inside another detection's hit radius.
+covered by another detection. 0.5 (``DISTANCE_MULTIPLIER``, the hit-radius fraction, the value in
+configs/base.yaml) drops exactly the candidates that sit inside another detection's hit radius.
 New candidates are not checked against each other: each stays within
-max(primary_frac, diagonal_frac) * R (0.116 R by default) of its own source.
+max(primary_frac, diagonal_frac) * R (0.116 R in configs/base.yaml) of its own source.
 
-New rows get ``score = source score * score_factor`` (default 0.9: they rank just below
+New rows get ``score = source score * score_factor`` (0.9 in configs/base.yaml: they rank just below
 their source, so a threshold sweep removes a weak source's offsets first) and
 ``source = "offset"``; the input rows get ``source = "peak"`` unless they already have one.
 """
@@ -29,11 +29,9 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from czii_kit.errors import ConfigError
-from czii_kit.particles import CLASS_NAMES, DISTANCE_MULTIPLIER, particle
-from czii_kit.post.merging import XYZ, check_detections, class_groups
-
-HARD_OFFSET_CLASSES = ("beta-galactosidase", "thyroglobulin")
-
+from czii_kit.particles import CLASS_NAMES, particle
+from czii_kit.data.io import XYZ
+from czii_kit.post.merging import check_detections, class_groups
 
 def offset_vectors(primary: float, diagonal: float) -> np.ndarray:
     """(14, 3) (x, y, z) offsets: +-x, +-y, +-z at ``primary``, then the 8 diagonals at ``diagonal``."""
@@ -61,10 +59,8 @@ def _unblocked(xyz: np.ndarray, candidates: np.ndarray, source: np.ndarray, min_
     return ~blocked.any(axis=1)
 
 
-def add_hard_particle_offsets(df: pd.DataFrame, classes: Sequence[str] = HARD_OFFSET_CLASSES,
-                              primary_frac: float = 0.116, diagonal_frac: float = 0.100,
-                              min_spacing_frac: float = DISTANCE_MULTIPLIER,
-                              score_factor: float = 0.9) -> pd.DataFrame:
+def add_hard_particle_offsets(df: pd.DataFrame, *, classes: Sequence[str], primary_frac: float,
+                              diagonal_frac: float, min_spacing_frac: float, score_factor: float) -> pd.DataFrame:
     """The detections plus their offset candidates (appended after them), with a ``source`` column."""
     check_detections(df)
     _check_classes(classes)

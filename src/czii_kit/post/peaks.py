@@ -35,7 +35,7 @@ from scipy.spatial import cKDTree
 
 from czii_kit.data.io import PICK_COLUMNS
 from czii_kit.errors import ConfigError, DataError
-from czii_kit.particles import CLASS_NAMES, particle, voxel_to_angstrom
+from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING, particle, voxel_to_angstrom
 from czii_kit.utils.backend import get_ndimage, get_xp, to_numpy
 
 DETECTION_COLUMNS = [*PICK_COLUMNS, "score"]
@@ -80,9 +80,9 @@ def empty_detections() -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- kernels
-def kernel_size(name: str, kernel_frac: float, stride: int = 1) -> int:
+def kernel_size(name: str, kernel_frac: float, stride: int = 1, spacing: float = VOXEL_SPACING) -> int:
     """NMS cube side in output cells: 2 * round_half_up(kernel_frac * radius_vox / stride) + 1, at least 3."""
-    half = math.floor(kernel_frac * particle(name).radius_vox / stride + 0.5)
+    half = math.floor(kernel_frac * (particle(name).radius / spacing) / stride + 0.5)
     return 2 * max(half, 1) + 1
 
 
@@ -255,9 +255,9 @@ def collapse_plateaus(zyx: np.ndarray, half: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- detections
-def cell_to_angstrom(zyx_cells: np.ndarray, stride: int) -> np.ndarray:
+def cell_to_angstrom(zyx_cells: np.ndarray, stride: int, spacing: float = VOXEL_SPACING) -> np.ndarray:
     """Output-cell indices (z, y, x) at ``stride`` -> (x, y, z) Å of the cells' centres."""
-    return voxel_to_angstrom(np.asarray(zyx_cells, dtype=np.float64) * stride + (stride - 1) / 2)
+    return voxel_to_angstrom(np.asarray(zyx_cells, dtype=np.float64) * stride + (stride - 1) / 2, spacing)
 
 
 def _check_inputs(prob, class_names, stride: int, topk: int | None) -> None:
@@ -274,32 +274,36 @@ def _check_inputs(prob, class_names, stride: int, topk: int | None) -> None:
         raise ConfigError(f"topk must be None or a positive integer, got {topk!r}")
 
 
-def _find(prob, class_names, thresholds, kernel_frac, stride, experiment, topk,
+def _find(prob, class_names, thresholds, kernel_frac, stride, experiment, topk, spacing,
           local_maxima: LocalMaxima) -> pd.DataFrame:
     _check_inputs(prob, class_names, stride, topk)
     check_thresholds(thresholds, class_names)
     frames = [empty_detections()]
     for channel, name in zip(prob, class_names):
-        size = kernel_size(name, class_value(kernel_frac, name, "kernel_frac"), stride)
+        size = kernel_size(name, class_value(kernel_frac, name, "kernel_frac"), stride, spacing)
         zyx = local_maxima(channel, float(thresholds[name]), size)
         zyx = zyx[collapse_plateaus(zyx, size // 2)]
         score = to_numpy(channel[tuple(get_xp(channel).asarray(zyx.T))])
         order = np.argsort(-score, kind="stable")[:topk]
-        frames.append(detections_frame(experiment, name, cell_to_angstrom(zyx[order], stride), score[order]))
+        frames.append(detections_frame(experiment, name, cell_to_angstrom(zyx[order], stride, spacing), score[order]))
     return pd.concat(frames, ignore_index=True)
 
 
 def find_peaks(prob, class_names, thresholds: Mapping[str, float], kernel_frac: float | Mapping = 0.5,
-               stride: int = 1, experiment: str = "", topk: int | None = None) -> pd.DataFrame:
+               stride: int = 1, experiment: str = "", topk: int | None = None,
+               spacing: float = VOXEL_SPACING) -> pd.DataFrame:
     """Peaks of a (C, Z, Y, X) probability volume (numpy or cupy) as a detection DataFrame.
 
-    Columns experiment, particle_type, x, y, z (Å), score; classes in ``class_names`` order,
-    each sorted by descending score and cut to its ``topk`` best when given.
+    Columns experiment, particle_type, x, y, z (Å, at ``spacing`` Å per full-resolution voxel), score;
+    classes in ``class_names`` order, each sorted by descending score and cut to its ``topk`` best when given.
     """
-    return _find(prob, class_names, thresholds, kernel_frac, stride, experiment, topk, separable_local_maxima)
+    return _find(prob, class_names, thresholds, kernel_frac, stride, experiment, topk, spacing,
+                 separable_local_maxima)
 
 
 def reference_peaks(prob, class_names, thresholds: Mapping[str, float], kernel_frac: float | Mapping = 0.5,
-                    stride: int = 1, experiment: str = "", topk: int | None = None) -> pd.DataFrame:
+                    stride: int = 1, experiment: str = "", topk: int | None = None,
+                    spacing: float = VOXEL_SPACING) -> pd.DataFrame:
     """Same as ``find_peaks`` with a plain full-volume maximum_filter (slow; tests and benchmarks)."""
-    return _find(prob, class_names, thresholds, kernel_frac, stride, experiment, topk, reference_local_maxima)
+    return _find(prob, class_names, thresholds, kernel_frac, stride, experiment, topk, spacing,
+                 reference_local_maxima)

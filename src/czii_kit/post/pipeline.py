@@ -3,19 +3,18 @@
 Order is fixed: merge -> dbscan -> offsets. Fusing steps run first so duplicates of one
 particle are collapsed before anything else looks at them; offsets run last, otherwise a
 later fusion step would merge the offset candidates straight back into their source.
-``cfg`` is the ``post:`` section of the YAML config, e.g.::
+``cfg`` is the ``post:`` section of the YAML config: one mapping per step with ``enabled`` and the
+step function's keyword parameters (merge: radius_frac; dbscan: eps_frac, min_samples; offsets:
+classes, primary_frac, diagonal_frac, min_spacing_frac, score_factor).
 
-    merge:   {enabled: false, radius_frac: 0.1}
-    dbscan:  {enabled: false, eps_frac: 0.5, min_samples: 1}
-    offsets: {enabled: false, classes: [beta-galactosidase, thyroglobulin], primary_frac: 0.116,
-              diagonal_frac: 0.100, min_spacing_frac: 0.5, score_factor: 0.9}
-
-A missing step is disabled; a missing parameter takes the step function's default.
+A missing step is disabled; an enabled step must give every setting (the defaults live in
+configs/base.yaml only, which every resolved config carries).
 """
 from __future__ import annotations
 
+import copy
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import pandas as pd
 
@@ -32,23 +31,14 @@ POSTPROCESSORS: dict[str, Callable[..., pd.DataFrame]] = {
 }
 
 
-def step_parameters(name: str) -> dict[str, object]:
-    """Keyword parameters (with defaults) of step ``name``: the keys its config section may set."""
-    signature = inspect.signature(POSTPROCESSORS[name])
-    return {key: p.default for key, p in list(signature.parameters.items())[1:]}
-
-
-def default_post_config() -> dict[str, dict]:
-    """Every step disabled with its default parameters (tuples as lists, ready for YAML)."""
-    def yaml_ready(value):
-        return list(value) if isinstance(value, tuple) else value
-
-    return {name: {"enabled": False, **{key: yaml_ready(value) for key, value in step_parameters(name).items()}}
-            for name in POSTPROCESSORS}
+def step_parameters(name: str) -> list[str]:
+    """The settings of step ``name`` (its keyword parameters): the keys its config section must give."""
+    return list(inspect.signature(POSTPROCESSORS[name]).parameters)[1:]
 
 
 def check_post_config(cfg: Mapping) -> None:
-    """Raise ConfigError naming the first unknown step, unknown parameter or non-boolean ``enabled``."""
+    """Raise ConfigError naming the first unknown step or setting, a missing setting of an enabled step,
+    or a non-boolean ``enabled``."""
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"post config must be a mapping of step name -> settings, got {type(cfg).__name__}")
     for name, step in cfg.items():
@@ -62,6 +52,10 @@ def check_post_config(cfg: Mapping) -> None:
                 raise ConfigError(f"post.{name}.{key}: unknown setting; valid settings: {', '.join(allowed)}")
         if not isinstance(step.get("enabled", False), bool):
             raise ConfigError(f"post.{name}.enabled must be true or false, got {step['enabled']!r}")
+        missing = [key for key in step_parameters(name) if key not in step]
+        if step.get("enabled", False) and missing:
+            raise ConfigError(f"post.{name} is enabled but lacks {', '.join(missing)}; "
+                              f"configs/base.yaml lists every setting with its default")
 
 
 def postprocess(df: pd.DataFrame, cfg: Mapping) -> pd.DataFrame:
@@ -73,6 +67,15 @@ def postprocess(df: pd.DataFrame, cfg: Mapping) -> pd.DataFrame:
         if settings.pop("enabled", False):
             df = step(df, **settings)
     return df
+
+
+def with_steps(cfg: Mapping, steps: Iterable[str]) -> dict:
+    """A copy of a (complete) ``post`` section with exactly ``steps`` enabled: the ablation switches."""
+    steps = set(steps)
+    unknown = sorted(steps - set(POSTPROCESSORS))
+    if unknown:
+        raise ConfigError(f"unknown post-processing step(s) {unknown}; valid steps: {', '.join(POSTPROCESSORS)}")
+    return {name: {**copy.deepcopy(dict(cfg.get(name, {}))), "enabled": name in steps} for name in POSTPROCESSORS}
 
 
 def apply_thresholds(df: pd.DataFrame, thresholds: Mapping[str, float]) -> pd.DataFrame:

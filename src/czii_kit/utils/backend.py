@@ -42,3 +42,30 @@ def to_numpy(array) -> np.ndarray:
     if is_cupy_array(array):
         return array.get()
     return np.asarray(array)
+
+
+_warned_no_cupy = False
+
+
+def from_torch(tensor):
+    """The array behind a torch tensor, where it already is, without a copy: a NumPy view on CPU,
+    a CuPy array through DLPack on a GPU (so the peak finder runs there and only candidate lists
+    cross to the host). Without CuPy on a GPU machine the tensor is copied to the host, once
+    warned about."""
+    global _warned_no_cupy
+    tensor = tensor.detach()
+    if tensor.device.type == "cpu":
+        return tensor.numpy()
+    try:
+        import cupy
+    except ImportError:
+        if not _warned_no_cupy:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "CuPy is not installed: probability volumes are copied to the host and peaks are found on the "
+                "CPU (pip install cupy-cuda12x for GPU peak finding)")
+            _warned_no_cupy = True
+        return tensor.cpu().numpy()
+    with cupy.cuda.Device(tensor.device.index or 0):
+        return cupy.from_dlpack(tensor.contiguous())

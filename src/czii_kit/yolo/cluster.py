@@ -18,11 +18,11 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from czii_kit.errors import ConfigError, DataError
-from czii_kit.particles import CLASS_NAMES, particle, voxel_to_angstrom
+from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING, particle, voxel_to_angstrom
 from czii_kit.post.peaks import class_value, detections_frame, empty_detections
 
 SLICE_COLUMNS = ["z", "y", "x", "conf", "class_id"]  # voxel units; z is the slice index
-DEFAULT_CLUSTER = {"link_frac": 0.5, "max_gap": 1, "min_size": 3, "topk": 3}
+CLUSTER_KEYS = ("link_frac", "max_gap", "min_size", "topk")  # yolo.cluster in configs/base.yaml
 
 
 def check_slice_detections(df: pd.DataFrame) -> None:
@@ -53,11 +53,11 @@ def top_k_mean(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def cluster_class(zyx: np.ndarray, conf: np.ndarray, name: str, link_frac: float, max_gap: int,
-                  min_size: int, topk: int) -> tuple[np.ndarray, np.ndarray]:
+                  min_size: int, topk: int, spacing: float = VOXEL_SPACING) -> tuple[np.ndarray, np.ndarray]:
     """(M, 3) voxel (z, y, x) centres and (M,) scores of one class's particles."""
     if len(zyx) == 0:
         return np.empty((0, 3)), np.empty(0)
-    labels = link_components(zyx, link_frac * particle(name).radius_vox, max_gap)
+    labels = link_components(zyx, link_frac * particle(name).radius / spacing, max_gap)
     sizes = np.bincount(labels)
     weights = np.maximum(conf, np.finfo(np.float64).tiny)
     total = np.bincount(labels, weights)
@@ -68,16 +68,22 @@ def cluster_class(zyx: np.ndarray, conf: np.ndarray, name: str, link_frac: float
 
 
 def check_cluster_config(cfg: Mapping) -> dict:
-    unknown = sorted(set(cfg) - set(DEFAULT_CLUSTER))
-    if unknown:
-        raise ConfigError(f"yolo.cluster has unknown key(s) {', '.join(unknown)}; valid: {', '.join(DEFAULT_CLUSTER)}")
-    return {**DEFAULT_CLUSTER, **cfg}
+    """The ``yolo.cluster`` section: exactly the keys of configs/base.yaml (its defaults live there only)."""
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"yolo.cluster must be a mapping with keys {', '.join(CLUSTER_KEYS)}, got {cfg!r}")
+    unknown = sorted(set(cfg) - set(CLUSTER_KEYS))
+    missing = [k for k in CLUSTER_KEYS if k not in cfg]
+    if unknown or missing:
+        raise ConfigError(f"yolo.cluster: unknown key(s) {unknown}, missing key(s) {missing}; "
+                          f"it needs exactly {', '.join(CLUSTER_KEYS)} (see configs/base.yaml)")
+    return dict(cfg)
 
 
-def slices_to_points(slices: pd.DataFrame, experiment: str, cfg: Mapping | None = None) -> pd.DataFrame:
+def slices_to_points(slices: pd.DataFrame, experiment: str, cfg: Mapping,
+                     spacing: float = VOXEL_SPACING) -> pd.DataFrame:
     """Slice detections of one tomogram -> detections frame (experiment, particle_type, x, y, z Å, score)."""
     check_slice_detections(slices)
-    cfg = check_cluster_config(cfg or {})
+    cfg = check_cluster_config(cfg)
     zyx_all = slices[["z", "y", "x"]].to_numpy(dtype=np.float64)
     conf_all = slices["conf"].to_numpy(dtype=np.float64)
     class_ids = slices["class_id"].to_numpy(dtype=np.int64)
@@ -89,7 +95,7 @@ def slices_to_points(slices: pd.DataFrame, experiment: str, cfg: Mapping | None 
             link_frac=float(class_value(cfg["link_frac"], name, "yolo.cluster.link_frac")),
             max_gap=int(class_value(cfg["max_gap"], name, "yolo.cluster.max_gap")),
             min_size=int(class_value(cfg["min_size"], name, "yolo.cluster.min_size")),
-            topk=int(class_value(cfg["topk"], name, "yolo.cluster.topk")))
+            topk=int(class_value(cfg["topk"], name, "yolo.cluster.topk")), spacing=spacing)
         order = np.argsort(-scores, kind="stable")
-        frames.append(detections_frame(experiment, name, voxel_to_angstrom(centres[order]), scores[order]))
+        frames.append(detections_frame(experiment, name, voxel_to_angstrom(centres[order], spacing), scores[order]))
     return pd.concat(frames, ignore_index=True)

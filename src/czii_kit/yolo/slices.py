@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from czii_kit.errors import ConfigError, DataError
-from czii_kit.particles import PARTICLES
+from czii_kit.particles import PARTICLES, VOXEL_SPACING
 
-RADIUS_VOX = np.array([p.radius_vox for p in PARTICLES])  # per class index, CLASS_NAMES order
+RADIUS = np.array([p.radius for p in PARTICLES])  # Å per class index, CLASS_NAMES order
 
 
 def normalize_to_uint8(volume: np.ndarray, low: float = 0.5, high: float = 99.5, subsample: int = 4) -> np.ndarray:
@@ -41,7 +41,7 @@ def pixel_to_voxel(coordinate: np.ndarray | float) -> np.ndarray:
 
 
 def slice_boxes(points_zyx: np.ndarray, labels: np.ndarray, z: int, shape_yx: tuple[int, int],
-                min_diameter: float = 0.0) -> np.ndarray:
+                min_diameter: float = 0.0, spacing: float = VOXEL_SPACING) -> np.ndarray:
     """(K, 5) YOLO rows (class, x_centre, y_centre, width, height), normalized to [0, 1], for slice z.
 
     One square box per particle whose sphere cuts the slice, side = the disc diameter, clipped
@@ -50,7 +50,7 @@ def slice_boxes(points_zyx: np.ndarray, labels: np.ndarray, z: int, shape_yx: tu
     points_zyx = np.asarray(points_zyx, dtype=np.float64).reshape(-1, 3)
     labels = np.asarray(labels, dtype=np.int64)
     height, width = shape_yx
-    diameter = cross_section_diameter(RADIUS_VOX[labels], points_zyx[:, 0] - z)
+    diameter = cross_section_diameter(RADIUS[labels] / spacing, points_zyx[:, 0] - z)
     keep = (diameter > 0) & (diameter >= min_diameter)
     x = voxel_to_pixel(points_zyx[keep, 2])
     y = voxel_to_pixel(points_zyx[keep, 1])
@@ -75,26 +75,26 @@ def slice_indices(depth: int, every: int = 1) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- dataset folder
-def write_split(root, runs: list[str], split: str, out: Path, recon: str = "denoised", every: int = 1,
+def write_split(root, runs: list[str], split: str, out: Path, data_cfg, every: int = 1,
                 min_diameter: float = 0.0, progress: bool = True) -> int:
     """PNG slices and label files of ``runs`` under out/images/<split> and out/labels/<split>; returns #images."""
     from PIL import Image
     from tqdm.auto import tqdm
 
     from czii_kit.data import io
-    from czii_kit.train.data import points_from_picks
 
     images, labels = out / "images" / split, out / "labels" / split
     images.mkdir(parents=True, exist_ok=True)
     labels.mkdir(parents=True, exist_ok=True)
     count = 0
     for run in tqdm(runs, desc=f"yolo {split} slices", disable=not progress, leave=False):
-        volume = normalize_to_uint8(io.read_tomogram(root, run, "train", recon))
-        points, classes = points_from_picks(io.read_picks(root, run))
+        tomogram = io.read_run(root, run, "train", data_cfg)
+        volume = normalize_to_uint8(tomogram.volume)
+        points, classes = io.points_from_picks(io.read_picks(root, run), tomogram.spacing)
         for z in slice_indices(volume.shape[0], every):
             stem = f"{run}_z{z:04d}"
             Image.fromarray(volume[z]).save(images / f"{stem}.png")
-            boxes = slice_boxes(points, classes, int(z), volume.shape[1:], min_diameter)
+            boxes = slice_boxes(points, classes, int(z), volume.shape[1:], min_diameter, tomogram.spacing)
             (labels / f"{stem}.txt").write_text(format_labels(boxes))
             count += 1
     return count
@@ -114,18 +114,19 @@ def write_data_yaml(out: Path, has_val: bool) -> Path:
     return path
 
 
-def write_dataset(root, out, fold: int, every: int = 1, recon: str = "denoised", fold_file=None,
-                  min_diameter: float = 0.0, progress: bool = True) -> tuple[Path, list[str], list[str]]:
-    """Slices of fold ``fold``'s train and held-out runs (the U-Net's split); (data.yaml, train runs, val runs)."""
+def write_dataset(root, out, fold: int, data_cfg, every: int = 1, min_diameter: float = 0.0,
+                  progress: bool = True) -> tuple[Path, list[str], list[str]]:
+    """Slices of fold ``fold``'s train and held-out runs (the U-Net's split, ``data.fold_file``), read with
+    ``data.recon`` and ``data.level``; returns (data.yaml, train runs, val runs)."""
     from czii_kit.data import layout
-    from czii_kit.train.folds import split_runs
+    from czii_kit.data.folds import split_runs
 
     out = Path(out)
     if (out / "data.yaml").exists():
         raise DataError(f"{out} already holds a YOLO dataset ({out / 'data.yaml'}); "
                         "delete that folder or pick another --out")
-    train_runs, val_runs = split_runs(layout.list_runs(root, "train"), fold, fold_file)
-    write_split(root, train_runs, "train", out, recon, every, min_diameter, progress)
+    train_runs, val_runs = split_runs(layout.list_runs(root, "train"), fold, data_cfg["fold_file"])
+    write_split(root, train_runs, "train", out, data_cfg, every, min_diameter, progress)
     if val_runs:
-        write_split(root, val_runs, "val", out, recon, every, min_diameter, progress)
+        write_split(root, val_runs, "val", out, data_cfg, every, min_diameter, progress)
     return write_data_yaml(out, bool(val_runs)), train_runs, val_runs

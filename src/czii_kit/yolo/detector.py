@@ -1,16 +1,16 @@
-"""YOLO inference on a tomogram: z-slices -> 2D boxes (batched, confidence floor) -> 3D points.
+"""The YOLO slice detector on a tomogram: z-slices -> 2D boxes (batched, confidence floor) -> 3D points.
 
 The checkpoint holds the architecture (ultralytics' model yaml as a dict) and a float state
 dict, so loading needs no pickled ultralytics objects and no download. Slices are letterboxed
-like ultralytics does (long side resized to imgsz, centred grey padding), run through torch or
-a fixed-shape ONNX / fp16 TensorRT graph of it (the same export and engine code as the U-Net),
-then ultralytics' NMS; box centres go back to voxel coordinates and are linked across slices
-by ``czii_kit.yolo.cluster``.
+like ultralytics does (long side resized to imgsz, centred grey padding) and handed to a
+``Runner``: the torch model here, or a fixed-shape ONNX / TensorRT graph of it (built by
+``czii_kit.infer.kinds``, with the same export and engine code as the 3D models). Then
+ultralytics' NMS; box centres go back to voxel coordinates and are linked across slices by
+``czii_kit.yolo.cluster``. Nothing here knows about engines.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,15 +19,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from czii_kit.errors import CheckpointError, ConfigError
+from czii_kit.particles import VOXEL_SPACING
 from czii_kit.yolo.cluster import SLICE_COLUMNS, slices_to_points
 from czii_kit.yolo.slices import normalize_to_uint8, pixel_to_voxel
 
 PAD_VALUE = 114 / 255  # ultralytics' letterbox grey
 Runner = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, S, S) in [0, 1] -> raw (B, 4 + C, anchors)
-
-
-def is_yolo_checkpoint(ckpt: Mapping) -> bool:
-    return ckpt.get("model", {}).get("name") == "yolo"
 
 
 def build_detection_model(ckpt: Mapping) -> torch.nn.Module:
@@ -76,79 +73,26 @@ def graph_geometry(ckpt: Mapping) -> tuple[int, int]:
     return int(settings["imgsz"]), int(settings["infer_batch"])
 
 
-def yolo_onnx_path(ckpt_path: str | Path, imgsz: int, batch_size: int, fp16: bool = False) -> Path:
-    """Where tools/export.py writes a YOLO checkpoint's ONNX and where predict and the Kaggle pack look for it."""
-    ckpt_path = Path(ckpt_path)
-    return ckpt_path.with_name(f"{ckpt_path.stem}_yolo_{imgsz}_b{batch_size}{'_fp16' if fp16 else ''}.onnx")
-
-
-def export_onnx(ckpt: Mapping, path: str | Path, fp16: bool = False, opset: int = 17) -> Path:
-    """Fixed-shape (infer_batch, 3, imgsz, imgsz) -> (infer_batch, 4 + C, anchors) ONNX file, NMS left outside."""
-    from czii_kit.infer.export import export_graph
-
+def random_images(ckpt: Mapping, generator: torch.Generator) -> torch.Tensor:
+    """A batch of random images in [0, 1] at the graph's fixed shape (parity checks)."""
     imgsz, batch = graph_geometry(ckpt)
-    example = torch.zeros((batch, 3, imgsz, imgsz))
-    return export_graph(RawDetections(build_detection_model(ckpt)), example, path, "images", "raw_detections",
-                        opset, fp16)
+    return torch.rand((batch, 3, imgsz, imgsz), generator=generator)
 
 
-def onnx_for(ckpt: Mapping, cache_dir: str | Path, fp16: bool = False) -> Path:
-    """The exported ONNX next to the checkpoint, else one exported into ``cache_dir``."""
-    from czii_kit.infer.export import cached_export
-
-    imgsz, batch = graph_geometry(ckpt)
-    return cached_export(ckpt["path"], yolo_onnx_path(ckpt["path"], imgsz, batch, fp16), cache_dir,
-                         lambda path: export_onnx(ckpt, path, fp16))
-
-
-def graph_runner(session, imgsz: int) -> Runner:
-    """An ONNX or TensorRT session of a fixed-batch YOLO graph as a runner (batches split and zero-padded)."""
-    from czii_kit.infer.engines import run_fixed_batch
-
-    shape = tuple(session.input_shape)
-    if len(shape) != 4 or not isinstance(shape[0], int) or shape[0] < 1 or shape[1:] != (3, imgsz, imgsz):
-        raise ConfigError(f"{session.path}: expected a fixed (B, 3, {imgsz}, {imgsz}) input, got {shape}; "
-                          "re-export it with tools/export.py")
-    return lambda batch: run_fixed_batch(batch, shape[0], session)
-
-
-def make_runner(ckpt: Mapping, engine: str = "torch", device: str | torch.device = "auto",
-                cache_dir: str | Path = "build/engines") -> Runner:
-    """A runner for a YOLO checkpoint: torch, or the graph an engine kind runs (see infer.export.open_graph)."""
-    from czii_kit.infer.engines import resolve_device
-    from czii_kit.infer.export import open_graph
-
-    device = resolve_device(device)
-    if engine == "torch":
-        return torch_runner(build_detection_model(ckpt), device)
-    session = open_graph(engine, lambda fp16: onnx_for(ckpt, cache_dir, fp16), cache_dir, device)
-    return graph_runner(session, graph_geometry(ckpt)[0])
-
-
-def parity(ckpt: Mapping, candidate: Runner, device: str | torch.device = "cpu", n_batches: int = 2,
-           seed: int = 0) -> float:
-    """Max difference to torch fp32 over random images, on every anchor: class scores as they are, box
-    centres and sides (pixels) relative to the box's longer side, which is what IoU and NMS see.
+def raw_difference(expected: torch.Tensor, actual: torch.Tensor) -> float:
+    """How far two raw outputs differ where it matters: class scores as they are, box centres and sides
+    (pixels) relative to the box's longer side, which is what IoU and NMS see.
 
     Relative, because an untrained or background anchor may regress a box several images wide,
     where fp16's ~0.1% rounding shows as whole pixels that change no overlap.
     """
-    from czii_kit.infer.engines import resolve_device
-
-    imgsz, batch = graph_geometry(ckpt)
-    reference = torch_runner(build_detection_model(ckpt), resolve_device(device))
-    generator = torch.Generator().manual_seed(seed)
-    worst = 0.0
-    for _ in range(n_batches):
-        images = torch.rand((batch, 3, imgsz, imgsz), generator=generator)
-        expected, actual = reference(images).float().cpu(), candidate(images).float().cpu()
-        if expected.shape != actual.shape:
-            raise ConfigError(f"graph output {tuple(actual.shape)} differs from torch's {tuple(expected.shape)}; "
-                              "re-export it with tools/export.py --force")
-        size = expected[:, 2:4].amax(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1, anchors): xywh boxes
-        boxes = ((expected[:, :4] - actual[:, :4]).abs() / size).amax()
-        worst = max(worst, float(boxes), float((expected[:, 4:] - actual[:, 4:]).abs().amax()))
-    return worst
+    expected, actual = expected.float().cpu(), actual.float().cpu()
+    if expected.shape != actual.shape:
+        raise ConfigError(f"graph output {tuple(actual.shape)} differs from torch's {tuple(expected.shape)}; "
+                          "re-export it with tools/export.py --force")
+    size = expected[:, 2:4].amax(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1, anchors): xywh boxes
+    boxes = ((expected[:, :4] - actual[:, :4]).abs() / size).amax()
+    return max(float(boxes), float((expected[:, 4:] - actual[:, 4:]).abs().amax()))
 
 
 def letterbox(images: np.ndarray, imgsz: int) -> tuple[torch.Tensor, float, tuple[int, int]]:
@@ -169,7 +113,7 @@ def _batches(depth: int, size: int) -> Iterator[np.ndarray]:
         yield np.arange(start, min(start + size, depth))
 
 
-def detect_slices(runner: Runner, volume_u8: np.ndarray, imgsz: int, conf: float = 0.05, iou: float = 0.5,
+def detect_slices(runner: Runner, volume_u8: np.ndarray, imgsz: int, conf: float, iou: float,
                   batch_size: int = 16, max_det: int = 300, progress: bool = False) -> pd.DataFrame:
     """Boxes of every z-slice: z (slice), y, x (voxel centre), conf, class_id, plus box width/height (voxels)."""
     from ultralytics.utils.nms import non_max_suppression
@@ -197,27 +141,11 @@ def yolo_settings(cfg: Mapping) -> dict:
 
 
 def yolo_points(runner: Runner, volume: np.ndarray, experiment: str, cfg: Mapping, floor: float = 0.0,
-                progress: bool = False) -> pd.DataFrame:
+                spacing: float = VOXEL_SPACING, progress: bool = False) -> pd.DataFrame:
     """Raw tomogram -> 3D detections (experiment, particle_type, x, y, z Å, score) with score >= floor."""
     settings = yolo_settings(cfg)
     slices = detect_slices(runner, normalize_to_uint8(volume), settings["imgsz"], conf=settings["conf"],
                            iou=settings["iou"], batch_size=settings["infer_batch"], max_det=settings["max_det"],
                            progress=progress)
-    points = slices_to_points(slices, experiment, settings["cluster"])
+    points = slices_to_points(slices, experiment, settings["cluster"], spacing)
     return points[points["score"] >= floor].reset_index(drop=True)
-
-
-def ensemble_points(runners: list[Runner], cfgs: list[Mapping], volume: np.ndarray, experiment: str,
-                    floor: float = 0.0) -> pd.DataFrame:
-    """3D points of several YOLO models (e.g. the fold models) on one tomogram, fused per particle.
-
-    Equal weights and the ``dbscan`` fusion rule: a particle's score is the mean over models, a model
-    that misses it counting 0, so agreement ranks higher than one model's guess.
-    """
-    from czii_kit.post.fusion import fuse
-
-    points = {f"yolo{i}": yolo_points(r, volume, experiment, c, floor) for i, (r, c) in enumerate(zip(runners, cfgs))}
-    if len(points) == 1:
-        return next(iter(points.values()))
-    eps = float(cfgs[0].get("fusion", {}).get("eps_frac", 0.5))
-    return fuse(points, method="dbscan", eps_frac=eps, weights=dict.fromkeys(points, 1.0))

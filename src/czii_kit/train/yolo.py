@@ -16,17 +16,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from czii_kit.config import class_dict, dump_config, save_config
+from czii_kit import checkpoints
+from czii_kit.config import dump_config, save_config
 from czii_kit.data import io, layout
+from czii_kit.data.folds import split_runs
 from czii_kit.errors import ConfigError
 from czii_kit.infer.engines import resolve_device
+from czii_kit.infer.kinds import Member
+from czii_kit.infer.pipeline import Predictor, finalize
 from czii_kit.particles import CLASS_NAMES
-from czii_kit.train import checkpoint as ckpt_io
-from czii_kit.train.folds import split_runs
-from czii_kit.train.loop import (FoldPaths, _write_log, guard_output, seed_everything, threshold_grid,
-                                 validation_summary)
+from czii_kit.train.experiment import (FoldPaths, fold_seed, guard_output, no_validation, seed_everything,
+                                       threshold_grid, validation_summary, write_log)
+from czii_kit.yolo.detector import build_detection_model, torch_runner
 from czii_kit.yolo.offline import import_ultralytics
-from czii_kit.yolo.predict import build_detection_model, torch_runner, yolo_points
 from czii_kit.yolo.slices import write_dataset
 
 NORMALIZATION = {"method": "percentile_uint8", "low": 0.5, "high": 99.5}
@@ -48,11 +50,6 @@ class YoloFoldPaths(FoldPaths):
     @property
     def dataset(self) -> Path:
         return self.out / "yolo_data" / f"fold{self.fold}"
-
-
-def fold_seed(cfg: Mapping, fold: int) -> int:
-    """Distinct per fold and non-negative for fold -1 (as in the U-Net trainer)."""
-    return int(cfg["seed"]) + fold + 1
 
 
 def ultralytics_dir(out: Path) -> Path:
@@ -112,25 +109,24 @@ def model_fields(weights: dict) -> dict:
             "state_dict": weights["state_dict"], "classes": list(CLASS_NAMES)}
 
 
-def checkpoint_payload(cfg: dict, weights: dict, validation: dict, fold: int) -> dict:
+def checkpoint_payload(cfg: dict, weights: dict, validation: dict, fold: int, spacing: float) -> dict:
     imgsz = int(cfg["yolo"]["imgsz"])
     return {**model_fields(weights), "config": cfg, "config_yaml": dump_config(cfg),
             "activation": "none", "stride": 1, "normalization": dict(NORMALIZATION),
-            "window": [imgsz, imgsz], "thresholds": validation["thresholds"], "validation": validation,
-            "epoch": validation["epoch"], "fold": fold, "input_multiple": 32}
+            "window": [imgsz, imgsz], "voxel_spacing": spacing, "thresholds": validation["thresholds"],
+            "validation": validation, "epoch": validation["epoch"], "fold": fold, "input_multiple": 32}
 
 
-def validate_3d(ckpt: Mapping, cfg: Mapping, root, val_runs: list[str], device: torch.device) -> dict:
-    """The YOLO 3D pipeline on the held-out runs, thresholds tuned per class, exact metric."""
-    runner = torch_runner(build_detection_model(ckpt), device)
-    grid = threshold_grid(cfg)
-    cands, sols = [], []
-    for run in val_runs:
-        volume = io.read_tomogram(root, run, "train", cfg["data"]["recon"], cfg["data"]["level"])
-        cands.append(yolo_points(runner, volume, run, cfg, floor=float(grid[0])))
-        sols.append(io.read_picks(root, run))
-    return validation_summary(pd.concat(sols, ignore_index=True), pd.concat(cands, ignore_index=True), cfg,
-                              val_runs)
+def validate_3d(ckpt: Mapping, cfg: dict, root, val_runs: list[str], device: torch.device) -> dict:
+    """The prediction pipeline with this detector alone on the held-out runs (raw candidates, ``finalize``
+    without thresholds), then per-class thresholds tuned with the exact metric."""
+    member = Member(torch_runner(build_detection_model(ckpt), device), 1.0, "validation", {**ckpt, "config": cfg})
+    predictor = Predictor(cfg, {"yolo": [member]})
+    floor = float(threshold_grid(cfg)[0])
+    cands = [finalize(predictor.raw_candidates(io.read_run(root, run, "train", cfg["data"]), floor), cfg)
+             for run in val_runs]
+    solution = pd.concat([io.read_picks(root, run) for run in val_runs], ignore_index=True)
+    return validation_summary(solution, pd.concat(cands, ignore_index=True), cfg, val_runs)
 
 
 def training_log(results: pd.DataFrame, final: dict) -> list[dict]:
@@ -162,19 +158,17 @@ def train_yolo_fold(cfg: dict, fold: int, data_root: str | Path, out_dir: str | 
     if (paths.dataset / "data.yaml").exists():
         data_yaml = paths.dataset / "data.yaml"
     else:
-        data_yaml, _, _ = write_dataset(data_root, paths.dataset, fold, every=int(cfg["yolo"]["every"]),
-                                        recon=cfg["data"]["recon"], fold_file=cfg["data"]["fold_file"],
+        data_yaml, _, _ = write_dataset(data_root, paths.dataset, fold, cfg["data"], every=int(cfg["yolo"]["every"]),
                                         min_diameter=float(cfg["yolo"]["min_box"]), progress=progress)
     save_config(cfg, paths.config)
     best_pt = fit(cfg, data_yaml, paths, device, resume, progress)
     weights = exported_weights(best_pt)
-    if val_runs:
-        validation = validate_3d(model_fields(weights), cfg, data_root, val_runs, device)
-    else:
-        validation = {"score": float("nan"), "thresholds": class_dict(cfg, "threshold"), "per_class": [], "runs": []}
+    spacing = io.run_spacing(data_root, train_runs[0], "train", cfg["data"])
+    fields = {**model_fields(weights), "voxel_spacing": spacing}
+    validation = validate_3d(fields, cfg, data_root, val_runs, device) if val_runs else no_validation(cfg)
     results = read_results(paths.run_dir)
     best = {**validation, "epoch": best_epoch(results)}
-    ckpt_io.save_checkpoint(checkpoint_payload(cfg, weights, best, fold), paths.best)
+    checkpoints.save_checkpoint(checkpoint_payload(cfg, weights, best, fold, spacing), paths.best)
     log = training_log(results, best)
-    _write_log(paths, log)
+    write_log(paths, log)
     return {"paths": paths, "best": best, "log": pd.DataFrame(log), "train_runs": train_runs, "val_runs": val_runs}

@@ -1,5 +1,7 @@
 """Checkpoints that carry everything needed to use them later, written atomically.
 
+A neutral module: training writes checkpoints, inference, evaluation, export and packing read them.
+
 fold{K}.pt holds the EMA weights of the best validation epoch with: model name and args,
 output activation and stride, resolved config, normalization, class order, tuned
 per-class thresholds, the validation table and score, epoch, fold, package version.
@@ -12,7 +14,9 @@ from pathlib import Path
 import torch
 
 import czii_kit
+from czii_kit.config import with_new_defaults
 from czii_kit.errors import CheckpointError
+from czii_kit.models import ProbabilityModel, build_model
 from czii_kit.utils.atomic import atomic_path
 
 FORMAT = "czii-kit-checkpoint"
@@ -55,6 +59,7 @@ def load_checkpoint(path: str | Path) -> dict:
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks fields {', '.join(missing)}; re-train or re-export it")
     ckpt["path"] = str(path)
+    ckpt["config"] = with_new_defaults(ckpt["config"])
     return ckpt
 
 
@@ -84,14 +89,17 @@ def find_checkpoints(weights: str | Path, folds: list[int] | None = None) -> lis
     return found
 
 
-def build_model(ckpt: dict):
-    """The checkpoint's model with its EMA weights, in eval mode."""
-    from czii_kit.models import build_model as build
-
-    model = build(ckpt["model"]["name"], **ckpt["model"]["args"])
+def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
+    """The checkpoint's 3D model with its (EMA) weights, in eval mode."""
+    model = build_model(ckpt["model"]["name"], **ckpt["model"]["args"])
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {ckpt.get('path', '?')}: weights do not fit model "
                               f"{ckpt['model']['name']} {ckpt['model']['args']} ({e})") from e
     return model.eval()
+
+
+def probability_model(ckpt: dict) -> ProbabilityModel:
+    """The checkpoint's 3D model wrapped to output class probabilities (what every engine runs)."""
+    return ProbabilityModel(model_from_checkpoint(ckpt), ckpt["activation"]).eval()

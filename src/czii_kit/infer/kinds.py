@@ -1,0 +1,265 @@
+"""The two kinds of ensemble member, registered in one place: how a checkpoint of each kind is
+recognised, loaded on an engine, exported as a graph, and turned into one source of raw candidates.
+
+* ``unet``: 3D probability models (U-Nets with any encoder, the residual U-Net). All members run
+  inside one sliding-window loop and are averaged in probability space (``predict_volume``), then
+  peaks are found on the device the probabilities live on.
+* ``yolo``: 2D YOLO slice detectors. Each member turns z-slices into 3D points; several members
+  are fused per particle (confidence-weighted DBSCAN, equal weights by default).
+
+The kind name is also the name of the source it produces (``fusion.weights`` keys, report rows).
+A checkpoint's kind comes from ``model.name``: "yolo" for the slice detector, any 3D model otherwise.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from czii_kit.checkpoints import find_checkpoints, load_checkpoint, probability_model
+from czii_kit.data.io import Tomogram
+from czii_kit.data.normalize import normalize_from_config
+from czii_kit.errors import CheckpointError, ConfigError
+from czii_kit.infer.engines import GraphEngine, TorchEngine, check_engine_kind, resolve_device, run_fixed_batch
+from czii_kit.infer.ensemble import WeightedMean, check_compatible
+from czii_kit.infer.export import GraphSpec, cached_export, export_graph, open_graph, probability_graph
+from czii_kit.infer.sliding_window import predict_volume
+from czii_kit.infer.tta import Transform, parse_tta
+from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING
+from czii_kit.post.fusion import fuse
+from czii_kit.post.peaks import find_peaks
+from czii_kit.utils.backend import from_torch
+from czii_kit.utils.registry import Registry
+from czii_kit.yolo import detector
+
+Passes = Mapping[int, Sequence[Transform]]  # member index -> TTA transforms (a time budget's plan)
+
+
+@dataclass
+class Member:
+    """One loaded ensemble member: what runs (an Engine, or a YOLO runner), its weight and its checkpoint."""
+
+    runner: Any
+    weight: float = 1.0
+    name: str = ""
+    ckpt: dict = field(default_factory=dict)  # a checkpoint, or the metadata training validation provides
+
+
+def infer_window(cfg: Mapping) -> tuple[int, int, int]:
+    """The sliding window of a config: ``infer.window``, or the training patch when it is null."""
+    return tuple(cfg["infer"]["window"] or cfg["train"]["patch_size"])
+
+
+def member_name(ckpt: Mapping) -> str:
+    path = Path(ckpt.get("path", "member"))
+    return f"{path.parent.name}/{path.stem}"
+
+
+def check_spacing(ckpt: Mapping, tomogram: Tomogram) -> None:
+    """Models learn particle sizes in voxels: a tomogram must have the voxel size the model was trained at."""
+    trained = float(ckpt.get("voxel_spacing", VOXEL_SPACING))
+    if not math.isclose(trained, tomogram.spacing, rel_tol=1e-3):
+        raise ConfigError(
+            f"{member_name(ckpt)} was trained on {trained:.4f} Å voxels, but run {tomogram.run} "
+            f"({tomogram.recon}, level {tomogram.level}) has {tomogram.spacing:.4f} Å voxels; "
+            f"set data.level to the level the model was trained on (--set data.level=N)")
+
+
+def graph_session(kind: MemberKind, ckpts: Sequence[Mapping], cfg: Mapping, engine: str, device,
+                  cache_dir: str | Path, weights: Sequence[float] | None = None):
+    """The ONNX Runtime / TensorRT session of a kind's graph: the file tools/export.py packed next to the
+    checkpoint when there is one, else one exported into ``cache_dir`` (never next to the checkpoint)."""
+    def onnx_for(fp16: bool) -> Path:
+        return cached_export([c["path"] for c in ckpts], kind.onnx_path(ckpts, cfg, fp16, weights), cache_dir,
+                             lambda path: export_graph(kind.graph(ckpts, cfg, weights), path, fp16))
+
+    return open_graph(engine, onnx_for, cache_dir, device)
+
+
+class MemberKind(ABC):
+    """Everything the kit does differently for one kind of checkpoint."""
+
+    name: str
+
+    @abstractmethod
+    def matches(self, ckpt: Mapping) -> bool: ...
+
+    def check(self, ckpts: Sequence[Mapping]) -> None:
+        """Members of this kind that cannot be used together raise here, before any inference."""
+
+    @abstractmethod
+    def onnx_path(self, ckpts: Sequence[Mapping], cfg: Mapping, fp16: bool,
+                  weights: Sequence[float] | None = None) -> Path:
+        """Where tools/export.py writes the graph of ``ckpts`` (one checkpoint, or a weighted folded ensemble)."""
+
+    @abstractmethod
+    def graph(self, ckpts: Sequence[Mapping], cfg: Mapping, weights: Sequence[float] | None = None) -> GraphSpec:
+        """The torch module a graph of ``ckpts`` is exported from, at its fixed input shape."""
+
+    @abstractmethod
+    def load(self, ckpts: Sequence[dict], weights: Sequence[float], cfg: Mapping, engine: str, device,
+             cache_dir: str | Path) -> list[Member]: ...
+
+    @abstractmethod
+    def candidates(self, members: Sequence[Member], tomogram: Tomogram, cfg: Mapping, floor: float,
+                   passes: Passes | None = None) -> pd.DataFrame:
+        """Raw candidates (score >= floor, before any post-processing) of this kind's members on a tomogram."""
+
+
+KINDS: Registry = Registry("member kind")
+
+
+class VolumeKind(MemberKind):
+    name = "unet"
+
+    def matches(self, ckpt: Mapping) -> bool:
+        return ckpt.get("model", {}).get("name") != "yolo"
+
+    def check(self, ckpts: Sequence[Mapping]) -> None:
+        check_compatible(ckpts)
+
+    def onnx_path(self, ckpts, cfg, fp16: bool, weights=None) -> Path:
+        window = "x".join(map(str, infer_window(cfg)))
+        suffix = f"_{window}_b{cfg['infer']['batch_size']}{'_fp16' if fp16 else ''}.onnx"
+        first = Path(ckpts[0]["path"])
+        if len(ckpts) == 1:
+            return first.with_name(first.stem + suffix)
+        return first.with_name(f"ensemble-{ensemble_key(ckpts, weights)}{suffix}")
+
+    def graph(self, ckpts, cfg, weights=None) -> GraphSpec:
+        module = probability_model(ckpts[0]) if len(ckpts) == 1 else WeightedMean(
+            [probability_model(c) for c in ckpts], weights or [1.0] * len(ckpts))
+        return probability_graph(module, infer_window(cfg), int(cfg["infer"]["batch_size"]))
+
+    def load(self, ckpts, weights, cfg, engine, device, cache_dir) -> list[Member]:
+        check_engine_kind(engine)
+        window = infer_window(cfg)
+        if engine == "torch":
+            return [Member(TorchEngine(probability_model(c), window, device=device), w, member_name(c), c)
+                    for c, w in zip(ckpts, weights)]
+        if cfg["infer"]["fold_ensemble"] and len(ckpts) > 1:
+            session = graph_session(self, ckpts, cfg, engine, device, cache_dir, weights)
+            return [Member(GraphEngine(session, name=engine), 1.0, f"ensemble of {len(ckpts)}", ckpts[0])]
+        return [Member(GraphEngine(graph_session(self, [c], cfg, engine, device, cache_dir), name=engine), w,
+                       member_name(c), c) for c, w in zip(ckpts, weights)]
+
+    def candidates(self, members, tomogram, cfg, floor, passes=None) -> pd.DataFrame:
+        for m in members:
+            check_spacing(m.ckpt, tomogram)
+        meta = members[0].ckpt
+        volume = normalize_from_config(tomogram.volume, meta["normalization"], name=f"run {tomogram.run}")
+        if passes is None:
+            tta = parse_tta(cfg["infer"]["tta"])
+            passes = {i: tta for i in range(len(members))}
+        active = [i for i in passes if passes[i]]
+        prob = predict_volume([members[i].runner for i in active], volume,
+                              weights=[members[i].weight for i in active], tta=[passes[i] for i in active],
+                              overlap=cfg["infer"]["overlap"], batch_size=cfg["infer"]["batch_size"],
+                              blend=cfg["infer"]["blend"])
+        return find_peaks(from_torch(prob), list(CLASS_NAMES), dict.fromkeys(CLASS_NAMES, floor),
+                          kernel_frac=cfg["peaks"]["kernel_frac"], stride=members[0].runner.stride,
+                          experiment=tomogram.run, topk=cfg["peaks"]["topk"], spacing=tomogram.spacing)
+
+
+def ensemble_key(ckpts: Sequence[Mapping], weights: Sequence[float] | None = None) -> str:
+    """Short stable id of a folded ensemble: its members' file names and weights."""
+    weights = weights or [1.0] * len(ckpts)
+    text = ";".join(f"{member_name(c)}:{float(w)}" for c, w in zip(ckpts, weights))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+class YoloKind(MemberKind):
+    name = "yolo"
+
+    def matches(self, ckpt: Mapping) -> bool:
+        return ckpt.get("model", {}).get("name") == "yolo"
+
+    def onnx_path(self, ckpts, cfg, fp16: bool, weights=None) -> Path:
+        (ckpt,) = ckpts
+        imgsz, batch = detector.graph_geometry(ckpt)
+        path = Path(ckpt["path"])
+        return path.with_name(f"{path.stem}_yolo_{imgsz}_b{batch}{'_fp16' if fp16 else ''}.onnx")
+
+    def graph(self, ckpts, cfg, weights=None) -> GraphSpec:
+        (ckpt,) = ckpts
+        imgsz, batch = detector.graph_geometry(ckpt)
+        module = detector.RawDetections(detector.build_detection_model(ckpt))
+        return GraphSpec(module.eval(), (batch, 3, imgsz, imgsz), "images", "raw_detections",
+                         sample=lambda g: detector.random_images(ckpt, g), difference=detector.raw_difference)
+
+    def load(self, ckpts, weights, cfg, engine, device, cache_dir) -> list[Member]:
+        check_engine_kind(engine)
+        device = resolve_device(device)
+        members = []
+        for ckpt, weight in zip(ckpts, weights):
+            if engine == "torch":
+                runner = detector.torch_runner(detector.build_detection_model(ckpt), device)
+            else:
+                runner = graph_runner(graph_session(self, [ckpt], cfg, engine, device, cache_dir),
+                                      detector.graph_geometry(ckpt)[0])
+            members.append(Member(runner, weight, member_name(ckpt), ckpt))
+        return members
+
+    def candidates(self, members, tomogram, cfg, floor, passes=None) -> pd.DataFrame:
+        for m in members:
+            check_spacing(m.ckpt, tomogram)
+        points = {f"yolo{i}": detector.yolo_points(m.runner, tomogram.volume, tomogram.run, m.ckpt["config"],
+                                                  floor=floor, spacing=tomogram.spacing)
+                  for i, m in enumerate(members)}
+        if len(points) == 1:
+            return next(iter(points.values()))
+        return fuse(points, method="dbscan", eps_frac=float(cfg["fusion"]["eps_frac"]),
+                    weights={f"yolo{i}": m.weight for i, m in enumerate(members)}, min_votes=0.0)
+
+
+for _kind in (VolumeKind(), YoloKind()):
+    KINDS.register(_kind.name)(_kind)
+
+
+def graph_runner(session, imgsz: int) -> detector.Runner:
+    """An ONNX or TensorRT session of a fixed-batch YOLO graph as a runner (batches split and zero-padded)."""
+    shape = tuple(session.input_shape)
+    if len(shape) != 4 or not isinstance(shape[0], int) or shape[0] < 1 or shape[1:] != (3, imgsz, imgsz):
+        raise ConfigError(f"{session.path}: expected a fixed (B, 3, {imgsz}, {imgsz}) input, got {shape}; "
+                          "re-export it with tools/export.py")
+    return lambda batch: run_fixed_batch(batch, shape[0], session)
+
+
+def kind_of(ckpt: Mapping) -> MemberKind:
+    """The member kind of a checkpoint (exactly one matches)."""
+    for kind in KINDS.values():
+        if kind.matches(ckpt):
+            return kind
+    raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: no member kind recognises model "
+                          f"{ckpt.get('model', {}).get('name')!r}")
+
+
+def load_checkpoints(weights: Sequence[str | Path], folds: Sequence[int] | None = None) -> list[dict]:
+    """Load every checkpoint of ``weights``; members of one kind must be compatible, every class order ours."""
+    ckpts = [load_checkpoint(p) for w in weights for p in find_checkpoints(w, folds)]
+    for c in ckpts:
+        if list(c["classes"]) != list(CLASS_NAMES):
+            raise CheckpointError(f"{c['path']}: its classes {c['classes']} differ from this czii-kit's {list(CLASS_NAMES)}")
+    for name, group in group_by_kind(ckpts).items():
+        KINDS[name].check([c for c, _ in group])
+    return ckpts
+
+
+def group_by_kind(ckpts: Sequence[dict], weights: Sequence[float] | None = None) -> dict[str, list[tuple[dict, float]]]:
+    """{kind name: [(checkpoint, weight), ...]} in registry order, checkpoints in the order given."""
+    weights = [1.0] * len(ckpts) if weights is None else list(weights)
+    if len(weights) != len(ckpts):
+        raise ConfigError(f"got {len(weights)} member weights for {len(ckpts)} checkpoints; give one per checkpoint")
+    for w in weights:
+        if not (isinstance(w, (int, float)) and math.isfinite(w) and w > 0):
+            raise ConfigError(f"member weights must be positive numbers, got {w!r}")
+    groups: dict[str, list[tuple[dict, float]]] = {name: [] for name in KINDS}
+    for ckpt, w in zip(ckpts, weights):
+        groups[kind_of(ckpt).name].append((ckpt, float(w)))
+    return {name: group for name, group in groups.items() if group}

@@ -1,0 +1,136 @@
+"""The prediction job behind ``tools/predict.py`` and the Kaggle notebook: checkpoints -> submission.csv.
+
+``predict_submission`` takes keyword arguments (the notebook calls it directly; the command-line
+tool only parses arguments), checks every input and the output before the first tomogram is
+read, predicts the split with ``czii_kit.infer.split.predict_split`` and writes the submission
+atomically.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from czii_kit.data import layout
+from czii_kit.errors import ConfigError, DataError
+from czii_kit.infer.kinds import group_by_kind, load_checkpoints
+from czii_kit.infer.pipeline import inference_config
+from czii_kit.infer.split import SplitResult, available_devices, predict_split
+from czii_kit.particles import CLASS_NAMES
+from czii_kit.submission import write_submission
+from czii_kit.tuning import Tuning, check_sources, load_tuning
+
+
+@dataclass
+class PredictionReport:
+    out: Path
+    result: SplitResult
+    runs: list[str]
+    thresholds: dict[str, float]
+    seconds: float
+    score: float | None = None
+    table: pd.DataFrame | None = None
+
+
+def parse_thresholds(text: str | Mapping[str, float] | None, base: Mapping[str, float]) -> dict[str, float]:
+    """Per-class overrides ('ribosome=0.4,thyroglobulin=0.2' or a mapping) over ``base``."""
+    out = dict(base)
+    items = text.items() if isinstance(text, Mapping) else (
+        item.partition("=")[::2] for item in filter(None, (text or "").split(",")))
+    for name, value in items:
+        if name not in CLASS_NAMES:
+            raise ConfigError(f"--thresholds: unknown particle type {name!r}; expected {', '.join(CLASS_NAMES)}")
+        try:
+            out[name] = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"--thresholds: {name}={value!r} needs a number, e.g. {name}=0.3") from None
+    return out
+
+
+def mean_thresholds(ckpts: Sequence[dict]) -> dict[str, float]:
+    """Per-class thresholds averaged over the members' own tuned values (each tuned on one held-out run)."""
+    return {c: float(np.mean([k["thresholds"][c] for k in ckpts])) for c in CLASS_NAMES}
+
+
+def check_output(path: Path) -> None:
+    """Fail before hours of inference, not after: ``path`` must be a file name in a writable directory."""
+    import tempfile
+
+    if path.is_dir():
+        raise DataError(f"--out {path} is a directory; give a file name such as {path / 'submission.csv'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".czii-probe-"):
+            pass
+    except OSError as e:
+        raise DataError(f"--out {path}: cannot write there ({e.strerror or e}); choose another --out") from e
+
+
+def select_runs(root, split: str, runs: Sequence[str] | None) -> list[str]:
+    all_runs = layout.list_runs(root, split)
+    if not runs:
+        return all_runs
+    unknown = sorted(set(runs) - set(all_runs))
+    if unknown:
+        raise DataError(f"--runs: {', '.join(unknown)} not in the {split} split of {root}")
+    return list(runs)
+
+
+def predict_submission(*, weights: Sequence[str | Path], data: str | Path, split: str = "test",
+                       out: str | Path = "submission.csv", device: str | None = None, engine: str | None = None,
+                       tta: str | None = None, time_budget_h: float | None = None, runs: Sequence[str] | None = None,
+                       folds: Sequence[int] | None = None, member_weights: Sequence[float] | None = None,
+                       thresholds: str | Mapping[str, float] | None = None, thresholds_from: str | Path | None = None,
+                       overrides: Sequence[str] = (), engine_cache: str | Path = "build/engines",
+                       score: bool = False, progress: bool = True,
+                       report: Callable[[str], None] = print) -> PredictionReport:
+    """Predict every run of ``split`` of ``data`` with the checkpoints of ``weights``; write ``out``.
+
+    Thresholds: the checkpoints' own (mean over members) < a thresholds file from tools/evaluate.py
+    (``thresholds_from``, which also brings per-class source weights) < explicit ``thresholds``.
+    """
+    out = Path(out)
+    check_output(out)
+    ckpts = load_checkpoints(weights, folds)
+    cfg = inference_config(ckpts, overrides, tta, engine, device)
+    tuning: Tuning | None = load_tuning(thresholds_from) if thresholds_from else None
+    if tuning is not None:
+        check_sources(tuning, group_by_kind(ckpts))
+    base = tuning.thresholds if tuning else mean_thresholds(ckpts)
+    final_thresholds = parse_thresholds(thresholds, base)
+    group_by_kind(ckpts, member_weights)  # checks the member weights before any work
+    run_names = select_runs(data, split, runs)
+    devices = available_devices(cfg["infer"]["device"])
+    solution = None
+    if score:
+        from czii_kit.submission import load_solution
+
+        solution = load_solution(data, split, run_names)
+    report(f"{len(ckpts)} checkpoint(s), engine {cfg['infer']['engine']}, TTA {cfg['infer']['tta']}, "
+           f"{len(run_names)} run(s) on {', '.join(devices)}"
+           + (f", thresholds from {tuning.path}" if tuning else ""))
+    t0 = time.monotonic()
+    result = predict_split(data, split, run_names, ckpts, cfg, final_thresholds, devices,
+                           member_weights=member_weights, source_weights=tuning.source_weights if tuning else None,
+                           time_budget_h=time_budget_h, cache_dir=engine_cache, progress=progress, report=report)
+    for line in result.dropped:
+        report(f"time budget: {line}")
+    write_submission(result.detections, out)
+    elapsed = time.monotonic() - t0
+    mean = sum(result.seconds.values()) / max(1, len(result.seconds))
+    report(f"wrote {out}: {len(result.detections)} rows from {len(result.seconds)} run(s) in {elapsed:.1f} s "
+           f"({mean:.1f} s per run)")
+    outcome = PredictionReport(out, result, run_names, final_thresholds, elapsed)
+    if solution is not None:
+        from czii_kit.metric import format_table, score_table, table_score
+
+        outcome.table = score_table(solution, result.detections)
+        outcome.score = table_score(outcome.table)
+        report(format_table(outcome.table, outcome.score))
+    for run, err in result.failures.items():
+        report(f"FAILED {run}: {err}")
+    return outcome

@@ -1,0 +1,106 @@
+"""What every trainer shares: the files of a fold, refusing to clobber them, seeding, the training log,
+and how a model's held-out candidates become the thresholds and scores a checkpoint stores."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from czii_kit.config import class_dict
+from czii_kit.errors import CheckpointError
+from czii_kit.metric import tuned_score
+from czii_kit.utils.atomic import atomic_path
+
+
+@dataclass
+class FoldPaths:
+    out: Path
+    fold: int
+
+    @property
+    def best(self) -> Path:
+        return self.out / f"fold{self.fold}.pt"
+
+    @property
+    def last(self) -> Path:
+        return self.out / f"fold{self.fold}_last.pt"
+
+    @property
+    def log(self) -> Path:
+        return self.out / f"fold{self.fold}_log.csv"
+
+    @property
+    def curve(self) -> Path:
+        return self.out / f"fold{self.fold}_curve.png"
+
+    @property
+    def config(self) -> Path:
+        return self.out / "config.yaml"
+
+
+def fold_seed(cfg: dict, fold: int) -> int:
+    """Distinct per fold, non-negative for fold -1."""
+    return int(cfg["seed"]) + fold + 1
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _comparable(cfg: dict) -> dict:
+    """Config fields that define an experiment (data location and run-time knobs excluded)."""
+    c = {k: v for k, v in cfg.items() if k not in ("data",)}
+    c["train"] = {k: v for k, v in cfg["train"].items() if k not in ("device", "num_workers", "time_limit_min")}
+    return c
+
+
+def guard_output(paths: FoldPaths, cfg: dict, resume: bool) -> None:
+    """Refuse to clobber: an existing experiment with another config, or an existing fold without --resume."""
+    import yaml
+
+    if paths.config.exists():
+        old = yaml.safe_load(paths.config.read_text())
+        if _comparable(old) != _comparable(cfg):
+            raise CheckpointError(
+                f"{paths.out} holds an experiment with a different config ({paths.config}); "
+                "choose a new --out directory (nothing was changed)")
+    if not resume and (paths.best.exists() or paths.last.exists()):
+        raise CheckpointError(
+            f"{paths.best if paths.best.exists() else paths.last} exists; pass --resume to continue that run, "
+            "or --out for a new experiment (nothing was overwritten)")
+
+
+def write_log(paths: FoldPaths, rows: list[dict]) -> None:
+    """fold{K}_log.csv (atomically) and its curve PNG."""
+    from czii_kit.viz import save_curves  # matplotlib writes a font cache on import: not before the offline guard
+
+    df = pd.DataFrame(rows)
+    with atomic_path(paths.log) as tmp:
+        df.to_csv(tmp, index=False)
+    save_curves(paths.curve, df, x="epoch", ys=["train_loss", "val_f4"], title=f"fold {paths.fold}")
+
+
+def threshold_grid(cfg: dict) -> np.ndarray:
+    start, stop, step = cfg["validate"]["threshold_grid"]
+    return np.round(np.arange(start, stop + step / 2, step), 6)
+
+
+def validation_summary(solution: pd.DataFrame, cand: pd.DataFrame, cfg: dict, runs: list[str]) -> dict:
+    """Tuned thresholds and exact per-class scores of a model's held-out candidates (what checkpoints store).
+
+    Classes absent from the held-out run keep the config's default threshold.
+    """
+    thresholds, table, score = tuned_score(solution, cand, threshold_grid(cfg), class_dict(cfg, "threshold"))
+    return {"score": score, "thresholds": thresholds, "per_class": table.reset_index().to_dict(orient="records"),
+            "runs": list(runs)}
+
+
+def no_validation(cfg: dict) -> dict:
+    """What a fold without a held-out run (fold -1) stores: the config's thresholds, no score."""
+    return {"score": float("nan"), "thresholds": class_dict(cfg, "threshold"), "per_class": [], "runs": []}
