@@ -197,21 +197,42 @@ class FakeTensorRT:
         self.Builder, self.OnnxParser = Builder, OnnxParser
 
 
-def test_tensorrt_build_is_strongly_typed_cached_and_atomic(onnx_file, tmp_path, monkeypatch):
+class FakeCudaDevice:
+    """Stands in for torch.cuda.device on a machine without a GPU: records which device is current."""
+
+    current: list = []
+
+    def __init__(self, device):
+        self.device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+
+    def __enter__(self):
+        FakeCudaDevice.current.append(self.device)
+
+    def __exit__(self, *exc):
+        FakeCudaDevice.current.pop()
+
+
+def test_tensorrt_build_is_strongly_typed_atomic_and_on_the_right_gpu(onnx_file, tmp_path, monkeypatch):
     fake = FakeTensorRT()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
-    engine = build_tensorrt_engine(onnx_file, tmp_path / "cache", workspace_gb=1)
-    assert engine.read_bytes() == b"serialized engine" and list(engine.parent.iterdir()) == [engine]
-    assert engine.name.startswith("tiny-Tesla-T4-trt11.4.0-")  # only valid on this GPU model and version
+    monkeypatch.setattr(torch.cuda, "device", FakeCudaDevice)
+    seen = []
+    real_create = fake.Builder.create_network
+    monkeypatch.setattr(fake.Builder, "create_network",
+                        lambda self, flags: seen.append(list(FakeCudaDevice.current)) or real_create(self, flags))
+    target = tmp_path / "cache" / "tiny.engine"
+    engine = build_tensorrt_engine(onnx_file, target, "cuda:1", workspace_gb=1)
+    assert engine == target and engine.read_bytes() == b"serialized engine"
+    assert list(engine.parent.iterdir()) == [engine]  # atomic: no temp file left
+    assert seen == [[torch.device("cuda", 1)]]  # built with the requested GPU current
     assert ("create_network", 1 << 5) in fake.calls and ("workspace", 1 << 30) in fake.calls
     assert not [c for c in fake.calls if c[0] == "set_flag"]  # precision comes from the graph
     fake.calls.clear()
-    assert build_tensorrt_engine(onnx_file, tmp_path / "cache") == engine and fake.calls == []  # reused
+    assert build_tensorrt_engine(onnx_file, target) == engine and fake.calls == []  # reused
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT(parses=False))
     with pytest.raises(ConfigError, match="cannot parse .*Unsupported ONNX op: Foo"):
-        build_tensorrt_engine(onnx_file, tmp_path / "other")
+        build_tensorrt_engine(onnx_file, tmp_path / "other" / "x.engine")
     assert not (tmp_path / "other").exists() or list((tmp_path / "other").iterdir()) == []
 
 
@@ -254,7 +275,7 @@ def test_tensorrt_without_gpu_or_package_says_what_is_missing(tmp_path, monkeypa
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` fail
     for make in (lambda: TensorRTSession(tmp_path / "m.engine"),
-                 lambda: build_tensorrt_engine(tmp_path / "m.onnx", tmp_path)):
+                 lambda: build_tensorrt_engine(tmp_path / "m.onnx", tmp_path / "m.engine")):
         with pytest.raises(ConfigError) as error:
             make()
         message = str(error.value)

@@ -86,14 +86,14 @@ def test_not_a_multiscale_group(tmp_path):
     bare = tmp_path / "bare.zarr"
     zarr.open(str(bare), mode="w", shape=(4, 4, 4), dtype="f4")
     with pytest.raises(DataError, match="bare zarr array"):
-        io.read_tomogram_path(bare)
+        io.read_level(bare)
     grp = tmp_path / "grp.zarr"
     zarr.open_group(str(grp), mode="w").create_dataset("0", data=np.ones((4, 4, 4), "f4"))
     with pytest.raises(DataError, match="multiscales"):
-        io.read_tomogram_path(grp)
+        io.read_level(grp)
     (tmp_path / "junk.zarr").mkdir()
     with pytest.raises(DataError, match="junk.zarr"):
-        io.read_tomogram_path(tmp_path / "junk.zarr")
+        io.read_level(tmp_path / "junk.zarr")
 
 
 def test_corrupt_chunk(root):

@@ -1,13 +1,16 @@
 """Kaggle delivery: the dataset pack (contents, metadata, refusals, no credentials) and the stored notebook."""
 from __future__ import annotations
 
+import ast
 import builtins
 import hashlib
+import importlib.metadata
 import io
 import json
 import os
 import re
 import shutil
+import types
 import zipfile
 from pathlib import Path
 
@@ -17,9 +20,9 @@ import torch
 
 import czii_kit
 from czii_kit.cli.pack_kaggle_dataset import main as pack_main
-from czii_kit.errors import ConfigError, DataError
-from czii_kit.kaggle import choose_engine, read_pack
+from czii_kit.errors import DataError
 from czii_kit.kaggle import pack as pack_module
+from czii_kit.kaggle import preflight, read_pack
 from czii_kit.particles import CLASS_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -300,10 +303,15 @@ def test_yolo_onnx_exports_fp32_and_fp16_are_packed(tiny_yolo_experiment, tmp_pa
     assert sha256(out / "yolo" / "fold0_yolo_64_b8_fp16.onnx") == sha256(exp / "fold0_yolo_64_b8_fp16.onnx")
 
 
-def fake_wheel(folder: Path, name: str) -> Path:
+def fake_wheel(folder: Path, name: str, requires_python: str | None = None) -> Path:
+    """A zip named like a wheel; with requires_python, a dist-info METADATA that says it."""
     path = folder / name
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("placeholder.txt", name)
+        if requires_python is not None:
+            dist, version = name.split("-")[:2]
+            zf.writestr(f"{dist}-{version}.dist-info/METADATA",
+                        f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\nRequires-Python: {requires_python}\n")
     return path
 
 
@@ -326,41 +334,232 @@ def test_a_wheelhouse_is_copied_and_what_it_lacks_is_named(experiment, tmp_path,
 
 
 def test_wheelhouse_commands_fetch_only_what_kaggle_lacks():
-    download, build = pack_module.wheelhouse_commands("wheels", "3.12")
+    download, build = pack_module.wheelhouse_commands("wheels", pack_module.KaggleTarget(python="3.12"))
     names = {token.split("==")[0] for token in download.split()}
     assert "--no-deps" in download and "--python-version 3.12" in download and not names & {"torch", "numpy"}
-    assert "zarr==" in download and "timm==0.9.7" in download
+    assert "--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64" in download
+    assert "zarr==" in download and "timm==0.9.7" in download and "ultralytics" not in download
     assert build.startswith("pip wheel --no-deps") and "pretrainedmodels" in build
+    download, _ = pack_module.wheelhouse_commands("wheels", pack_module.KaggleTarget(python="3.11"), yolo=True)
+    assert "--python-version 3.11" in download
+    assert f"ultralytics=={importlib.metadata.version('ultralytics')}" in download.split()
 
 
-# --------------------------------------------------------------------------- engine choice
-def test_choose_engine_falls_back_to_torch_without_tensorrt(monkeypatch, capsys):
-    from czii_kit.infer import engines
+@pytest.mark.parametrize("cuda, family", [("12.8", "12"), ("13.0", "13")])
+def test_gpu_wheel_commands_follow_the_images_cuda(cuda, family):
+    target = pack_module.KaggleTarget(cuda=cuda, tensorrt="10.16.1.11")
+    download, build = pack_module.gpu_wheel_commands("wheels", target)
+    assert download.startswith("pip download --no-deps --only-binary=:all: --python-version 3.12")
+    assert "--extra-index-url https://pypi.nvidia.com" in download  # tensorrt-cuXX-libs: PyPI has only a stub
+    assert download.split()[-4:] == [f"tensorrt-cu{family}-bindings==10.16.1.11", f"tensorrt-cu{family}-libs==10.16.1.11",
+                                     f"cupy-cuda{family}x==14.2.0", "cuda-pathfinder==1.9.1"]
+    assert build == f"pip wheel --no-deps -w wheels tensorrt-cu{family}==10.16.1.11"
+    assert set(target.gpu_extras()) == {f"tensorrt-cu{family}", f"tensorrt-cu{family}-bindings",
+                                        f"tensorrt-cu{family}-libs", f"cupy-cuda{family}x", "cuda-pathfinder"}
 
-    assert choose_engine("torch", "auto") == "torch"
-    assert choose_engine("onnx", "cpu") == "onnx"
-    assert choose_engine("tensorrt", "cpu") == "torch"
-    assert capsys.readouterr().out == ""
 
-    def missing():
-        raise ConfigError("no tensorrt here")
+def test_the_pinned_tensorrt_is_a_10x_release_for_the_t4():
+    # TensorRT 10.x supports compute capability >= 7.0 (T4 = 7.5); the default CUDA picks the cu12 family
+    assert pack_module.TENSORRT_VERSION.split(".")[0] == "10"
+    assert pack_module.KaggleTarget().gpu_extras()["tensorrt-cu12"] == pack_module.TENSORRT_VERSION
 
-    monkeypatch.setattr(engines, "require_tensorrt", missing)
-    assert choose_engine("tensorrt", "auto") == "torch"
-    assert "WARNING: no tensorrt here" in capsys.readouterr().out
-    monkeypatch.setattr(engines, "require_tensorrt", lambda: object())
-    assert choose_engine("tensorrt", "auto") == "tensorrt"
+
+# --------------------------------------------------------------------------- what the wheels are for
+def test_manifest_records_what_the_wheels_are_for(packed):
+    manifest = manifest_of(packed)
+    assert manifest["format_version"] == 2
+    env = manifest["environment"]
+    assert (env["python"], env["platforms"], env["cuda"], env["tensorrt"]) == (
+        "3.12", ["manylinux2014_x86_64", "manylinux_2_28_x86_64"], "12.8", pack_module.TENSORRT_VERSION)
+    assert (env["torch"], env["torch_cuda"]) == (torch.__version__, torch.version.cuda)
+    assert list(env["requires"]) == [*pack_module.KAGGLE_MISSING, *pack_module.KAGGLE_MISSING_SDIST_ONLY]
+    assert env["requires"]["zarr"] == importlib.metadata.version("zarr")
+    assert env["optional"] == {"tensorrt-cu12": pack_module.TENSORRT_VERSION,
+                               "tensorrt-cu12-bindings": pack_module.TENSORRT_VERSION,
+                               "tensorrt-cu12-libs": pack_module.TENSORRT_VERSION, "cupy-cuda12x": "14.2.0",
+                               "cuda-pathfinder": "1.9.1"}
+    assert env["wheels"] == [{"file": f"czii_kit-{czii_kit.__version__}-py3-none-any.whl", "name": "czii_kit",
+                              "version": czii_kit.__version__, "build": None, "python_tag": "py3", "abi_tag": "none",
+                              "platform_tag": "any", "requires_python": ">=3.11"}]
+
+
+def test_preflight_is_packed_and_passes_for_a_pack_made_here(packed, capsys):
+    assert (packed / "preflight.py").read_bytes() == Path(preflight.__file__).read_bytes()
+    assert "preflight.py" in {f["path"] for f in manifest_of(packed)["files"]}
+    assert preflight.check(packed) == []  # the notebook's local run: every requirement is installed here
+    (wheel,) = (packed / "wheels").glob("czii_kit-*.whl")
+    assert preflight.main(packed) == [str(wheel)]
+    assert "preflight: all 1 wheel(s) install on this image" in capsys.readouterr().out
+
+
+def test_the_kaggle_options_are_recorded_and_printed(experiment, tmp_path, capsys, prebuilt_wheel):
+    out = tmp_path / "out" / SLUG
+    assert pack([experiment], out, "--kaggle-python", "3.11", "--kaggle-cuda", "13.0", "--kaggle-platform",
+                "manylinux_2_28_x86_64", "--tensorrt-version", "10.13.3.9") == 0
+    env = manifest_of(out)["environment"]
+    assert (env["python"], env["platforms"], env["cuda"], env["tensorrt"]) == (
+        "3.11", ["manylinux_2_28_x86_64"], "13.0", "10.13.3.9")
+    assert set(env["optional"]) == {"tensorrt-cu13", "tensorrt-cu13-bindings", "tensorrt-cu13-libs", "cupy-cuda13x",
+                                    "cuda-pathfinder"}
+    printed = capsys.readouterr().out
+    assert "for the Kaggle image: --kaggle-python 3.11 --kaggle-cuda 13.0 --kaggle-platform manylinux_2_28_x86_64" in printed
+    # no GPU wheels packed: a note, and the commands for this CUDA
+    assert "note: no wheels of tensorrt-cu13, tensorrt-cu13-bindings, tensorrt-cu13-libs, cupy-cuda13x" in printed
+    assert "pip wheel --no-deps -w wheels tensorrt-cu13==10.13.3.9" in printed
+    assert "--python-version 3.11 --platform manylinux_2_28_x86_64 -d wheels zarr==" in printed
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--kaggle-python", "312"), ("--kaggle-python", "2.7"), ("--kaggle-cuda", "11.8"), ("--kaggle-cuda", "cu128"),
+    ("--kaggle-platform", "win_amd64"), ("--tensorrt-version", "8.6.1"),
+])
+def test_refuses_a_kaggle_target_it_cannot_make_wheels_for(option, value, experiment, tmp_path, capsys):
+    out = tmp_path / "out" / SLUG
+    assert pack([experiment], out, option, value) == 2
+    err = capsys.readouterr().err
+    assert f"{option} {value!r}" in err
+    assert not out.parent.exists()
+
+
+def test_refuses_platform_tags_of_two_architectures(experiment, tmp_path, capsys):
+    out = tmp_path / "out" / SLUG
+    assert pack([experiment], out, "--kaggle-platform", "manylinux2014_x86_64", "--kaggle-platform",
+                "manylinux2014_aarch64") == 2
+    assert "several architectures (aarch64, x86_64)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("wheels, options, message", [
+    (["numcodecs-0.15.2-cp311-cp311-manylinux2014_x86_64.whl"], [],
+     "numcodecs-0.15.2-cp311-cp311-manylinux2014_x86_64.whl: it is for Python 3.11 (cp311-cp311) and this image "
+     "runs Python 3.12 (cp312)"),
+    (["tensorrt_cu13_bindings-10.16.1.11-cp312-none-manylinux_2_28_x86_64.whl"], [],
+     "tensorrt_cu13_bindings-10.16.1.11-cp312-none-manylinux_2_28_x86_64.whl: it is built for CUDA 13 and this "
+     "image's torch uses CUDA 12.8"),
+    (["fast-1.0-cp312-cp312-manylinux_2_34_x86_64.whl"], [],
+     "it needs glibc >= 2.34 (manylinux_2_34_x86_64) and this image has glibc 2.28"),
+    (["numcodecs-0.15.2-cp312-cp312-manylinux_2_28_x86_64.whl"], ["--kaggle-platform", "manylinux2014_x86_64"],
+     "it needs glibc >= 2.28 (manylinux_2_28_x86_64) and this image has glibc 2.17"),
+    (["zarr-2.18.7-py3-none-any.whl", "zarr-2.18.3-py3-none-any.whl"], [],
+     "holds 2 wheels of zarr (zarr-2.18.3-py3-none-any.whl, zarr-2.18.7-py3-none-any.whl)"),
+    (["zarr.whl"], [], "zarr.whl is not a wheel file name"),
+])
+def test_refuses_wheels_that_do_not_fit_the_kaggle_image(wheels, options, message, experiment, tmp_path, capsys,
+                                                         prebuilt_wheel):
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    for name in wheels:
+        fake_wheel(house, name)
+    out = tmp_path / "out" / SLUG
+    assert pack([experiment], out, "--wheels", str(house), *options) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert not out.parent.exists()  # refused before anything was written
+
+
+def test_wheels_are_checked_against_the_target_python_and_requires_python(experiment, tmp_path, capsys,
+                                                                           prebuilt_wheel):
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    fake_wheel(house, "numcodecs-0.15.2-cp311-cp311-manylinux2014_x86_64.whl")
+    fake_wheel(house, "zarr-2.18.7-py3-none-any.whl", requires_python=">=3.11")
+    out = tmp_path / "out" / SLUG
+    assert pack([experiment], out, "--wheels", str(house)) == 2
+    err = capsys.readouterr().err
+    assert "--kaggle-python 3.12 --kaggle-cuda 12.8" in err  # the target it checked against
+    assert "pip download --no-deps --only-binary=:all: --python-version 3.12" in err  # and how to re-make them
+    assert pack([experiment], out, "--wheels", str(house), "--kaggle-python", "3.11") == 0
+    records = {w["name"]: w for w in manifest_of(out)["environment"]["wheels"]}
+    assert records["numcodecs"]["python_tag"] == "cp311" and records["zarr"]["requires_python"] == ">=3.11"
+    fake_wheel(house, "munch-4.0.0-py2.py3-none-any.whl", requires_python=">=3.12")
+    assert pack([experiment], tmp_path / "out2" / SLUG, "--wheels", str(house), "--kaggle-python", "3.11") == 2
+    assert "munch 4.0.0 requires Python >=3.12 and this image runs 3.11" in capsys.readouterr().err
+
+
+def test_a_complete_wheelhouse_gets_no_advice(experiment, tmp_path, capsys, prebuilt_wheel):
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    for name in (*pack_module.KAGGLE_MISSING, *pack_module.KAGGLE_MISSING_SDIST_ONLY):
+        fake_wheel(house, f"{name.replace('-', '_')}-1.0-py3-none-any.whl")
+    for name in pack_module.KaggleTarget().gpu_extras():
+        fake_wheel(house, f"{name.replace('-', '_')}-1.0-cp312-none-manylinux_2_28_x86_64.whl")
+    assert pack([experiment], tmp_path / "out" / SLUG, "--wheels", str(house)) == 0
+    printed = capsys.readouterr().out
+    assert "WARNING" not in printed and "note: no wheels" not in printed
+
+
+# --------------------------------------------------------------------------- YOLO: ultralytics
+def test_a_yolo_pack_requires_ultralytics_at_the_installed_version(tiny_yolo_experiment, tmp_path, capsys,
+                                                                   prebuilt_wheel):
+    version = importlib.metadata.version("ultralytics")
+    exp = copy_experiment(tiny_yolo_experiment, tmp_path / "weights" / "yolo")
+    out = tmp_path / "out" / SLUG
+    assert pack([exp], out) == 0
+    assert manifest_of(out)["environment"]["requires"]["ultralytics"] == version
+    printed = capsys.readouterr().out
+    warning = next(line for line in printed.splitlines() if line.startswith("WARNING"))
+    assert "ultralytics" in warning
+    assert f"ultralytics=={version}" in printed.split()
+
+
+def test_a_unet_pack_does_not_need_ultralytics(experiment, tmp_path, monkeypatch, capsys, prebuilt_wheel):
+    def must_not_run():
+        raise AssertionError("ultralytics checked for a pack without a YOLO checkpoint")
+
+    monkeypatch.setattr(pack_module, "check_ultralytics", must_not_run)
+    out = tmp_path / "out" / SLUG
+    assert pack([experiment], out) == 0
+    assert "ultralytics" not in manifest_of(out)["environment"]["requires"]
+    assert "ultralytics" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("broken, missing", [("ultralytics.utils.nms", "ultralytics.utils.nms ("),
+                                             ("ultralytics.nn.tasks", "ultralytics.nn.tasks.DetectionModel")])
+def test_refuses_a_yolo_pack_when_ultralytics_lacks_a_module_czii_kit_imports(broken, missing, tiny_yolo_experiment,
+                                                                              tmp_path, monkeypatch, capsys):
+    real = pack_module._import_ultralytics_module
+
+    def importer(module):
+        if module != broken:
+            return real(module)
+        if module.endswith("nms"):
+            raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+        return types.SimpleNamespace()  # the module imports, without DetectionModel
+
+    monkeypatch.setattr(pack_module, "_import_ultralytics_module", importer)
+    exp = copy_experiment(tiny_yolo_experiment, tmp_path / "weights" / "yolo")
+    out = tmp_path / "out" / SLUG
+    assert pack([exp], out) == 2
+    err = capsys.readouterr().err
+    assert missing in err and f"ultralytics {importlib.metadata.version('ultralytics')}" in err
+    assert not out.parent.exists()
+
+
+def test_the_ultralytics_check_covers_every_ultralytics_import_of_czii_kit():
+    used = set()
+    for path in (REPO / "src" / "czii_kit").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "ultralytics":
+                used |= {(node.module, alias.name) for alias in node.names}
+            elif isinstance(node, ast.Import):
+                used |= {(a.name, None) for a in node.names if a.name.split(".")[0] == "ultralytics"}
+    checked = set(pack_module.ULTRALYTICS_IMPORTS)
+    assert {("ultralytics.nn.tasks", "DetectionModel"), ("ultralytics.utils.nms", "non_max_suppression"),
+            ("ultralytics", "YOLO")} <= used
+    assert used - checked <= {("ultralytics", None)}, f"add {used - checked} to ULTRALYTICS_IMPORTS"
 
 
 # --------------------------------------------------------------------------- notebook files
-def test_kernel_metadata_has_what_kaggle_kernels_push_needs():
-    meta = json.loads((NOTEBOOK_DIR / "kernel-metadata.json").read_text())
+@pytest.mark.parametrize("metadata", ["kernel-metadata.json", "build-engines-kernel-metadata.json"])
+def test_kernel_metadata_has_what_kaggle_kernels_push_needs(metadata):
+    meta = json.loads((NOTEBOOK_DIR / metadata).read_text())
     user, slug = meta["id"].split("/")
     assert user and slug == re.sub(r"[^a-z0-9]+", "-", meta["title"].lower()).strip("-")
     assert (NOTEBOOK_DIR / meta["code_file"]).is_file()
     assert (meta["language"], meta["kernel_type"]) == ("python", "notebook")
     assert meta["is_private"] is True and meta["enable_gpu"] is True and meta["enable_internet"] is False
-    assert meta["competition_sources"] == [COMPETITION]
+    # GPU T4 x2: without it `kaggle kernels push` gets the P100, which TensorRT 10+ and the image's torch can't use
+    assert meta["machine_shape"] == "NvidiaTeslaT4"
+    assert meta["competition_sources"] == ([COMPETITION] if metadata == "kernel-metadata.json" else [])
     assert meta["kernel_sources"] == []
     (dataset,) = meta["dataset_sources"]
     owner, dataset_slug = dataset.split("/")
@@ -370,8 +569,9 @@ def test_kernel_metadata_has_what_kaggle_kernels_push_needs():
     assert f'"CZII_PACK_DIR", "/kaggle/input/{dataset_slug}"' in parameters  # notebook and metadata agree
 
 
-def test_notebook_is_stored_without_outputs():
-    path = NOTEBOOK_DIR / "czii_inference.ipynb"
+@pytest.mark.parametrize("name", ["czii_inference.ipynb", "czii_build_engines.ipynb"])
+def test_notebook_is_stored_without_outputs(name):
+    path = NOTEBOOK_DIR / name
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]

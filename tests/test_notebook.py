@@ -16,12 +16,12 @@ from nbclient import NotebookClient
 
 from czii_kit.cli.pack_kaggle_dataset import main as pack_main
 from czii_kit.cli.predict import main as predict_main
-from czii_kit.cli.score import load_solution
 from czii_kit.metric import score
 from czii_kit.particles import CLASS_NAMES
-from czii_kit.submission import read_submission
+from czii_kit.submission import load_solution, read_submission
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "kaggle_notebooks" / "czii_inference.ipynb"
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "kaggle_notebooks"
+NOTEBOOK = NOTEBOOKS / "czii_inference.ipynb"
 KERNEL = "czii-kit-test"
 LOW_THRESHOLD = 0.01  # the 2-epoch model's tuned thresholds find nothing; this finds particles to compare
 TTA = "id,x"  # two passes, and not the checkpoint config's default, so the notebook must pass it on
@@ -62,26 +62,34 @@ def printed(nb) -> str:
     return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
 
-def test_notebook_writes_the_same_submission_as_predict(synthetic_root, low_threshold_experiment, tmp_path,
-                                                        monkeypatch):
+def run_notebook(data_root: Path, experiment: Path, tmp_path: Path, monkeypatch, notebook: Path = NOTEBOOK):
+    """Pack ``experiment``, install its wheels into a folder, execute the notebook like Kaggle would."""
     pack_dir = tmp_path / "input" / "czii-kit-weights"
-    assert pack_main(["--weights", str(low_threshold_experiment), "--out", str(pack_dir), "--slug",
+    assert pack_main(["--weights", str(experiment), "--out", str(pack_dir), "--slug",
                       "czii-kit-weights", "--user", "tester", "--no-progress"]) == 0
     site = tmp_path / "site-packages"
     install_wheels(pack_dir / "wheels", site)
     install_kernelspec(tmp_path / "jupyter")
-    for name, value in {"JUPYTER_PATH": tmp_path / "jupyter", "PYTHONPATH": site, "CZII_DATA_ROOT": synthetic_root,
+    for name, value in {"JUPYTER_PATH": tmp_path / "jupyter", "PYTHONPATH": site, "CZII_DATA_ROOT": data_root,
                         "CZII_PACK_DIR": pack_dir, "CZII_OUTPUT": tmp_path / "working" / "submission.csv",
-                        "CZII_ENGINE_CACHE": tmp_path / "engines", "CZII_DEVICE": "cpu", "CZII_TTA": TTA}.items():
+                        "CZII_ENGINE_CACHE": tmp_path / "engines", "CZII_DEVICE": "cpu", "CZII_TTA": TTA,
+                        "CZII_ENGINES_DIR": tmp_path / "no-engines"}.items():
         monkeypatch.setenv(name, str(value))
     monkeypatch.delenv("CZII_CONFIG_DIR", raising=False)
     before = snapshot(pack_dir)
+    nb = nbformat.read(notebook, as_version=4)
+    try:
+        NotebookClient(nb, kernel_name=KERNEL, timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        assert snapshot(pack_dir) == before  # /kaggle/input is read-only: nothing may be written there
+    return nb, site
 
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, kernel_name=KERNEL, timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
 
+def test_notebook_writes_the_same_submission_as_predict(synthetic_root, low_threshold_experiment, tmp_path,
+                                                        monkeypatch):
+    nb, site = run_notebook(synthetic_root, low_threshold_experiment, tmp_path, monkeypatch)
     assert f"from {site}" in printed(nb)  # czii-kit came from the packed wheel, as on Kaggle
-    assert snapshot(pack_dir) == before  # /kaggle/input is read-only: nothing may be written there
+    assert "engine torch" in printed(nb) and "no CUDA GPU" in printed(nb)  # the machine it got, and the choice
     submission = read_submission(tmp_path / "working" / "submission.csv")
     assert len(submission) > 0
     reference = tmp_path / "reference.csv"
@@ -92,3 +100,32 @@ def test_notebook_writes_the_same_submission_as_predict(synthetic_root, low_thre
     pd.testing.assert_frame_equal(submission, expected)
     solution = load_solution(synthetic_root, "test")
     assert score(solution, submission) == score(solution, expected)
+
+
+def test_notebook_fails_loudly_when_no_test_run_produced_predictions(synthetic_root, low_threshold_experiment,
+                                                                     tmp_path, monkeypatch):
+    from nbclient.exceptions import CellExecutionError
+
+    from czii_kit.data import layout
+
+    root = tmp_path / "corrupt"
+    shutil.copytree(synthetic_root, root)
+    for run in layout.list_runs(root, "test"):  # the metadata opens, the voxels do not: found only while predicting
+        for chunk in (layout.tomogram_path(root, "test", run) / "0").iterdir():
+            if not chunk.name.startswith("."):
+                chunk.write_bytes(b"corrupt")
+    with pytest.raises(CellExecutionError, match="every run failed, so no submission was written"):
+        run_notebook(root, low_threshold_experiment, tmp_path, monkeypatch)
+    assert not (tmp_path / "working" / "submission.csv").exists()  # nothing for Kaggle to score quietly
+
+
+def test_build_engines_notebook_stops_loudly_without_a_gpu(synthetic_root, low_threshold_experiment, tmp_path,
+                                                            monkeypatch):
+    """On Kaggle it builds engines on a T4; here (no GPU, no TensorRT) it must stop with the reason, not pass."""
+    from nbclient.exceptions import CellExecutionError
+
+    monkeypatch.setenv("CZII_ENGINES_OUT", str(tmp_path / "engines-out"))
+    with pytest.raises(CellExecutionError, match="TensorRT engines need a CUDA GPU and the tensorrt package"):
+        run_notebook(synthetic_root, low_threshold_experiment, tmp_path, monkeypatch,
+                     notebook=NOTEBOOKS / "czii_build_engines.ipynb")
+    assert not (tmp_path / "engines-out" / "engines.json").exists()

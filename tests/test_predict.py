@@ -103,16 +103,30 @@ def test_ensemble_of_two_identical_members_equals_one(synthetic_root, tiny_exper
     pd.testing.assert_frame_equal(read_submission(one), read_submission(two))
 
 
-def test_a_failing_run_is_reported_and_others_finish(synthetic_root, tiny_experiment, tmp_path, capsys):
+def test_a_missing_tomogram_is_refused_before_any_inference(synthetic_root, tiny_experiment, tmp_path, capsys):
+    root = tmp_path / "root"
+    shutil.copytree(synthetic_root, root)
+    broken, _ = layout.list_runs(root, "test")
+    shutil.rmtree(layout.tomogram_path(root, "test", broken))
+    out = tmp_path / "s.csv"
+    assert run_predict(root, tiny_experiment, out, "--tta", "none") == 2
+    err = capsys.readouterr().err
+    assert broken in err and "no 'denoised' reconstruction" in err
+    assert not out.exists()
+
+
+def test_a_run_failing_mid_way_is_reported_and_others_finish(synthetic_root, tiny_experiment, tmp_path, capsys):
     root = tmp_path / "root"
     shutil.copytree(synthetic_root, root)
     broken, ok = layout.list_runs(root, "test")
-    shutil.rmtree(layout.tomogram_path(root, "test", broken))
+    chunk = next(p for p in sorted((layout.tomogram_path(root, "test", broken) / "0").iterdir())
+                 if not p.name.startswith("."))
+    chunk.write_bytes(b"not a blosc chunk")  # the metadata is fine, the voxels are not
     out = tmp_path / "s.csv"
     assert run_predict(root, tiny_experiment, out, "--tta", "none") == 1
     assert set(read_submission(out)["experiment"]) <= {ok}
     printed = capsys.readouterr().out
-    assert f"FAILED {broken}" in printed and "no 'denoised' reconstruction" in printed
+    assert f"FAILED {broken}" in printed and "corrupt" in printed
 
 
 @pytest.mark.parametrize("args, message", [
@@ -180,3 +194,32 @@ def test_export_tool_handles_yolo_checkpoints(tiny_yolo_experiment, tmp_path, ca
     assert export_main(["--weights", str(exp), "--format", "tensorrt"]) == 2  # no GPU here: refused before work
     assert "tensorrt package" in capsys.readouterr().err
     assert sorted(p.name for p in exp.iterdir()) == written
+
+
+def test_a_fold_ensemble_folded_into_one_graph_predicts_like_its_torch_members(synthetic_root, tiny_experiment,
+                                                                                tmp_path, capsys):
+    import torch
+
+    from czii_kit.checkpoints import load_checkpoint, save_checkpoint
+
+    exp = tmp_path / "exp"
+    shutil.copytree(tiny_experiment, exp)
+    other = load_checkpoint(exp / "fold0.pt")
+    generator = torch.Generator().manual_seed(0)
+    other["state_dict"] = {k: v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+                           for k, v in other["state_dict"].items()}
+    save_checkpoint({k: v for k, v in other.items() if k != "path"}, exp / "fold1.pt")
+    assert export_main(["--weights", str(exp), "--format", "onnx", "--fold-ensemble", "--member-weights", "1,3"]) == 0
+    printed = capsys.readouterr().out
+    assert "torch fp32 vs onnx fp32: max abs diff" in printed and "OK" in printed
+    (graph,) = exp.glob("ensemble-*.onnx")  # next to the checkpoints, where predict and the pack look
+    assert graph.stat().st_size > 0
+    run = layout.list_runs(synthetic_root, "test")[0]
+    members, folded = tmp_path / "members.csv", tmp_path / "folded.csv"
+    common = ["--tta", "none", "--runs", run, "--member-weights", "1,3", "--engine-cache", str(tmp_path / "cache")]
+    assert run_predict(synthetic_root, exp, members, *common) == 0
+    assert run_predict(synthetic_root, exp, folded, *common, "--engine", "onnx",
+                       "--set", "infer.fold_ensemble=true") == 0
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*ensemble*"))  # the packed graph
+    a, b = read_submission(members), read_submission(folded)
+    assert len(a) == len(b) > 0 and np.abs(a[["x", "y", "z"]].to_numpy() - b[["x", "y", "z"]].to_numpy()).max() < 1.0

@@ -240,7 +240,7 @@ def test_offline_training_writes_only_chosen_dirs(trained_yolo):
 def test_checkpoint_reloads_with_weights_only_and_matches_onnx(trained_yolo):
     from czii_kit.checkpoints import load_checkpoint
     from czii_kit.infer.engines import OnnxSession
-    from czii_kit.infer.kinds import graph_runner, kind_of
+    from czii_kit.infer.kinds import GraphRunner, kind_of
     from czii_kit.yolo.detector import build_detection_model, torch_runner
 
     ckpt = load_checkpoint(trained_yolo["out"] / "fold0.pt")  # torch.load(weights_only=True) inside
@@ -250,11 +250,11 @@ def test_checkpoint_reloads_with_weights_only_and_matches_onnx(trained_yolo):
     assert session.input_shape == (8, 3, 64, 64)  # fixed: yolo.infer_batch and yolo.imgsz
     batch = torch.rand(11, 3, 64, 64)  # one full graph batch and one padded one
     expected = torch_runner(build_detection_model(ckpt), torch.device("cpu"))(batch)
-    got = graph_runner(session, 64)(batch)
+    got = GraphRunner(session, 64)(batch)
     assert got.shape == expected.shape == (11, 4 + len(CLASS_NAMES), expected.shape[2])
     torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)
     with pytest.raises(ConfigError, match=r"\(B, 3, 96, 96\).*re-export"):
-        graph_runner(session, 96)  # a graph exported at another image size
+        GraphRunner(session, 96)  # a graph exported at another image size
 
 
 def test_fp16_graph_is_fp16_inside_float32_outside_and_close_to_torch(trained_yolo, tmp_path):
@@ -263,7 +263,7 @@ def test_fp16_graph_is_fp16_inside_float32_outside_and_close_to_torch(trained_yo
     from czii_kit.checkpoints import load_checkpoint
     from czii_kit.infer.engines import OnnxSession
     from czii_kit.infer.export import FP16_TOLERANCE, FP32_TOLERANCE, export_graph, parity
-    from czii_kit.infer.kinds import graph_runner
+    from czii_kit.infer.kinds import GraphRunner
 
     ckpt = load_checkpoint(trained_yolo["out"] / "fold0.pt")
     spec = yolo_kind().graph([ckpt], ckpt["config"])
@@ -272,8 +272,8 @@ def test_fp16_graph_is_fp16_inside_float32_outside_and_close_to_torch(trained_yo
     float16, float32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
     assert {t.data_type for t in graph.initializer if t.dims} == {float16}  # weights in fp16
     assert graph.input[0].type.tensor_type.elem_type == graph.output[0].type.tensor_type.elem_type == float32
-    fp32 = parity(spec, graph_runner(OnnxSession(trained_yolo["out"] / "fold0_yolo.onnx"), 64))
-    fp16 = parity(spec, graph_runner(OnnxSession(path), 64))
+    fp32 = parity(spec, GraphRunner(OnnxSession(trained_yolo["out"] / "fold0_yolo.onnx"), 64))
+    fp16 = parity(spec, GraphRunner(OnnxSession(path), 64))
     assert fp32 < FP32_TOLERANCE and 0 < fp16 < FP16_TOLERANCE and fp16 > fp32  # fp16 rounding shows, within bounds
 
 
@@ -283,8 +283,10 @@ def test_runners_export_into_the_cache_and_never_next_to_the_checkpoint(trained_
     from czii_kit.checkpoints import load_checkpoint
     from czii_kit.infer.export import FP16_TOLERANCE, parity
 
+    from czii_kit.infer.export import EngineFiles
+
     def make_runner(ckpt, engine, device, cache_dir="build/engines"):
-        return yolo_kind().load([ckpt], [1.0], ckpt["config"], engine, device, cache_dir)[0].runner
+        return yolo_kind().load([ckpt], [1.0], ckpt["config"], engine, device, EngineFiles(cache_dir))[0].runner
 
     weights, cache = tmp_path / "dataset", tmp_path / "cache"  # a read-only Kaggle dataset
     weights.mkdir()

@@ -161,6 +161,20 @@ def save_config(cfg: dict, path: str | os.PathLike) -> None:
     write_text_atomic(path, dump_config(cfg))
 
 
+def exact_section(section, keys, what: str) -> dict:
+    """A config section that must give exactly ``keys`` (its defaults live in configs/base.yaml only)."""
+    from collections.abc import Mapping
+
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{what} must be a mapping with keys {', '.join(keys)}, got {section!r}")
+    unknown = sorted(set(section) - set(keys))
+    missing = [k for k in keys if k not in section]
+    if unknown or missing:
+        raise ConfigError(f"{what}: unknown key(s) {unknown}, missing key(s) {missing}; "
+                          f"it needs exactly {', '.join(keys)} (see configs/base.yaml)")
+    return dict(section)
+
+
 def dataclass_from_mapping(cls, mapping, what: str):
     """A config section as a dataclass: missing keys take the defaults, unknown keys are errors."""
     from collections.abc import Mapping

@@ -22,3 +22,7 @@ class CheckpointError(CziiError):
 
 class SubmissionError(CziiError):
     """A submission file that is malformed."""
+
+
+class PredictionError(CziiError):
+    """Prediction ran but produced nothing usable (every run failed): nothing was written."""

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from czii_kit.data import layout
-from czii_kit.errors import ConfigError, DataError
-from czii_kit.infer.kinds import group_by_kind, load_checkpoints
+from czii_kit.data import io, layout
+from czii_kit.errors import ConfigError, DataError, PredictionError
+from czii_kit.infer.export import EngineFiles
+from czii_kit.infer.kinds import check_spacing, group_by_kind, load_checkpoints
 from czii_kit.infer.pipeline import inference_config
 from czii_kit.infer.split import SplitResult, available_devices, predict_split
 from czii_kit.particles import CLASS_NAMES
@@ -34,6 +35,19 @@ class PredictionReport:
     seconds: float
     score: float | None = None
     table: pd.DataFrame | None = None
+
+    @property
+    def missing(self) -> dict[str, str]:
+        """Runs without predictions in the submission: run -> why."""
+        return dict(self.result.failures)
+
+
+def missing_runs_table(failures: Mapping[str, str], n_runs: int, out: Path) -> str:
+    """A block nobody scrolls past: which runs have no predictions, and why."""
+    bar = "!" * 100
+    lines = [bar, f"!!! {len(failures)} of {n_runs} run(s) have NO predictions in {out}: the submission is partial",
+             *(f"!!!   {run}: {why}" for run, why in failures.items()), bar]
+    return "\n".join(lines)
 
 
 def parse_thresholds(text: str | Mapping[str, float] | None, base: Mapping[str, float]) -> dict[str, float]:
@@ -80,12 +94,21 @@ def select_runs(root, split: str, runs: Sequence[str] | None) -> list[str]:
     return list(runs)
 
 
+def check_runs(root, split: str, runs: Sequence[str], ckpts: Sequence[dict], data_cfg: Mapping) -> None:
+    """Before any inference: every run's tomogram opens (metadata only) and has the members' voxel size."""
+    for run in runs:
+        spacing = io.run_spacing(root, run, split, data_cfg)
+        for ckpt in ckpts:
+            check_spacing(ckpt, spacing, f"run {run} ({data_cfg['recon']}, level {data_cfg['level']})")
+
+
 def predict_submission(*, weights: Sequence[str | Path], data: str | Path, split: str = "test",
                        out: str | Path = "submission.csv", device: str | None = None, engine: str | None = None,
                        tta: str | None = None, time_budget_h: float | None = None, runs: Sequence[str] | None = None,
                        folds: Sequence[int] | None = None, member_weights: Sequence[float] | None = None,
                        thresholds: str | Mapping[str, float] | None = None, thresholds_from: str | Path | None = None,
                        overrides: Sequence[str] = (), engine_cache: str | Path = "build/engines",
+                       prebuilt_engines: Sequence[str | Path] = (),
                        score: bool = False, progress: bool = True,
                        report: Callable[[str], None] = print) -> PredictionReport:
     """Predict every run of ``split`` of ``data`` with the checkpoints of ``weights``; write ``out``.
@@ -104,6 +127,7 @@ def predict_submission(*, weights: Sequence[str | Path], data: str | Path, split
     final_thresholds = parse_thresholds(thresholds, base)
     group_by_kind(ckpts, member_weights)  # checks the member weights before any work
     run_names = select_runs(data, split, runs)
+    check_runs(data, split, run_names, ckpts, cfg["data"])
     devices = available_devices(cfg["infer"]["device"])
     solution = None
     if score:
@@ -116,9 +140,13 @@ def predict_submission(*, weights: Sequence[str | Path], data: str | Path, split
     t0 = time.monotonic()
     result = predict_split(data, split, run_names, ckpts, cfg, final_thresholds, devices,
                            member_weights=member_weights, source_weights=tuning.source_weights if tuning else None,
-                           time_budget_h=time_budget_h, cache_dir=engine_cache, progress=progress, report=report)
-    for line in result.dropped:
-        report(f"time budget: {line}")
+                           time_budget_h=time_budget_h, progress=progress, report=report,
+                           files=EngineFiles(Path(engine_cache), tuple(Path(p) for p in prebuilt_engines)))
+    for line in result.decisions:
+        report(f"note: {line}")
+    if result.failures and not result.seconds:
+        raise PredictionError(f"every run failed, so no submission was written; first error: "
+                              f"{next(iter(result.failures.items()))}; see the log above for each run")
     write_submission(result.detections, out)
     elapsed = time.monotonic() - t0
     mean = sum(result.seconds.values()) / max(1, len(result.seconds))
@@ -133,4 +161,6 @@ def predict_submission(*, weights: Sequence[str | Path], data: str | Path, split
         report(format_table(outcome.table, outcome.score))
     for run, err in result.failures.items():
         report(f"FAILED {run}: {err}")
+    if result.failures:
+        report(missing_runs_table(result.failures, len(run_names), out))
     return outcome

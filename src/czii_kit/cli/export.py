@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from pathlib import Path
 
 from czii_kit.cli.common import exit_on_user_error
 from czii_kit.errors import ConfigError
@@ -70,7 +71,9 @@ def export_config(ckpt: dict, args) -> dict:
 
 def export_one(kind, ckpts: list[dict], args, fp16: bool, weights: list[float] | None = None) -> None:
     """Fixed-shape ONNX next to the checkpoint (where predict and the Kaggle pack look), then parity vs torch fp32."""
-    from czii_kit.infer.export import check_parity, export_graph, open_graph, parity
+    from czii_kit.infer.engines import resolve_device
+    from czii_kit.infer.export import EngineFiles, check_parity, export_graph, open_graph, parity
+    from czii_kit.infer.kinds import graph_name
 
     cfg = export_config(ckpts[0], args)
     path = kind.onnx_path(ckpts, cfg, fp16, weights)
@@ -81,6 +84,8 @@ def export_one(kind, ckpts: list[dict], args, fp16: bool, weights: list[float] |
         export_graph(spec, path, fp16)
         print(f"wrote {path}")
     device = "cpu" if args.format == "onnx" else "cuda"
-    session = open_graph(args.format, lambda _: path, args.engine_cache, device)
+    engine = lambda: EngineFiles(Path(args.engine_cache)).engine_path(  # noqa: E731
+        graph_name(kind, ckpts, cfg, fp16, weights), [c["path"] for c in ckpts], resolve_device(device))
+    session = open_graph(args.format, lambda _: path, device, engine)
     what = f"{path.name}: torch fp32 vs {args.format} {'fp16' if fp16 else 'fp32'}"
     check_parity(what, parity(spec, session, device), fp16)

@@ -11,8 +11,9 @@ import shlex
 import czii_kit
 from czii_kit.cli.common import exit_on_user_error
 from czii_kit.errors import ConfigError
-from czii_kit.kaggle.pack import (PLACEHOLDER_USER, PackResult, default_user, missing_from_wheelhouse, pack_dataset,
-                                  wheelhouse_commands)
+from czii_kit.kaggle.pack import (KAGGLE_CUDA, KAGGLE_PLATFORMS, KAGGLE_PYTHON, PLACEHOLDER_USER, TENSORRT_VERSION,
+                                  KaggleTarget, PackResult, default_user, gpu_wheel_commands, missing_from_wheelhouse,
+                                  missing_gpu_extras, pack_dataset, wheelhouse_commands)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,9 +27,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wheels", help="folder of dependency wheels Kaggle lacks (the tool prints how to make it)")
     p.add_argument("--onnx", action="store_true", help="also pack each checkpoint's ONNX export (tools/export.py)")
     p.add_argument("--force", action="store_true", help="replace a different pack already at --out")
-    p.add_argument("--kaggle-python", default="3.12",
-                   help="Python version of the Kaggle image, for the printed wheelhouse command (check with "
-                        "`!python --version` in a Kaggle notebook)")
+    p.add_argument("--kaggle-python", default=KAGGLE_PYTHON,
+                   help=f"Python MAJOR.MINOR of the Kaggle image the wheels are for (default {KAGGLE_PYTHON}; check "
+                        "with `!python --version` in a Kaggle notebook)")
+    p.add_argument("--kaggle-cuda", default=KAGGLE_CUDA,
+                   help=f"CUDA MAJOR.MINOR of the Kaggle image's torch (default {KAGGLE_CUDA}; check with "
+                        "`torch.version.cuda`): picks the tensorrt-cuXX / cupy-cudaXXx wheels")
+    p.add_argument("--kaggle-platform", action="append", metavar="TAG",
+                   help=f"platform tag the wheels may have, repeatable (default: {' '.join(KAGGLE_PLATFORMS)})")
+    p.add_argument("--tensorrt-version", default=TENSORRT_VERSION,
+                   help=f"TensorRT release of the printed GPU wheel commands (default {TENSORRT_VERSION}; it must "
+                        "support the T4, compute capability 7.5, and the image's CUDA)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -52,14 +61,23 @@ def print_summary(result: PackResult) -> None:
         print(f"  {c['path']}: fold {c['fold']}, {c['model']}, validation F4 {score}"
               + (f", ONNX {', '.join(c['onnx'])}" if c["onnx"] else ""))
     print(f"  wheels: {', '.join(p.name for p in result.wheels)}")
+    print(f"  for the Kaggle image: {result.target.options()} (recorded in manifest.json; the notebook's "
+          "preflight.py checks them before installing)")
 
 
-def print_wheelhouse_advice(result: PackResult, kaggle_python: str) -> None:
-    missing = missing_from_wheelhouse(result.wheels)
+def print_wheelhouse_advice(result: PackResult) -> None:
+    missing = missing_from_wheelhouse(result.wheels, result.yolo)
     if missing:
         print(f"WARNING: Kaggle's image lacks {', '.join(missing)}, and no packed wheel provides them: the notebook "
-              "will fail to import them. Make a wheelhouse, then re-pack with --wheels wheels:")
-        for command in wheelhouse_commands("wheels", kaggle_python):
+              "will stop before installing (preflight.py names them). Make a wheelhouse, then re-pack with "
+              f"--wheels wheels {result.target.options()}:")
+        for command in wheelhouse_commands("wheels", result.target, result.yolo):
+            print(f"  {command}")
+    gpu = missing_gpu_extras(result.wheels, result.target)
+    if gpu:
+        print(f"note: no wheels of {', '.join(gpu)} packed: on Kaggle the notebook runs torch fp16 instead of "
+              f"TensorRT and finds peaks on the CPU, unless the image has them. For CUDA {result.target.cuda} add:")
+        for command in gpu_wheel_commands("wheels", result.target):
             print(f"  {command}")
 
 
@@ -78,12 +96,15 @@ def print_next_steps(result: PackResult) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     user = args.user or default_user()
+    target = KaggleTarget(python=args.kaggle_python, cuda=args.kaggle_cuda,
+                          platforms=tuple(args.kaggle_platform or KAGGLE_PLATFORMS), tensorrt=args.tensorrt_version)
     result = pack_dataset(args.weights, args.out, args.slug, user, title=args.title, folds=parse_folds(args.folds),
-                          wheels=args.wheels, onnx=args.onnx, force=args.force, progress=not args.no_progress)
+                          wheels=args.wheels, onnx=args.onnx, force=args.force, progress=not args.no_progress,
+                          target=target)
     print_summary(result)
     if user == PLACEHOLDER_USER:
         print(f"note: no --user and no $KAGGLE_USERNAME: dataset-metadata.json says {PLACEHOLDER_USER!r}; "
               "re-pack with --user, or edit its \"id\", before uploading")
-    print_wheelhouse_advice(result, args.kaggle_python)
+    print_wheelhouse_advice(result)
     print_next_steps(result)
     return 0

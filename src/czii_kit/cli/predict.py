@@ -31,6 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override inference keys of the checkpoint config, e.g. --set post.offsets.enabled=true")
     p.add_argument("--engine-cache", default="build/engines", help="where exported ONNX / TensorRT engines are cached")
+    p.add_argument("--engines", nargs="+", default=[], metavar="DIR",
+                   help="folders of prebuilt TensorRT engines (tools/build_engines.py); used when their key matches")
     p.add_argument("--score", action="store_true", help="score against the ground truth (train split, or synthetic test)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -55,5 +57,6 @@ def main(argv=None) -> int:
         folds=[int(f) for f in args.folds.split(",")] if args.folds else None,
         member_weights=_floats(args.member_weights), thresholds=args.thresholds,
         thresholds_from=args.thresholds_from, overrides=args.overrides, engine_cache=args.engine_cache,
+        prebuilt_engines=args.engines,
         score=args.score, progress=not args.no_progress)
     return 1 if report.result.failures else 0

@@ -66,11 +66,6 @@ def level_spacing(group, level: int, path: str | Path = "") -> float:
     return VOXEL_SPACING * 2**int(level)
 
 
-def read_tomogram_path(path: str | Path, level: int = 0) -> np.ndarray:
-    """Whole level of a multiscale zarr as a float32 (z, y, x) array."""
-    return read_level(path, level)[0]
-
-
 def read_level(path: str | Path, level: int = 0) -> tuple[np.ndarray, float]:
     """(float32 (z, y, x) array, Å per voxel) of one level of a multiscale zarr."""
     group = open_multiscale(path)

@@ -137,23 +137,26 @@ class OnnxSession:
 
 
 class TensorRTSession:
-    """A serialized one-input, one-output float32 TensorRT engine, run on torch CUDA tensors on the current stream."""
+    """A serialized one-input, one-output float32 TensorRT engine, run on torch CUDA tensors on the current stream.
+
+    Deserialization, execution-context creation and every execution happen with the session's GPU current,
+    so a second worker on cuda:1 uses cuda:1's CUDA context and stream, never GPU 0's.
+    """
 
     def __init__(self, engine_path: str | Path, device: str | torch.device = "cuda") -> None:
         trt = require_tensorrt()
         self.device = resolve_device(device)
         if self.device.type != "cuda":
             raise ConfigError(f"TensorRT engines run on CUDA only, got device {device!r}; use --device cuda")
-        self.path = _existing_file(engine_path, "TensorRT engine", "build it with tools/export.py --format tensorrt")
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.path = _existing_file(engine_path, "TensorRT engine", "build it with tools/build_engines.py")
         with torch.cuda.device(self.device):
+            self._runtime = trt.Runtime(tensorrt_logger(trt))
             self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
-        if self._engine is None:
-            raise CheckpointError(
-                f"TensorRT could not load {self.path}: engines only run on the GPU model and TensorRT "
-                f"version that built them; delete it and rebuild with tools/export.py --format tensorrt"
-            )
-        self._context = self._engine.create_execution_context()
+            if self._engine is None:
+                raise CheckpointError(
+                    f"TensorRT could not load {self.path}: engines only run on the GPU model and TensorRT "
+                    f"version that built them; delete it and rebuild with tools/build_engines.py")
+            self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
@@ -166,16 +169,27 @@ class TensorRTSession:
         self.output_shape = tuple(self._engine.get_tensor_shape(self._output_name))
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(self.device, torch.float32).contiguous()
-        if tuple(batch.shape) != self.input_shape:
-            raise ConfigError(f"{self.path} takes {self.input_shape}, got {tuple(batch.shape)}")
-        out = torch.empty(self.output_shape, dtype=torch.float32, device=self.device)
-        self._context.set_tensor_address(self._input_name, batch.data_ptr())
-        self._context.set_tensor_address(self._output_name, out.data_ptr())
-        stream = torch.cuda.current_stream(self.device)
-        if not self._context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"TensorRT execution failed for a batch of shape {tuple(batch.shape)}")
-        return out
+        with torch.cuda.device(self.device):
+            batch = batch.to(self.device, torch.float32).contiguous()
+            if tuple(batch.shape) != self.input_shape:
+                raise ConfigError(f"{self.path} takes {self.input_shape}, got {tuple(batch.shape)}")
+            out = torch.empty(self.output_shape, dtype=torch.float32, device=self.device)
+            self._context.set_tensor_address(self._input_name, batch.data_ptr())
+            self._context.set_tensor_address(self._output_name, out.data_ptr())
+            stream = torch.cuda.current_stream(self.device)
+            if not self._context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError(f"TensorRT execution failed for a batch of shape {tuple(batch.shape)}")
+            return out
+
+
+_TRT_LOGGER: list = []  # one TensorRT logger per process (TensorRT warns when several are created)
+
+
+def tensorrt_logger(trt):
+    """The process's TensorRT logger (created on first use)."""
+    if not _TRT_LOGGER:
+        _TRT_LOGGER.append(trt.Logger(trt.Logger.WARNING))
+    return _TRT_LOGGER[0]
 
 
 GraphSession = OnnxSession | TensorRTSession

@@ -13,6 +13,7 @@ that file, and onnxruntime runs it on CPU, which is how its accuracy is checked 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import logging
 import re
@@ -24,7 +25,8 @@ from pathlib import Path
 import torch
 
 from czii_kit.errors import CheckpointError, ConfigError
-from czii_kit.infer.engines import GraphSession, OnnxSession, TensorRTSession, check_window, require_tensorrt
+from czii_kit.infer.engines import (GraphSession, OnnxSession, TensorRTSession, check_window, require_tensorrt,
+                                    tensorrt_logger)
 from czii_kit.utils.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -145,11 +147,48 @@ def check_parity(what: str, diff: float, fp16: bool) -> None:
                               "(for fp16, try the fp32 graph: --precision fp32)")
 
 
-def tensorrt_engine_path(onnx_path: str | Path, cache_dir: str | Path, gpu_name: str, trt_version: str) -> Path:
-    """Cache location: engines only run on the GPU model and TensorRT version that built them."""
-    digest = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()[:16]
+@dataclass(frozen=True)
+class EngineFiles:
+    """Where graphs and engines live: exports and builds go to ``cache_dir``; ``prebuilt`` folders (e.g. a
+    Kaggle dataset made by tools/build_engines.py) are searched first and never written to."""
+
+    cache_dir: Path = Path("build/engines")
+    prebuilt: tuple[Path, ...] = ()
+    engine_dir: Path | None = None  # where new engines go (default: cache_dir); tools/build_engines.py sets it
+
+    def engine_path(self, graph: str, sources: Sequence[str | Path], device: torch.device) -> Path:
+        """The engine file for ``graph`` on this GPU: a prebuilt one whose key matches, else where to build it."""
+        trt = require_tensorrt()
+        name = engine_name(graph, sources, torch.cuda.get_device_name(device), trt.__version__)
+        for folder in self.prebuilt:
+            if (Path(folder) / name).is_file():
+                return Path(folder) / name
+        return Path(self.engine_dir or self.cache_dir) / name
+
+
+@functools.lru_cache(maxsize=256)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_digest(sources: Sequence[str | Path]) -> str:
+    """sha256 over the checkpoint files a graph is made of (their bytes: copies and packs keep the key)."""
+    parts = []
+    for path in map(Path, sources):
+        stat = path.stat()
+        parts.append(_file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns))
+    return hashlib.sha256(";".join(parts).encode()).hexdigest()
+
+
+def engine_name(graph: str, sources: Sequence[str | Path], gpu_name: str, trt_version: str) -> str:
+    """An engine runs only for the weights, window, batch and precision it was built from (``graph``, the ONNX
+    file's stem, and the weights' digest), on the GPU model and TensorRT version that built it: all in the name."""
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-")
-    return Path(cache_dir) / f"{Path(onnx_path).stem}-{gpu}-trt{trt_version}-{digest}.engine"
+    return f"{graph}-{weights_digest(sources)[:12]}-{gpu}-trt{trt_version}.engine"
 
 
 def strongly_typed_flags(trt) -> int:
@@ -158,30 +197,31 @@ def strongly_typed_flags(trt) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
-def build_tensorrt_engine(onnx_path: str | Path, cache_dir: str | Path, workspace_gb: float = 4) -> Path:
-    """Build (or reuse from ``cache_dir``) a serialized TensorRT engine for this GPU.
+def build_tensorrt_engine(onnx_path: str | Path, target: str | Path, device: str | torch.device = "cuda",
+                          workspace_gb: float = 4) -> Path:
+    """Build a serialized TensorRT engine for this GPU into ``target`` (atomically), unless it is there already.
 
     Precision follows the ONNX file (export it with ``fp16=True`` for an fp16 engine).
     """
     trt = require_tensorrt()
-    onnx_path = Path(onnx_path)
+    onnx_path, target = Path(onnx_path), Path(target)
     if not onnx_path.is_file():
-        raise CheckpointError(f"ONNX model not found: {onnx_path}; export it with export_onnx first")
-    target = tensorrt_engine_path(onnx_path, cache_dir, torch.cuda.get_device_name(), trt.__version__)
+        raise CheckpointError(f"ONNX model not found: {onnx_path}; export it with tools/export.py first")
     if target.is_file():
         log.info("reusing TensorRT engine %s", target)
         return target
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(strongly_typed_flags(trt))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ConfigError(f"TensorRT cannot parse {onnx_path}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    log.info("building TensorRT engine %s (takes minutes)", target)
-    serialized = builder.build_serialized_network(network, config)
+    with torch.cuda.device(torch.device(device)):
+        logger = tensorrt_logger(trt)
+        builder = trt.Builder(logger)
+        network = builder.create_network(strongly_typed_flags(trt))
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse(onnx_path.read_bytes()):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise ConfigError(f"TensorRT cannot parse {onnx_path}: {errors}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+        log.warning("building TensorRT engine %s (takes minutes)", target.name)
+        serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ConfigError(f"TensorRT failed to build an engine from {onnx_path}; see the TensorRT log above")
     with atomic_path(target, suffix=".engine") as tmp:
@@ -189,17 +229,19 @@ def build_tensorrt_engine(onnx_path: str | Path, cache_dir: str | Path, workspac
     return target
 
 
-def open_graph(kind: str, onnx_for: Callable[[bool], Path], cache_dir: str | Path,
-               device: str | torch.device) -> GraphSession:
-    """The session a graph engine kind runs, for U-Nets and YOLO alike.
+def open_graph(kind: str, onnx_for: Callable[[bool], Path], device: str | torch.device,
+               engine_for: Callable[[], Path] | None = None) -> GraphSession:
+    """The session a graph engine kind runs, for every member kind.
 
     ``onnx_for(fp16)`` gives the ONNX file of that precision (exporting it if needed): onnx runs the
-    fp32 file, onnx_fp16 the fp16 one, tensorrt an engine built from the fp16 one. TensorRT is
-    checked before anything is exported.
+    fp32 file, onnx_fp16 the fp16 one, tensorrt the engine at ``engine_for()``, built from the fp16
+    file when it is not there yet. TensorRT is checked before anything is exported.
     """
     if kind == "tensorrt":
         require_tensorrt()
-        return TensorRTSession(build_tensorrt_engine(onnx_for(True), cache_dir), device)
+        if engine_for is None:
+            raise ConfigError("internal: a TensorRT session needs the engine's path")
+        return TensorRTSession(build_tensorrt_engine(onnx_for(True), engine_for(), device), device)
     if kind not in ("onnx", "onnx_fp16"):
         raise ConfigError(f"unknown engine {kind!r}; use torch, onnx, onnx_fp16 or tensorrt")
     return OnnxSession(onnx_for(kind == "onnx_fp16"), device)

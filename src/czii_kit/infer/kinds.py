@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from czii_kit.checkpoints import find_checkpoints, load_checkpoint, probability_model
 from czii_kit.data.io import Tomogram
@@ -28,7 +30,8 @@ from czii_kit.data.normalize import normalize_from_config
 from czii_kit.errors import CheckpointError, ConfigError
 from czii_kit.infer.engines import GraphEngine, TorchEngine, check_engine_kind, resolve_device, run_fixed_batch
 from czii_kit.infer.ensemble import WeightedMean, check_compatible
-from czii_kit.infer.export import GraphSpec, cached_export, export_graph, open_graph, probability_graph
+from czii_kit.infer.export import (EngineFiles, GraphSpec, cached_export, export_graph, open_graph,
+                                   probability_graph)
 from czii_kit.infer.sliding_window import predict_volume
 from czii_kit.infer.tta import Transform, parse_tta
 from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING
@@ -61,25 +64,56 @@ def member_name(ckpt: Mapping) -> str:
     return f"{path.parent.name}/{path.stem}"
 
 
-def check_spacing(ckpt: Mapping, tomogram: Tomogram) -> None:
+def check_spacing(ckpt: Mapping, spacing: float, where: str) -> None:
     """Models learn particle sizes in voxels: a tomogram must have the voxel size the model was trained at."""
     trained = float(ckpt.get("voxel_spacing", VOXEL_SPACING))
-    if not math.isclose(trained, tomogram.spacing, rel_tol=1e-3):
+    if not math.isclose(trained, spacing, rel_tol=1e-3):
         raise ConfigError(
-            f"{member_name(ckpt)} was trained on {trained:.4f} Å voxels, but run {tomogram.run} "
-            f"({tomogram.recon}, level {tomogram.level}) has {tomogram.spacing:.4f} Å voxels; "
+            f"{member_name(ckpt)} was trained on {trained:.4f} Å voxels, but {where} has {spacing:.4f} Å voxels; "
             f"set data.level to the level the model was trained on (--set data.level=N)")
 
 
+def check_tomogram(ckpt: Mapping, tomogram: Tomogram) -> None:
+    check_spacing(ckpt, tomogram.spacing, f"run {tomogram.run} ({tomogram.recon}, level {tomogram.level})")
+
+
+def graph_name(kind: MemberKind, ckpts: Sequence[Mapping], cfg: Mapping, fp16: bool,
+               weights: Sequence[float] | None = None) -> str:
+    """Experiment folder + ONNX stem (checkpoint, window or image size, batch, precision): what an engine is of."""
+    return f"{Path(ckpts[0]['path']).parent.name}-{kind.onnx_path(ckpts, cfg, fp16, weights).stem}"
+
+
 def graph_session(kind: MemberKind, ckpts: Sequence[Mapping], cfg: Mapping, engine: str, device,
-                  cache_dir: str | Path, weights: Sequence[float] | None = None):
-    """The ONNX Runtime / TensorRT session of a kind's graph: the file tools/export.py packed next to the
-    checkpoint when there is one, else one exported into ``cache_dir`` (never next to the checkpoint)."""
+                  files: EngineFiles, weights: Sequence[float] | None = None):
+    """The ONNX Runtime / TensorRT session of a kind's graph. ONNX: the file tools/export.py packed next to the
+    checkpoint when there is one, else one exported into the cache (never next to the checkpoint). TensorRT: a
+    prebuilt engine whose key matches, else one built into the cache."""
     def onnx_for(fp16: bool) -> Path:
-        return cached_export([c["path"] for c in ckpts], kind.onnx_path(ckpts, cfg, fp16, weights), cache_dir,
+        return cached_export([c["path"] for c in ckpts], kind.onnx_path(ckpts, cfg, fp16, weights), files.cache_dir,
                              lambda path: export_graph(kind.graph(ckpts, cfg, weights), path, fp16))
 
-    return open_graph(engine, onnx_for, cache_dir, device)
+    def engine_for() -> Path:
+        return files.engine_path(graph_name(kind, ckpts, cfg, True, weights), [c["path"] for c in ckpts],
+                                 resolve_device(device))
+
+    return open_graph(engine, onnx_for, device, engine_for)
+
+
+class StageClock:
+    """Adds each stage's wall seconds to ``timings`` (when given); waits for the GPU so a stage's time is its own."""
+
+    def __init__(self, timings: dict | None, device=None) -> None:
+        self.timings, self.device = timings, device
+        self.start = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        if self.timings is None:
+            return
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.timings[stage] = self.timings.get(stage, 0.0) + now - self.start
+        self.start = now
 
 
 class MemberKind(ABC):
@@ -104,12 +138,13 @@ class MemberKind(ABC):
 
     @abstractmethod
     def load(self, ckpts: Sequence[dict], weights: Sequence[float], cfg: Mapping, engine: str, device,
-             cache_dir: str | Path) -> list[Member]: ...
+             files: EngineFiles) -> list[Member]: ...
 
     @abstractmethod
     def candidates(self, members: Sequence[Member], tomogram: Tomogram, cfg: Mapping, floor: float,
-                   passes: Passes | None = None) -> pd.DataFrame:
-        """Raw candidates (score >= floor, before any post-processing) of this kind's members on a tomogram."""
+                   passes: Passes | None = None, timings: dict | None = None) -> pd.DataFrame:
+        """Raw candidates (score >= floor, before any post-processing) of this kind's members on a tomogram;
+        ``timings`` (stage -> seconds) is filled in when given."""
 
 
 KINDS: Registry = Registry("member kind")
@@ -137,23 +172,25 @@ class VolumeKind(MemberKind):
             [probability_model(c) for c in ckpts], weights or [1.0] * len(ckpts))
         return probability_graph(module, infer_window(cfg), int(cfg["infer"]["batch_size"]))
 
-    def load(self, ckpts, weights, cfg, engine, device, cache_dir) -> list[Member]:
+    def load(self, ckpts, weights, cfg, engine, device, files) -> list[Member]:
         check_engine_kind(engine)
         window = infer_window(cfg)
         if engine == "torch":
             return [Member(TorchEngine(probability_model(c), window, device=device), w, member_name(c), c)
                     for c, w in zip(ckpts, weights)]
         if cfg["infer"]["fold_ensemble"] and len(ckpts) > 1:
-            session = graph_session(self, ckpts, cfg, engine, device, cache_dir, weights)
+            session = graph_session(self, ckpts, cfg, engine, device, files, weights)
             return [Member(GraphEngine(session, name=engine), 1.0, f"ensemble of {len(ckpts)}", ckpts[0])]
-        return [Member(GraphEngine(graph_session(self, [c], cfg, engine, device, cache_dir), name=engine), w,
+        return [Member(GraphEngine(graph_session(self, [c], cfg, engine, device, files), name=engine), w,
                        member_name(c), c) for c, w in zip(ckpts, weights)]
 
-    def candidates(self, members, tomogram, cfg, floor, passes=None) -> pd.DataFrame:
+    def candidates(self, members, tomogram, cfg, floor, passes=None, timings=None) -> pd.DataFrame:
+        clock = StageClock(timings, members[0].runner.device)
         for m in members:
-            check_spacing(m.ckpt, tomogram)
+            check_tomogram(m.ckpt, tomogram)
         meta = members[0].ckpt
         volume = normalize_from_config(tomogram.volume, meta["normalization"], name=f"run {tomogram.run}")
+        clock.lap("normalize")
         if passes is None:
             tta = parse_tta(cfg["infer"]["tta"])
             passes = {i: tta for i in range(len(members))}
@@ -162,9 +199,12 @@ class VolumeKind(MemberKind):
                               weights=[members[i].weight for i in active], tta=[passes[i] for i in active],
                               overlap=cfg["infer"]["overlap"], batch_size=cfg["infer"]["batch_size"],
                               blend=cfg["infer"]["blend"])
-        return find_peaks(from_torch(prob), list(CLASS_NAMES), dict.fromkeys(CLASS_NAMES, floor),
-                          kernel_frac=cfg["peaks"]["kernel_frac"], stride=members[0].runner.stride,
-                          experiment=tomogram.run, topk=cfg["peaks"]["topk"], spacing=tomogram.spacing)
+        clock.lap("windows")
+        peaks = find_peaks(from_torch(prob), list(CLASS_NAMES), dict.fromkeys(CLASS_NAMES, floor),
+                           kernel_frac=cfg["peaks"]["kernel_frac"], stride=members[0].runner.stride,
+                           experiment=tomogram.run, topk=cfg["peaks"]["topk"], spacing=tomogram.spacing)
+        clock.lap("peaks")
+        return peaks
 
 
 def ensemble_key(ckpts: Sequence[Mapping], weights: Sequence[float] | None = None) -> str:
@@ -193,7 +233,7 @@ class YoloKind(MemberKind):
         return GraphSpec(module.eval(), (batch, 3, imgsz, imgsz), "images", "raw_detections",
                          sample=lambda g: detector.random_images(ckpt, g), difference=detector.raw_difference)
 
-    def load(self, ckpts, weights, cfg, engine, device, cache_dir) -> list[Member]:
+    def load(self, ckpts, weights, cfg, engine, device, files) -> list[Member]:
         check_engine_kind(engine)
         device = resolve_device(device)
         members = []
@@ -201,34 +241,41 @@ class YoloKind(MemberKind):
             if engine == "torch":
                 runner = detector.torch_runner(detector.build_detection_model(ckpt), device)
             else:
-                runner = graph_runner(graph_session(self, [ckpt], cfg, engine, device, cache_dir),
+                runner = GraphRunner(graph_session(self, [ckpt], cfg, engine, device, files),
                                       detector.graph_geometry(ckpt)[0])
             members.append(Member(runner, weight, member_name(ckpt), ckpt))
         return members
 
-    def candidates(self, members, tomogram, cfg, floor, passes=None) -> pd.DataFrame:
+    def candidates(self, members, tomogram, cfg, floor, passes=None, timings=None) -> pd.DataFrame:
+        clock = StageClock(timings)
         for m in members:
-            check_spacing(m.ckpt, tomogram)
+            check_tomogram(m.ckpt, tomogram)
         points = {f"yolo{i}": detector.yolo_points(m.runner, tomogram.volume, tomogram.run, m.ckpt["config"],
                                                   floor=floor, spacing=tomogram.spacing)
                   for i, m in enumerate(members)}
-        if len(points) == 1:
-            return next(iter(points.values()))
-        return fuse(points, method="dbscan", eps_frac=float(cfg["fusion"]["eps_frac"]),
-                    weights={f"yolo{i}": m.weight for i, m in enumerate(members)}, min_votes=0.0)
+        if len(points) > 1:
+            points = {"yolo": fuse(points, method="dbscan", eps_frac=float(cfg["fusion"]["eps_frac"]),
+                                   weights={f"yolo{i}": m.weight for i, m in enumerate(members)}, min_votes=0.0)}
+        clock.lap("slices")
+        return next(iter(points.values()))
 
 
 for _kind in (VolumeKind(), YoloKind()):
     KINDS.register(_kind.name)(_kind)
 
 
-def graph_runner(session, imgsz: int) -> detector.Runner:
+class GraphRunner:
     """An ONNX or TensorRT session of a fixed-batch YOLO graph as a runner (batches split and zero-padded)."""
-    shape = tuple(session.input_shape)
-    if len(shape) != 4 or not isinstance(shape[0], int) or shape[0] < 1 or shape[1:] != (3, imgsz, imgsz):
-        raise ConfigError(f"{session.path}: expected a fixed (B, 3, {imgsz}, {imgsz}) input, got {shape}; "
-                          "re-export it with tools/export.py")
-    return lambda batch: run_fixed_batch(batch, shape[0], session)
+
+    def __init__(self, session, imgsz: int) -> None:
+        shape = tuple(session.input_shape)
+        if len(shape) != 4 or not isinstance(shape[0], int) or shape[0] < 1 or shape[1:] != (3, imgsz, imgsz):
+            raise ConfigError(f"{session.path}: expected a fixed (B, 3, {imgsz}, {imgsz}) input, got {shape}; "
+                              "re-export it with tools/export.py")
+        self.session, self.batch_size = session, shape[0]
+
+    def __call__(self, batch):
+        return run_fixed_batch(batch, self.batch_size, self.session)
 
 
 def kind_of(ckpt: Mapping) -> MemberKind:

@@ -13,14 +13,14 @@ so they cannot drift apart.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from czii_kit.config import apply_overrides
 from czii_kit.data.io import Tomogram
 from czii_kit.infer.engines import check_engine_kind
+from czii_kit.infer.export import EngineFiles
 from czii_kit.infer.kinds import KINDS, Member, Passes, group_by_kind, kind_of
 from czii_kit.infer.tta import parse_tta
 from czii_kit.post.fusion import ClassWeights, fuse_sources
@@ -33,6 +33,7 @@ class Predictor:
 
     cfg: dict
     members: dict[str, list[Member]]  # kind (= source) name -> members
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds, summed over calls
 
     @property
     def sources(self) -> list[str]:
@@ -41,7 +42,7 @@ class Predictor:
     def raw_candidates(self, tomogram: Tomogram, floor: float, passes: Passes | None = None) -> dict[str, pd.DataFrame]:
         """{source: candidates with score >= floor} before post-processing; ``passes`` (3D member index ->
         TTA transforms) lets a time budget thin out the 3D members' work (slice detectors ignore it)."""
-        return {name: KINDS[name].candidates(members, tomogram, self.cfg, floor, passes)
+        return {name: KINDS[name].candidates(members, tomogram, self.cfg, floor, passes, self.timings)
                 for name, members in self.members.items()}
 
     def predict(self, tomogram: Tomogram, thresholds: Mapping[str, float],
@@ -66,9 +67,9 @@ def inference_config(ckpts: Sequence[dict], overrides: Sequence[str] = (), tta: 
 
 
 def load_predictor(ckpts: Sequence[dict], cfg: dict, device="cpu", engine: str = "torch",
-                   cache_dir: str | Path = "build/engines", member_weights: Sequence[float] | None = None) -> Predictor:
+                   files: EngineFiles = EngineFiles(), member_weights: Sequence[float] | None = None) -> Predictor:
     """Every checkpoint loaded as a member of its kind on ``device`` with engine kind ``engine``."""
-    members = {name: KINDS[name].load([c for c, _ in group], [w for _, w in group], cfg, engine, device, cache_dir)
+    members = {name: KINDS[name].load([c for c, _ in group], [w for _, w in group], cfg, engine, device, files)
                for name, group in group_by_kind(ckpts, member_weights).items()}
     return Predictor(cfg, members)
 

@@ -1,29 +1,39 @@
-"""Predict every run of a split: one Predictor per device, loaded once; runs spread over devices; a time budget.
+"""Predict every run of a split: set up one Predictor per device first, then spread the runs over devices.
 
 The per-tomogram work is ``czii_kit.infer.pipeline`` (raw candidates, then ``finalize``); this module
-only schedules it. Each device gets a worker thread with its own members (engines are not shared
-across GPUs), workers pull runs from one queue, and a run that fails is reported while the others
-finish.
+schedules it and keeps failures loud and contained:
+
+* Setup before the first tomogram: members are loaded on every device (graphs exported, TensorRT engines
+  found prebuilt or built once). If the requested engine cannot be set up, that is said once and the
+  torch engine is used for every run; setup time is measured apart from inference.
+* One worker thread per device, each with its device current for torch and CuPy, pulling runs from one
+  queue; the time budget (if any) is shared, sees inference time only, and knows how many workers run.
+* A run that fails on a graph engine (not because of its data) is retried once on torch; a run that
+  still fails is reported while the others finish.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 
 from czii_kit.data import io
-from czii_kit.errors import ConfigError
+from czii_kit.errors import ConfigError, DataError
 from czii_kit.infer.budget import TimeBudget
+from czii_kit.infer.export import EngineFiles
 from czii_kit.infer.pipeline import Predictor, load_predictor
 from czii_kit.infer.tta import parse_tta
 from czii_kit.infer.workers import map_over_devices
 from czii_kit.post.fusion import ClassWeights
 from czii_kit.post.peaks import empty_detections
+from czii_kit.utils.backend import use_device
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,9 +41,11 @@ class SplitResult:
     """What a split prediction produced: detections of every run that finished, and what went wrong."""
 
     detections: pd.DataFrame
-    seconds: dict[str, float] = field(default_factory=dict)  # run -> wall seconds
+    seconds: dict[str, float] = field(default_factory=dict)  # run -> inference wall seconds
     failures: dict[str, str] = field(default_factory=dict)  # run -> "ExceptionType: message"
-    dropped: list[str] = field(default_factory=list)  # the time budget's decisions
+    decisions: list[str] = field(default_factory=list)  # engine fallback, retries, the time budget's decisions
+    engine: str = "torch"  # the engine the runs used
+    setup_seconds: float = 0.0
 
 
 def available_devices(device: str) -> list[str]:
@@ -49,53 +61,105 @@ def available_devices(device: str) -> list[str]:
     return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
 
+class Predictors:
+    """One Predictor per device and engine, loaded once (under a lock: workers share it)."""
+
+    def __init__(self, ckpts: Sequence[dict], cfg: dict, files: EngineFiles,
+                 member_weights: Sequence[float] | None) -> None:
+        self.ckpts, self.cfg, self.files, self.member_weights = ckpts, cfg, files, member_weights
+        self._loaded: dict[tuple[str, str], Predictor] = {}
+        self._lock = threading.Lock()
+
+    def get(self, device: str, engine: str) -> Predictor:
+        with self._lock:
+            if (device, engine) not in self._loaded:
+                with use_device(device):
+                    self._loaded[device, engine] = load_predictor(
+                        self.ckpts, {**self.cfg, "infer": {**self.cfg["infer"], "engine": engine}}, device, engine,
+                        self.files, self.member_weights)
+            return self._loaded[device, engine]
+
+
+def set_up(predictors: Predictors, devices: Sequence[str], engine: str,
+           report: Callable[[str], None]) -> tuple[str, list[str]]:
+    """Load the members on every device with ``engine``; on failure say why once and fall back to torch."""
+    try:
+        for device in devices:
+            predictors.get(device, engine)
+        return engine, []
+    except DataError:
+        raise
+    except Exception as error:  # noqa: BLE001 -- any failure of the fast engine falls back, said loudly once
+        if engine == "torch":
+            raise
+        message = (f"engine {engine} could not be set up ({type(error).__name__}: {error}); "
+                   "using the torch engine for every run")
+        report(f"WARNING: {message}")
+        log.exception("engine set-up failed")
+        for device in devices:
+            predictors.get(device, "torch")
+        return "torch", [message]
+
+
 def predict_split(root, split: str, runs: Sequence[str], ckpts: Sequence[dict], cfg: dict,
                   thresholds: Mapping[str, float], devices: Sequence[str], *,
                   member_weights: Sequence[float] | None = None, source_weights: ClassWeights | None = None,
-                  time_budget_h: float | None = None, cache_dir: str | Path = "build/engines",
-                  progress: bool = True, report: Callable[[str], None] = print) -> SplitResult:
+                  time_budget_h: float | None = None, files: EngineFiles = EngineFiles(),
+                  progress: bool = True, report: Callable[[str], None] = print,
+                  clock: Callable[[], float] = time.monotonic) -> SplitResult:
     """Detections of ``runs`` (thresholded, post-processed, fused when there are several sources)."""
-    engine = cfg["infer"]["engine"]
-    lock = threading.Lock()
-    predictors: dict[str, Predictor] = {}
-    state: dict = {"budget": None}
+    t0 = clock()
+    predictors = Predictors(ckpts, cfg, files, member_weights)
+    engine, decisions = set_up(predictors, devices, cfg["infer"]["engine"], report)
+    setup_seconds = clock() - t0
+    report(f"set up {len(devices)} device(s) with engine {engine} in {setup_seconds:.1f} s")
+    budget = None
+    volume_members = len(predictors.get(devices[0], engine).members.get("unet", []))
+    if time_budget_h and volume_members:
+        plan = [(i, t) for i in range(volume_members) for t in parse_tta(cfg["infer"]["tta"])]
+        budget = TimeBudget(time_budget_h * 3600, len(runs), plan, workers=len(devices), clock=clock,
+                            setup_seconds=setup_seconds)
     seconds: dict[str, float] = {}
+    lock = threading.Lock()
 
-    def predictor_for(device: str) -> Predictor:
-        with lock:
-            if device not in predictors:
-                predictors[device] = load_predictor(ckpts, cfg, device, engine, cache_dir, member_weights)
-                volume_members = len(predictors[device].members.get("unet", []))
-                if time_budget_h and volume_members and state["budget"] is None:
-                    plan = [(i, t) for i in range(volume_members) for t in parse_tta(cfg["infer"]["tta"])]
-                    state["budget"] = TimeBudget(time_budget_h * 3600, len(runs), plan)
-            return predictors[device]
-
-    def passes_now():
-        budget = state["budget"]
+    def passes_for(run: str):
         if budget is None:
             return None
         grouped = defaultdict(list)
-        with lock:
-            for member, transform in budget.passes_for_next():
-                grouped[member].append(transform)
+        for member, transform in budget.passes_for(run):
+            grouped[member].append(transform)
         return dict(grouped)
 
-    def work(run: str, device: str) -> pd.DataFrame:
-        t0 = time.monotonic()
-        predictor = predictor_for(device)
+    def predict_once(run: str, device: str, engine_now: str, passes) -> pd.DataFrame:
         tomogram = io.read_run(root, run, split, cfg["data"])
-        found = predictor.predict(tomogram, thresholds, source_weights, passes_now())
-        elapsed = time.monotonic() - t0
+        return predictors.get(device, engine_now).predict(tomogram, thresholds, source_weights, passes)
+
+    def work(run: str, device: str) -> pd.DataFrame:
+        with use_device(device):
+            started = clock()
+            passes = passes_for(run)
+            try:
+                found = predict_once(run, device, engine, passes)
+            except DataError:
+                raise  # the run's data is at fault: another engine would fail the same way
+            except Exception as error:  # noqa: BLE001
+                if engine == "torch":
+                    raise
+                note = f"{run} failed on {engine} ({type(error).__name__}: {error}); retrying it on torch"
+                report(f"WARNING: {note}")
+                with lock:
+                    decisions.append(note)
+                found = predict_once(run, device, "torch", passes)
+            elapsed = clock() - started
         with lock:
             seconds[run] = elapsed
-            if state["budget"] is not None:
-                state["budget"].record(elapsed)
+        if budget is not None:
+            budget.record(run, elapsed)
         report(f"{run}: {len(found)} particles in {elapsed:.1f} s on {device}")
         return found
 
     results, failures = map_over_devices(list(runs), list(devices), work, progress=progress)
     frames = [results[r] for r in runs if r in results]
     detections = pd.concat(frames, ignore_index=True) if frames else empty_detections()
-    dropped = state["budget"].dropped if state["budget"] is not None else []
-    return SplitResult(detections, seconds, failures, list(dropped))
+    decisions += budget.decisions if budget is not None else []
+    return SplitResult(detections, seconds, failures, decisions, engine, setup_seconds)

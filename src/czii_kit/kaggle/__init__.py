@@ -1,24 +1,11 @@
-"""Kaggle delivery: pack weights and wheels into a dataset (pack.py), and the choices the notebook makes there."""
+"""Kaggle delivery: pack weights and wheels into a dataset (pack.py), check the image can install them before
+``pip install`` (preflight.py, standard library only), and the machine facts the notebook decides by
+(environment.py: the GPUs, the engine to run, whether CUDA runs at all)."""
 from __future__ import annotations
 
-from czii_kit.errors import ConfigError
+from czii_kit.kaggle.environment import (Environment, GpuInfo, check_cuda_runs, choose_engine, describe_gpus,
+                                         format_environment)
 from czii_kit.kaggle.pack import Pack, PackResult, pack_dataset, read_pack
 
-__all__ = ["Pack", "PackResult", "choose_engine", "pack_dataset", "read_pack"]
-
-
-def choose_engine(requested: str, device: str) -> str:
-    """The engine to run here: TensorRT needs a CUDA GPU and the tensorrt package, else torch (fp16 on GPU).
-
-    Kaggle's image may lack tensorrt; a warning and torch beat a failed submission.
-    """
-    if requested != "tensorrt" or device == "cpu":
-        return "torch" if requested == "tensorrt" else requested
-    from czii_kit.infer.engines import require_tensorrt
-
-    try:
-        require_tensorrt()
-    except ConfigError as e:
-        print(f"WARNING: {e}\nfalling back to --engine torch (fp16 autocast on a GPU, fp32 on the CPU)")
-        return "torch"
-    return "tensorrt"
+__all__ = ["Environment", "GpuInfo", "Pack", "PackResult", "check_cuda_runs", "choose_engine", "describe_gpus",
+           "format_environment", "pack_dataset", "read_pack"]

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from czii_kit.config import exact_section
 from czii_kit.errors import ConfigError
 from czii_kit.particles import CLASS_NAMES, particle
 from czii_kit.post.merging import check_detections, check_positive, collapse_groups, label_groups
@@ -97,14 +98,7 @@ def fuse(sources: Mapping[str, pd.DataFrame], *, method: str, eps_frac: float, w
 
 def fusion_settings(cfg: Mapping) -> dict:
     """A config's ``fusion`` section, checked: exactly the keys of configs/base.yaml (its defaults live there)."""
-    if not isinstance(cfg, Mapping):
-        raise ConfigError(f"fusion config must be a mapping with keys {', '.join(FUSION_KEYS)}, got {cfg!r}")
-    unknown = sorted(set(cfg) - set(FUSION_KEYS))
-    missing = [k for k in FUSION_KEYS if k not in cfg]
-    if unknown or missing:
-        raise ConfigError(f"fusion: unknown key(s) {unknown}, missing key(s) {missing}; "
-                          f"it needs exactly {', '.join(FUSION_KEYS)} (see configs/base.yaml)")
-    return dict(cfg)
+    return exact_section(cfg, FUSION_KEYS, "fusion")
 
 
 def check_class_weights(class_weights: ClassWeights, sources) -> None:

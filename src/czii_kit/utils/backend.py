@@ -7,6 +7,8 @@ asked for explicitly; importing this module never imports it.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 from types import ModuleType
 
 import numpy as np
@@ -69,3 +71,25 @@ def from_torch(tensor):
         return tensor.cpu().numpy()
     with cupy.cuda.Device(tensor.device.index or 0):
         return cupy.from_dlpack(tensor.contiguous())
+
+
+@contextlib.contextmanager
+def use_device(device):
+    """Make ``device`` current for torch and CuPy in this thread (CUDA devices only; CPU is a no-op).
+
+    CUDA's current device is per host thread: a worker for cuda:1 must make it current itself, or
+    kernels, TensorRT contexts and CuPy arrays silently land on GPU 0.
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        yield
+        return
+    index = device.index or 0
+    with torch.cuda.device(index), contextlib.ExitStack() as stack:
+        if importlib.util.find_spec("cupy") is not None:
+            import cupy
+
+            stack.enter_context(cupy.cuda.Device(index))
+        yield

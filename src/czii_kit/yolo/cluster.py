@@ -17,7 +17,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from czii_kit.errors import ConfigError, DataError
+from czii_kit.config import exact_section
+from czii_kit.errors import DataError
 from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING, particle, voxel_to_angstrom
 from czii_kit.post.peaks import class_value, detections_frame, empty_detections
 
@@ -69,14 +70,7 @@ def cluster_class(zyx: np.ndarray, conf: np.ndarray, name: str, link_frac: float
 
 def check_cluster_config(cfg: Mapping) -> dict:
     """The ``yolo.cluster`` section: exactly the keys of configs/base.yaml (its defaults live there only)."""
-    if not isinstance(cfg, Mapping):
-        raise ConfigError(f"yolo.cluster must be a mapping with keys {', '.join(CLUSTER_KEYS)}, got {cfg!r}")
-    unknown = sorted(set(cfg) - set(CLUSTER_KEYS))
-    missing = [k for k in CLUSTER_KEYS if k not in cfg]
-    if unknown or missing:
-        raise ConfigError(f"yolo.cluster: unknown key(s) {unknown}, missing key(s) {missing}; "
-                          f"it needs exactly {', '.join(CLUSTER_KEYS)} (see configs/base.yaml)")
-    return dict(cfg)
+    return exact_section(cfg, CLUSTER_KEYS, "yolo.cluster")
 
 
 def slices_to_points(slices: pd.DataFrame, experiment: str, cfg: Mapping,

@@ -1,0 +1,206 @@
+"""One command that exercises every CUDA path the Kaggle notebook can take, and prints one table.
+
+    python tools/gpu_check.py [--weights weights/EXP] [--runs 2] [--shape 184 630 630]
+
+On every visible GPU: the fp16 TensorRT engine against torch fp32 (max abs difference), CuPy peaks against
+NumPy peaks on the same probability volume, torch fp16 autocast against fp32. Then a predict over full-size
+synthetic runs with one worker per GPU, for each engine (seconds per tomogram, peak GPU memory), and the
+time budget's projection against the measured time. Without a GPU it says so, runs the CPU-side checks
+(NumPy peaks against the reference maximum filter, the fp16 ONNX graph in ONNX Runtime) and exits 0.
+Exit status 1 when any check fails.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from czii_kit.checkpoints import load_checkpoint, save_checkpoint
+from czii_kit.config import dump_config, load_config
+from czii_kit.errors import CziiError
+from czii_kit.infer.export import FP16_TOLERANCE, export_onnx, parity, probability_graph
+from czii_kit.infer.kinds import infer_window
+from czii_kit.models import build_model
+from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING
+
+
+@dataclass
+class Check:
+    name: str
+    device: str
+    ok: bool
+    value: str
+
+    def row(self) -> str:
+        return f"| {self.name} | {self.device} | {self.value} | {'OK' if self.ok else 'FAILED'} |"
+
+
+def untrained_checkpoint(config: str, path: Path) -> Path:
+    """A checkpoint of an untrained model of ``config``: timings and parity need weights, not skill."""
+    cfg = load_config(config)
+    model = build_model(cfg["model"]["name"], **cfg["model"]["args"])
+    save_checkpoint({
+        "model": {"name": cfg["model"]["name"], "args": dict(cfg["model"]["args"])}, "state_dict": model.state_dict(),
+        "config": cfg, "config_yaml": dump_config(cfg), "classes": list(CLASS_NAMES), "activation": "softmax",
+        "stride": model.output_stride, "normalization": dict(cfg["normalize"]), "window": list(infer_window(cfg)),
+        "voxel_spacing": VOXEL_SPACING, "thresholds": dict.fromkeys(CLASS_NAMES, 0.5),
+        "validation": {"score": float("nan")}, "epoch": 0, "fold": 0, "input_multiple": model.input_multiple,
+    }, path)
+    return path
+
+
+def smooth_probabilities(shape, seed: int = 0) -> np.ndarray:
+    """(6, Z, Y, X) float32 in [0, 1] with many separated maxima: a realistic peak-finding workload."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    prob = ndimage.gaussian_filter(rng.random((len(CLASS_NAMES), *shape), dtype=np.float32), (0, 2, 2, 2))
+    prob -= prob.min()
+    return prob / prob.max()
+
+
+def cpu_checks(ckpt: dict, workdir: Path) -> list[Check]:
+    from czii_kit.checkpoints import probability_model
+    from czii_kit.infer.engines import OnnxSession
+    from czii_kit.post.peaks import find_peaks, reference_peaks
+
+    prob = smooth_probabilities((48, 96, 96))
+    thresholds = dict.fromkeys(CLASS_NAMES, 0.6)
+    ours, ref = find_peaks(prob, CLASS_NAMES, thresholds), reference_peaks(prob, CLASS_NAMES, thresholds)
+    same = len(ours) == len(ref) and np.allclose(ours[["x", "y", "z"]].to_numpy(), ref[["x", "y", "z"]].to_numpy())
+    checks = [Check("NumPy peaks = scipy maximum_filter peaks", "cpu", same, f"{len(ours)} vs {len(ref)} peaks")]
+    model = probability_model(ckpt)
+    multiple = math.lcm(int(model.output_stride), int(model.input_multiple))
+    window = tuple(max(multiple, min(w, 32) // multiple * multiple) for w in ckpt["window"])  # fp16 is slow on CPU
+    path = export_onnx(model, window, workdir / "half.onnx", batch_size=1, fp16=True)
+    diff = parity(probability_graph(model, window, 1), OnnxSession(path))
+    checks.append(Check("fp16 ONNX graph (what TensorRT builds from) vs torch fp32", "cpu",
+                        diff <= FP16_TOLERANCE, f"max abs diff {diff:.2e}"))
+    return checks
+
+
+def gpu_checks(ckpt: dict, device: str, workdir: Path) -> list[Check]:
+    from czii_kit.checkpoints import probability_model
+    from czii_kit.infer.engines import TensorRTSession
+    from czii_kit.infer.export import build_tensorrt_engine
+    from czii_kit.post.peaks import find_peaks
+
+    checks = []
+    model, window = probability_model(ckpt).to(device), tuple(ckpt["window"])
+    spec = probability_graph(model, window, int(ckpt["config"]["infer"]["batch_size"]))
+    x = torch.randn(spec.input_shape, device=device)
+    with torch.inference_mode():
+        fp32 = model(x)
+        with torch.autocast("cuda", dtype=torch.float16):
+            fp16 = model(x).float()
+    diff = float((fp32 - fp16).abs().max())
+    checks.append(Check("torch fp16 autocast vs fp32", device, diff <= FP16_TOLERANCE, f"max abs diff {diff:.2e}"))
+    try:
+        onnx = export_onnx(model.cpu(), window, workdir / f"m-{device[-1]}.onnx", spec.input_shape[0], fp16=True)
+        t0 = time.monotonic()
+        engine = build_tensorrt_engine(onnx, workdir / f"m-{device[-1]}.engine", device)
+        built = time.monotonic() - t0
+        diff = parity(spec, TensorRTSession(engine, device), device)
+        checks.append(Check("TensorRT fp16 engine vs torch fp32", device, diff <= FP16_TOLERANCE,
+                            f"max abs diff {diff:.2e} (built in {built:.0f} s)"))
+    except CziiError as error:
+        checks.append(Check("TensorRT fp16 engine vs torch fp32", device, False, str(error)[:120]))
+    if importlib.util.find_spec("cupy") is None:
+        checks.append(Check("CuPy peaks = NumPy peaks", device, False, "cupy is not installed (pip install cupy-cuda12x)"))
+        return checks
+    import cupy
+
+    prob = smooth_probabilities((92, 315, 315))
+    thresholds = dict.fromkeys(CLASS_NAMES, 0.6)
+    with cupy.cuda.Device(torch.device(device).index or 0):
+        t0 = time.monotonic()
+        on_gpu = find_peaks(cupy.asarray(prob), CLASS_NAMES, thresholds, stride=2)
+        cupy.cuda.Device().synchronize()
+        t_gpu = time.monotonic() - t0
+    t0 = time.monotonic()
+    on_cpu = find_peaks(prob, CLASS_NAMES, thresholds, stride=2)
+    t_cpu = time.monotonic() - t0
+    same = len(on_gpu) == len(on_cpu) and np.allclose(on_gpu[["x", "y", "z", "score"]].to_numpy(),
+                                                       on_cpu[["x", "y", "z", "score"]].to_numpy())
+    checks.append(Check("CuPy peaks = NumPy peaks", device, same,
+                        f"{len(on_gpu)} vs {len(on_cpu)} peaks; {t_gpu:.2f} s vs {t_cpu:.2f} s"))
+    return checks
+
+
+def predict_checks(ckpt_path: Path, devices: list[str], n_runs: int, shape, workdir: Path) -> list[Check]:
+    """Full-size synthetic runs through predict_split, one worker per GPU, each engine; budget projection."""
+    from czii_kit.data.synth import SynthConfig, make_dataset
+    from czii_kit.infer.export import EngineFiles
+    from czii_kit.infer.split import predict_split
+    from czii_kit.data import layout
+
+    root = make_dataset(workdir / "data", n_train=0, n_test=n_runs, shape=tuple(shape), seed=3,
+                        cfg=SynthConfig(shape=tuple(shape)), progress=False)
+    runs = layout.list_runs(root, "test")
+    ckpt = load_checkpoint(ckpt_path)
+    checks = []
+    for engine in ("torch", "tensorrt"):
+        cfg = {**ckpt["config"], "infer": {**ckpt["config"]["infer"], "engine": engine, "tta": "flips"}}
+        for d in devices:
+            torch.cuda.reset_peak_memory_stats(d)
+        t0 = time.monotonic()
+        result = predict_split(root, "test", runs, [ckpt], cfg, dict.fromkeys(CLASS_NAMES, 0.5), devices,
+                               time_budget_h=1.0, files=EngineFiles(workdir / "engines"), progress=False,
+                               report=lambda line: None)
+        total = time.monotonic() - t0
+        memory = max(torch.cuda.max_memory_allocated(d) for d in devices) / 2**30
+        per_run = np.mean(list(result.seconds.values())) if result.seconds else math.nan
+        ok = not result.failures and result.engine == engine
+        checks.append(Check(f"predict {n_runs} x {'x'.join(map(str, shape))}, flip TTA, engine {engine}",
+                            f"{len(devices)} worker(s)", ok,
+                            f"{per_run:.1f} s per tomogram, {total:.0f} s in all (set-up {result.setup_seconds:.0f} s), "
+                            f"peak GPU memory {memory:.1f} GB" + ("" if ok else f"; {result.failures or result.decisions}")))
+        projected = [d for d in result.decisions if d.startswith("first item")]
+        if projected:
+            checks.append(Check(f"budget projection, engine {engine}", "-", True,
+                                f"{projected[0]}; measured {total:.0f} s"))
+    return checks
+
+
+def run(weights: str | None, n_runs: int, shape, config: str = "cpu_quick") -> list[Check]:
+    with tempfile.TemporaryDirectory(prefix="czii-gpu-check-") as tmp:
+        workdir = Path(tmp)
+        ckpt_path = Path(weights) if weights else untrained_checkpoint(config, workdir / "untrained" / "fold0.pt")
+        if ckpt_path.is_dir():
+            ckpt_path = sorted(ckpt_path.glob("fold*.pt"))[0]
+        ckpt = load_checkpoint(ckpt_path)
+        checks = cpu_checks(ckpt, workdir)
+        if not torch.cuda.is_available():
+            return checks
+        devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        for device in devices:
+            checks += gpu_checks(ckpt, device, workdir)
+        checks += predict_checks(ckpt_path, devices, n_runs, shape, workdir)
+        return checks
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", help="a checkpoint or experiment (default: an untrained --config model)")
+    p.add_argument("--config", default="cpu_quick", help="model of the untrained checkpoint (default cpu_quick)")
+    p.add_argument("--runs", type=int, default=2, help="full-size synthetic runs to predict (default 2)")
+    p.add_argument("--shape", type=int, nargs=3, default=[184, 630, 630])
+    args = p.parse_args(argv)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    names = ", ".join(torch.cuda.get_device_name(i) for i in range(gpus)) if gpus else "none"
+    print(f"czii-kit GPU self-check: torch {torch.__version__}, CUDA {torch.version.cuda}, GPUs: {names}")
+    if not gpus:
+        print("no CUDA GPU here: only the CPU-side checks run; the CUDA paths are NOT checked")
+    checks = run(args.weights, args.runs, args.shape, args.config)
+    print("| check | device | result | status |\n|---|---|---|---|")
+    print("\n".join(c.row() for c in checks))
+    failed = [c for c in checks if not c.ok]
+    print(f"{len(checks) - len(failed)} of {len(checks)} checks passed" + (f"; FAILED: {len(failed)}" if failed else ""))
+    return 1 if failed else 0

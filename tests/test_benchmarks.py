@@ -1,0 +1,63 @@
+"""What the inference benchmark measures: the window tiling's work, and the MONAI peer it compares against."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from czii_kit.benchmarks import peer_peaks, peer_probabilities, single_pass_limit, window_work
+from czii_kit.infer.engines import TorchEngine
+from czii_kit.infer.sliding_window import predict_volume
+from czii_kit.infer.tta import parse_tta
+from czii_kit.particles import CLASS_NAMES
+from czii_kit.post.peaks import find_peaks
+
+
+class Pointwise(torch.nn.Module):
+    """Each output voxel depends on its own input voxel only: every tiling and blend gives the same volume."""
+
+    output_stride, input_multiple = 1, 1
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Conv3d(1, len(CLASS_NAMES), 1)
+        torch.manual_seed(0)
+        torch.nn.init.normal_(self.head.weight)
+
+    def forward(self, x):
+        return torch.sigmoid(self.head(x))
+
+
+def test_window_work_counts_the_voxels_the_network_sees():
+    assert window_work((64, 128, 128), (64, 128, 128), 2, 0.25) == 1.0
+    # 184 x 630 x 630 at 64 x 128 x 128, 25% overlap: 4 x 7 x 7 windows
+    assert window_work((184, 630, 630), (64, 128, 128), 2, 0.25) == pytest.approx(
+        4 * 7 * 7 * 64 * 128 * 128 / (184 * 630 * 630))
+    assert single_pass_limit((10, 10, 10), 500.0) == 2.0
+
+
+def test_peer_and_kit_agree_with_the_model_on_the_whole_volume():
+    model = Pointwise().eval()
+    volume = np.random.default_rng(0).normal(size=(20, 37, 41)).astype(np.float32)
+    with torch.no_grad():
+        whole = model(torch.from_numpy(volume)[None, None])[0]
+    tta = parse_tta("flips")
+    peer = peer_probabilities([model, model], volume, (8, 16, 16), 0.25, 2, tta)
+    kit = predict_volume([TorchEngine(model, (8, 16, 16))] * 2, volume, tta=tta, overlap=0.25, batch_size=2)
+    torch.testing.assert_close(peer, whole, atol=1e-5, rtol=0)
+    torch.testing.assert_close(kit, whole, atol=1e-5, rtol=0)
+
+
+def test_peer_peaks_find_what_the_kit_finds_on_separated_peaks():
+    prob = np.zeros((len(CLASS_NAMES), 30, 60, 60), np.float32)
+    centres = [(5, 10, 10), (20, 40, 45), (12, 50, 8)]
+    for c, (z, y, x) in enumerate(centres):
+        prob[c, z, y, x] = 0.9
+        prob[c, z, y, x + 1] = 0.5  # a shoulder that is not a peak
+    found = peer_peaks(torch.from_numpy(prob), 0.3, stride=1, kernel_frac=0.5)
+    kit = find_peaks(prob, CLASS_NAMES, dict.fromkeys(CLASS_NAMES, 0.3))
+    assert [len(f) for f in found] == [1, 1, 1, 0, 0, 0]
+    assert [tuple(f[0].tolist()) for f in found[:3]] == centres
+    assert len(kit) == 3 and math.isclose(kit["score"].min(), 0.9, rel_tol=1e-6)
