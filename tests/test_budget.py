@@ -170,6 +170,8 @@ class FakePredictor:
 def run_split(monkeypatch, budget_hours: float, setup_seconds: float, pass_seconds: float, n_runs: int = 12):
     from czii_kit.config import load_config
     from czii_kit.data.io import Tomogram
+    from czii_kit.data.source import DataSource
+    from czii_kit.particles import CZII
 
     clock, log = ThreadClock(), []
 
@@ -177,12 +179,26 @@ def run_split(monkeypatch, budget_hours: float, setup_seconds: float, pass_secon
         clock.advance(setup_seconds)  # model load, exports, engine builds: before the first tomogram
         return FakePredictor(clock, pass_seconds, log)
 
+    class NoVoxels(DataSource):
+        """Runs that read instantly: the fake predictor only needs their names."""
+        particles, location = CZII, "fake"
+
+        def list_runs(self, split):
+            return runs
+
+        def read_run(self, run, split, data_cfg, recon=None):
+            return Tomogram(run, split, "denoised", 0, None, 10.0)
+
+        def run_geometry(self, run, split, data_cfg, recon=None):
+            return (1, 1, 1), 10.0
+
+        def read_picks(self, run, data_cfg=None):
+            raise AssertionError("not needed")
+
     monkeypatch.setattr(split_module, "load_predictor", slow_first_load)
-    monkeypatch.setattr(split_module.io, "read_run",
-                        lambda root, run, split, data: Tomogram(run, split, "denoised", 0, None, 10.0))
     cfg = load_config("cpu_quick", ["infer.tta=flips"])
     runs = [f"TS_{i}" for i in range(n_runs)]
-    result = split_module.predict_split("root", "test", runs, [{}], cfg, {}, ["cpu", "cpu"],
+    result = split_module.predict_split(NoVoxels(), "test", runs, [{}], cfg, {}, ["cpu", "cpu"],
                                         time_budget_h=budget_hours, progress=False, report=lambda line: None,
                                         clock=clock)
     return result, log

@@ -64,3 +64,23 @@ def test_per_class_values_in_one_place():
 def test_shipped_variants_load(name):
     cfg = load_config(name)
     assert cfg["targets"]["stride"] in (1, 2)
+
+
+def test_the_class_set_comes_from_the_data_and_travels_in_the_config():
+    from czii_kit.config import particle_set, with_particle_set
+    from czii_kit.particles import CZII, Particle, ParticleSet
+
+    cfg = load_config("cpu_quick", ["classes.ribosome.threshold=0.45"])
+    assert particle_set(cfg) == CZII  # the six, radius and weight from czii_kit.particles
+    project = ParticleSet((Particle("ribosome", 150.0, 1.0), Particle("made-up", 80.0, 2.0)))
+    resolved = with_particle_set(cfg, project)
+    assert list(resolved["classes"]) == ["ribosome", "made-up"]  # the data's classes, in the data's order
+    assert resolved["classes"]["ribosome"]["threshold"] == 0.45  # configured tunables are kept
+    assert resolved["classes"]["made-up"] == {**cfg["class_defaults"], "radius": 80.0, "weight": 2.0}
+    assert particle_set(resolved) == project
+    with pytest.raises(ConfigError, match="'made-up' is not a CZII class, so give its radius"):
+        load_config("cpu_quick", ["classes.made-up.threshold=0.2"])
+    with pytest.raises(ConfigError, match=r"classes.ribosome: unknown key\(s\) \['treshold'\]"):
+        load_config("cpu_quick", ["classes.ribosome.treshold=0.2"])
+    with pytest.raises(ConfigError, match="classes.ribosome.threshold must be a number"):
+        load_config("cpu_quick", ["classes.ribosome.threshold=high"])

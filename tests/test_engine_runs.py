@@ -187,8 +187,8 @@ def test_every_run_failing_writes_nothing_and_says_so(synthetic_root, tiny_exper
     root = tmp_path / "root"
     shutil.copytree(synthetic_root, root)
     for run in layout.list_runs(root, "test"):  # metadata fine, voxels corrupt: found only while predicting
-        for chunk in (layout.tomogram_path(root, "test", run) / "0").iterdir():
-            if not chunk.name.startswith("."):
+        for chunk in (layout.tomogram_path(root, "test", run) / "0").rglob("*"):
+            if chunk.is_file() and not chunk.name.startswith("."):
                 chunk.write_bytes(b"corrupt")
     out = tmp_path / "s.csv"
     status = predict_main(["--data", str(root), "--weights", str(tiny_experiment), "--out", str(out),
@@ -202,8 +202,8 @@ def test_a_partial_submission_prints_a_loud_table_and_exits_non_zero(synthetic_r
     root = tmp_path / "root"
     shutil.copytree(synthetic_root, root)
     broken = layout.list_runs(root, "test")[0]
-    for chunk in (layout.tomogram_path(root, "test", broken) / "0").iterdir():
-        if not chunk.name.startswith("."):
+    for chunk in (layout.tomogram_path(root, "test", broken) / "0").rglob("*"):
+        if chunk.is_file() and not chunk.name.startswith("."):
             chunk.write_bytes(b"corrupt")
     out = tmp_path / "s.csv"
     assert predict_main(["--data", str(root), "--weights", str(tiny_experiment), "--out", str(out), "--device",

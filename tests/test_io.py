@@ -98,7 +98,7 @@ def test_not_a_multiscale_group(tmp_path):
 
 def test_corrupt_chunk(root):
     path = layout.tomogram_path(root, "train", "TS_1")
-    chunk = next(p for p in (path / "0").iterdir() if not p.name.startswith("."))
+    chunk = next(p for p in sorted((path / "0").rglob("*")) if p.is_file() and not p.name.startswith("."))
     chunk.write_bytes(b"garbage")
     with pytest.raises(DataError, match="corrupt"):
         io.read_tomogram(root, "TS_1")

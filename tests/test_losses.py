@@ -228,7 +228,7 @@ def test_unknown_argument_is_named():
         build_loss("bce", gamma=2.0)
 
 
-@pytest.mark.parametrize("weights", [[1, 1, 1], [1, 1, 1, 1, 1, -1], [1, 1, 1, 1, 1, float("nan")]])
+@pytest.mark.parametrize("weights", [[], [1, 1, 1, 1, 1, -1], [1, 1, 1, 1, 1, float("nan")]])
 def test_bad_class_weights(weights):
     with pytest.raises(ConfigError, match="class_weights"):
         build_loss("weighted_ce", class_weights=weights)

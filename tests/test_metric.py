@@ -340,3 +340,18 @@ def test_best_thresholds_need_a_score_column(full_solution):
 def test_metric_does_not_import_torch():
     code = "import sys, czii_kit.metric; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_another_particle_set_scores_with_its_own_radii_and_weights():
+    from czii_kit.particles import Particle, ParticleSet
+
+    project = ParticleSet((Particle("big", 200.0, 3.0), Particle("small", 40.0, 1.0)))
+    solution = pd.DataFrame({"experiment": "r", "particle_type": ["big", "small"], "x": [0.0, 1000.0],
+                             "y": 0.0, "z": 0.0})
+    # 90 Å off: inside big's hit radius (100 Å), outside small's (20 Å)
+    submission = solution.assign(x=solution["x"] + 90.0)
+    table = score_table(solution, submission, project)
+    assert table.loc["big", "tp"] == 1 and table.loc["small", "tp"] == 0
+    assert score(solution, submission, project) == pytest.approx(3.0 / 4.0)  # (3 x 1 + 1 x 0) / (3 + 1)
+    with pytest.raises(SubmissionError, match="unknown particle_type value"):
+        score(solution, submission.assign(particle_type="ribosome"), project)

@@ -18,7 +18,8 @@ from czii_kit.cli.pack_kaggle_dataset import main as pack_main
 from czii_kit.cli.predict import main as predict_main
 from czii_kit.metric import score
 from czii_kit.particles import CLASS_NAMES
-from czii_kit.submission import load_solution, read_submission
+from czii_kit.data.source import open_data
+from czii_kit.submission import read_submission
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "kaggle_notebooks"
 NOTEBOOK = NOTEBOOKS / "czii_inference.ipynb"
@@ -98,7 +99,7 @@ def test_notebook_writes_the_same_submission_as_predict(synthetic_root, low_thre
                          "--no-progress"]) == 0
     expected = read_submission(reference)
     pd.testing.assert_frame_equal(submission, expected)
-    solution = load_solution(synthetic_root, "test")
+    solution = open_data(synthetic_root).solution("test")
     assert score(solution, submission) == score(solution, expected)
 
 
@@ -111,8 +112,8 @@ def test_notebook_fails_loudly_when_no_test_run_produced_predictions(synthetic_r
     root = tmp_path / "corrupt"
     shutil.copytree(synthetic_root, root)
     for run in layout.list_runs(root, "test"):  # the metadata opens, the voxels do not: found only while predicting
-        for chunk in (layout.tomogram_path(root, "test", run) / "0").iterdir():
-            if not chunk.name.startswith("."):
+        for chunk in (layout.tomogram_path(root, "test", run) / "0").rglob("*"):
+            if chunk.is_file() and not chunk.name.startswith("."):
                 chunk.write_bytes(b"corrupt")
     with pytest.raises(CellExecutionError, match="every run failed, so no submission was written"):
         run_notebook(root, low_threshold_experiment, tmp_path, monkeypatch)

@@ -119,8 +119,8 @@ def test_a_run_failing_mid_way_is_reported_and_others_finish(synthetic_root, tin
     root = tmp_path / "root"
     shutil.copytree(synthetic_root, root)
     broken, ok = layout.list_runs(root, "test")
-    chunk = next(p for p in sorted((layout.tomogram_path(root, "test", broken) / "0").iterdir())
-                 if not p.name.startswith("."))
+    chunk = next(p for p in sorted((layout.tomogram_path(root, "test", broken) / "0").rglob("*"))
+                 if p.is_file() and not p.name.startswith("."))
     chunk.write_bytes(b"not a blosc chunk")  # the metadata is fine, the voxels are not
     out = tmp_path / "s.csv"
     assert run_predict(root, tiny_experiment, out, "--tta", "none") == 1

@@ -130,8 +130,8 @@ def test_no_positive_candidates_is_an_error_unless_positives_are_off():
     with pytest.raises(ConfigError, match="class_weights"):
         PatchSampler(*only_class_1, class_weights=[1, 0, 1, 1, 1, 1])
     PatchSampler(*empty, positive_fraction=0.0).sample()
-    with pytest.raises(ConfigError, match="6 non-negative"):
-        PatchSampler(*only_class_1, class_weights=[1, 1])
+    with pytest.raises(DataError, match=r"labels must lie in 0\.\.0"):  # one class weight: one class, label 0
+        PatchSampler(*only_class_1, class_weights=[1])
 
 
 # --------------------------------------------------------------------------- PatchDataset

@@ -9,9 +9,8 @@ model's, so the comparison is like for like (and generous to the baseline).
 import argparse
 
 from czii_kit.baseline import dog_score
-from czii_kit.cli.common import resolve_data_root
+from czii_kit.cli.common import resolve_data
 from czii_kit.config import load_config
-from czii_kit.data import layout
 from czii_kit.data.folds import split_runs
 from czii_kit.metric import format_table
 from czii_kit.train.data import load_runs
@@ -23,9 +22,9 @@ def main() -> None:
     p.add_argument("--data")
     p.add_argument("--config", default="cpu_quick", help="for normalization, peak and post-processing settings")
     args = p.parse_args()
-    root = resolve_data_root(args.data)
+    root = resolve_data(args.data)
     cfg = load_config(args.config)
-    _, val = split_runs(layout.list_runs(root, "train"), args.fold, cfg["data"]["fold_file"])
+    _, val = split_runs(root.list_runs("train"), args.fold, cfg["data"]["fold_file"])
     _, table, score = dog_score(load_runs(root, val, cfg, extra_recons=False), cfg)
     print(f"DoG baseline on {', '.join(val)} (fold {args.fold}):")
     print(format_table(table, score))

@@ -15,9 +15,8 @@ import time
 import numpy as np
 import torch
 
-from czii_kit.cli.common import resolve_data_root
+from czii_kit.cli.common import resolve_data
 from czii_kit.config import class_values, load_config
-from czii_kit.data import layout
 from czii_kit.data.dataset import PatchDataset
 from czii_kit.data.targets import TargetSpec
 from czii_kit.infer.engines import resolve_device
@@ -30,7 +29,7 @@ from czii_kit.train.loop import place_model
 def bench(name: str, root, steps: int, overrides: list[str]) -> dict:
     cfg = load_config(name, overrides)
     device = resolve_device(cfg["train"]["device"] if name == "cpu_quick" else "auto")
-    runs = load_runs(root, layout.list_runs(root, "train")[:3], cfg, extra_recons=False)
+    runs = load_runs(root, root.list_runs("train")[:3], cfg, extra_recons=False)
     tc = cfg["train"]
     ds = PatchDataset([r.volume for r in runs], [r.points for r in runs], [r.labels for r in runs],
                       patch_size=tuple(tc["patch_size"]), target_spec=TargetSpec.from_config(cfg["targets"]),
@@ -74,7 +73,7 @@ def main() -> None:
     p.add_argument("--data")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args()
-    root = resolve_data_root(args.data)
+    root = resolve_data(args.data)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name in args.config:
         steps = args.steps if name == "cpu_quick" or torch.cuda.is_available() else min(args.steps, 3)

@@ -10,17 +10,19 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from czii_kit.config import particle_set
 from czii_kit.infer.pipeline import finalize
 from czii_kit.metric import tuned_score
-from czii_kit.particles import CLASS_NAMES, PARTICLES, VOXEL_SPACING
+from czii_kit.particles import CZII, VOXEL_SPACING, ParticleSet
 from czii_kit.post.peaks import find_peaks
 
 
-def dog_response(volume: np.ndarray, ratio: float = 1.6, spacing: float = VOXEL_SPACING) -> np.ndarray:
-    """(6, Z, Y, X) float32 blob responses of a normalized volume, one channel per class."""
-    out = np.empty((len(PARTICLES),) + volume.shape, np.float32)
+def dog_response(volume: np.ndarray, ratio: float = 1.6, spacing: float = VOXEL_SPACING,
+                 particles: ParticleSet = CZII) -> np.ndarray:
+    """(C, Z, Y, X) float32 blob responses of a normalized volume, one channel per class."""
+    out = np.empty((len(particles),) + volume.shape, np.float32)
     inverted = -volume.astype(np.float32)
-    for i, p in enumerate(PARTICLES):
+    for i, p in enumerate(particles):
         sigma = p.radius / spacing / np.sqrt(3.0)
         out[i] = ndimage.gaussian_filter(inverted, sigma) - ndimage.gaussian_filter(inverted, sigma * ratio)
     return out
@@ -28,11 +30,12 @@ def dog_response(volume: np.ndarray, ratio: float = 1.6, spacing: float = VOXEL_
 
 def dog_score(runs, cfg: dict) -> tuple[dict[str, float], pd.DataFrame, float]:
     """Thresholds tuned on ``runs`` (``czii_kit.train.data.RunData``) themselves, per-class table, score."""
+    particles = particle_set(cfg)
     cands = []
     for run in runs:
-        peaks = find_peaks(dog_response(run.volume, spacing=run.spacing), list(CLASS_NAMES),
-                           dict.fromkeys(CLASS_NAMES, 0.0), kernel_frac=cfg["peaks"]["kernel_frac"],
-                           experiment=run.name, topk=cfg["peaks"]["topk"], spacing=run.spacing)
+        peaks = find_peaks(dog_response(run.volume, spacing=run.spacing, particles=particles), particles.names,
+                           dict.fromkeys(particles.names, 0.0), kernel_frac=cfg["peaks"]["kernel_frac"],
+                           experiment=run.name, topk=cfg["peaks"]["topk"], spacing=run.spacing, particles=particles)
         cands.append(finalize({"dog": peaks}, cfg))
     solution = pd.concat([r.picks for r in runs], ignore_index=True)
-    return tuned_score(solution, pd.concat(cands, ignore_index=True))
+    return tuned_score(solution, pd.concat(cands, ignore_index=True), particles=particles)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from czii_kit.infer.sliding_window import window_origins
 from czii_kit.infer.tta import Transform
-from czii_kit.particles import CLASS_NAMES
+from czii_kit.particles import CZII, ParticleSet
 from czii_kit.post.peaks import kernel_size
 
 
@@ -48,11 +48,12 @@ def peer_probabilities(models: Sequence[torch.nn.Module], volume: np.ndarray, wi
     return total[0] / (len(models) * len(tta))
 
 
-def peer_peaks(prob: torch.Tensor, threshold: float, stride: int, kernel_frac: float) -> list[torch.Tensor]:
+def peer_peaks(prob: torch.Tensor, threshold: float, stride: int, kernel_frac: float,
+               particles: ParticleSet = CZII) -> list[torch.Tensor]:
     """Per class, (N, 3) output cells that equal their max-pooled neighbourhood and pass ``threshold``."""
     found = []
-    for channel, name in zip(prob, CLASS_NAMES):
-        k = kernel_size(name, kernel_frac, stride)
+    for channel, name in zip(prob, particles.names):
+        k = kernel_size(name, kernel_frac, stride, particles=particles)
         pooled = F.max_pool3d(channel[None, None], k, stride=1, padding=k // 2)[0, 0]
         found.append(torch.nonzero((channel == pooled) & (channel >= threshold)))
     return found

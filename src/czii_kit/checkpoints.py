@@ -90,8 +90,8 @@ def find_checkpoints(weights: str | Path, folds: list[int] | None = None) -> lis
 
 
 def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
-    """The checkpoint's 3D model with its (EMA) weights, in eval mode."""
-    model = build_model(ckpt["model"]["name"], **ckpt["model"]["args"])
+    """The checkpoint's 3D model with its (EMA) weights, in eval mode (one output channel per class + background)."""
+    model = build_model(ckpt["model"]["name"], num_classes=len(ckpt["classes"]) + 1, **ckpt["model"]["args"])
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

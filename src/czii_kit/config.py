@@ -16,10 +16,12 @@ from typing import Any
 import yaml
 
 from czii_kit.errors import ConfigError
-from czii_kit.particles import CLASS_NAMES
+from czii_kit.particles import CZII, ParticleSet
 from czii_kit.utils.atomic import write_text_atomic
 
 FREE_FORM = ("args",)  # plug-in arguments: validated by the plug-in itself
+CLASSES = "classes"  # keyed by class name (any names: the particle set comes from the data), checked by validate
+CLASS_KEYS = ("threshold", "loss_weight", "sample_weight", "radius", "weight")  # radius (Å), weight: the metric's
 
 
 def config_dir() -> Path:
@@ -72,9 +74,11 @@ def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict:
 
 
 def check_keys(cfg: dict, schema: dict, where: str = "") -> None:
-    """Every key of cfg must appear in schema (the base config), recursively."""
+    """Every key of cfg must appear in schema (the base config), recursively (class entries: see validate)."""
     for k, v in cfg.items():
         dotted = f"{where}{k}"
+        if dotted == CLASSES:
+            continue
         if k not in schema:
             hint = difflib.get_close_matches(str(k), [str(s) for s in schema], n=1)
             tip = f"; did you mean '{where}{hint[0]}'?" if hint else f"; valid keys here: {', '.join(map(str, schema))}"
@@ -100,7 +104,7 @@ def apply_overrides(cfg: dict, overrides: list[str], schema: dict) -> dict:
         keys, value = parse_override(text)
         node, node_schema = cfg, schema
         for i, k in enumerate(keys[:-1]):
-            free = node_schema is None or k in FREE_FORM
+            free = node_schema is None or k in FREE_FORM or (i == 0 and k == CLASSES)
             if not free and k not in node_schema:
                 check_keys({k: None}, node_schema, ".".join(keys[:i]) + "." if i else "")
             if not isinstance(node.get(k), dict):
@@ -131,26 +135,58 @@ def with_new_defaults(cfg: dict) -> dict:
     from old ones. Where no base.yaml can be found (an installed kit without configs/), ``cfg`` is kept.
     """
     path = config_dir() / "base.yaml"
-    return deep_merge(_load_chain(path), cfg) if path.is_file() else cfg
+    if not path.is_file():
+        return cfg
+    base = {k: v for k, v in _load_chain(path).items() if k != CLASSES}  # the class set is the checkpoint's own
+    return deep_merge(base, cfg)
 
 
 def validate(cfg: dict) -> None:
-    classes = cfg.get("classes", {})
-    missing = [c for c in CLASS_NAMES if c not in classes]
-    if missing:
-        raise ConfigError(f"config 'classes' lacks entries for {', '.join(missing)}")
-    for name in classes:
-        if name not in CLASS_NAMES:
-            raise ConfigError(f"config 'classes' has unknown particle type {name!r}; expected {', '.join(CLASS_NAMES)}")
+    """The ``classes`` section: a non-empty mapping of class name -> known settings with numbers; a class that
+    is not one of the six CZII classes must give its radius (Å)."""
+    classes = cfg.get(CLASSES)
+    if not isinstance(classes, dict) or not classes:
+        raise ConfigError("config 'classes' must map each particle class to its settings (see configs/base.yaml)")
+    for name, entry in classes.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"config classes.{name} must be a mapping of {', '.join(CLASS_KEYS)}, got {entry!r}")
+        unknown = sorted(set(entry) - set(CLASS_KEYS))
+        if unknown:
+            raise ConfigError(f"config classes.{name}: unknown key(s) {unknown}; valid: {', '.join(CLASS_KEYS)}")
+        for key, value in entry.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"config classes.{name}.{key} must be a number, got {value!r}")
+        if name not in CZII and "radius" not in entry:
+            raise ConfigError(f"config classes.{name}: {name!r} is not a CZII class, so give its radius "
+                              f"(classes.{name}.radius, Å)")
+
+
+def with_particle_set(cfg: dict, particles: ParticleSet) -> dict:
+    """``cfg`` whose ``classes`` are exactly ``particles`` (the data's set, in its order): each class keeps its
+    configured tunables, takes ``class_defaults`` for the ones it lacks, and records its radius and weight, so the
+    resolved config (and every checkpoint) carries the set it was trained on."""
+    out = copy.deepcopy(cfg)
+    out[CLASSES] = {p.name: {**cfg["class_defaults"], **cfg[CLASSES].get(p.name, {}), "radius": p.radius,
+                             "weight": p.weight} for p in particles}
+    validate(out)
+    return out
+
+
+def particle_set(cfg: dict) -> ParticleSet:
+    """The classes a config's model predicts, in channel order (radius and weight from the config)."""
+    try:
+        return ParticleSet.from_config(cfg)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"config 'classes': {e}") from None
 
 
 def class_values(cfg: dict, key: str) -> list:
-    """A per-class number from ``classes.<name>.<key>`` in CLASS_NAMES order."""
-    return [cfg["classes"][c][key] for c in CLASS_NAMES]
+    """A per-class number from ``classes.<name>.<key>``, in the config's class order."""
+    return [entry[key] for entry in cfg[CLASSES].values()]
 
 
 def class_dict(cfg: dict, key: str) -> dict:
-    return dict(zip(CLASS_NAMES, class_values(cfg, key)))
+    return {name: entry[key] for name, entry in cfg[CLASSES].items()}
 
 
 def dump_config(cfg: dict) -> str:

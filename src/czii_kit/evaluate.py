@@ -35,16 +35,16 @@ from scipy.spatial import cKDTree
 from tqdm.auto import tqdm
 
 from czii_kit.checkpoints import find_checkpoints, load_checkpoint
-from czii_kit.config import class_dict
-from czii_kit.data import io, layout
+from czii_kit.config import class_dict, particle_set
 from czii_kit.data.folds import split_runs
+from czii_kit.data.source import DataSource, open_data
 from czii_kit.errors import CheckpointError, DataError
 from czii_kit.infer.kinds import KINDS, kind_of
 from czii_kit.infer.pipeline import finalize, inference_config, load_predictor
 from czii_kit.metric import best_thresholds, tuned_score
-from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING, particle
+from czii_kit.particles import CZII, VOXEL_SPACING, ParticleSet
 from czii_kit.post.fusion import FUSION_METHODS
-from czii_kit.post.pipeline import with_steps
+from czii_kit.post.pipeline import apply_thresholds, with_steps
 from czii_kit.tuning import Tuning, save_tuning
 from czii_kit.utils.atomic import atomic_path, write_text_atomic
 from czii_kit.viz import busiest_slice, picks_in_slice, save_curves
@@ -83,21 +83,22 @@ def fold_checkpoints(weights: list[str | Path], folds: list[int] | None = None) 
     return dict(sorted(found.items()))
 
 
-def held_out_runs(root, ckpt: Mapping) -> list[str]:
+def held_out_runs(data: DataSource, ckpt: Mapping) -> list[str]:
     """The run(s) the checkpoint's fold held out, by the same split its training used."""
-    _, val = split_runs(layout.list_runs(root, "train"), int(ckpt["fold"]), ckpt["config"]["data"]["fold_file"])
+    _, val = split_runs(data.list_runs("train"), int(ckpt["fold"]), ckpt["config"]["data"]["fold_file"])
     if not val:
         raise CheckpointError(f"{ckpt['path']} was trained on all runs (fold -1): it has no out-of-fold run")
     return val
 
 
 # --------------------------------------------------------------------------- predictions
-def predict_out_of_fold(root, checkpoints: dict[int, dict[str, dict]], device: str = "auto", floor: float = 0.05,
+def predict_out_of_fold(data: DataSource, checkpoints: dict[int, dict[str, dict]], device: str = "auto",
+                        floor: float = 0.05,
                         tta: str | None = None, progress: bool = True) -> list[FoldPrediction]:
     """Raw candidates of every fold's held-out run(s), one source per model kind, through the prediction pipeline."""
     out = []
     for fold, kinds in tqdm(checkpoints.items(), desc="folds", disable=not progress):
-        runs = {kind: held_out_runs(root, ckpt) for kind, ckpt in kinds.items()}
+        runs = {kind: held_out_runs(data, ckpt) for kind, ckpt in kinds.items()}
         if len({tuple(r) for r in runs.values()}) > 1:
             raise CheckpointError(f"fold {fold}: the checkpoints of this fold hold out different runs {runs}; "
                                   "train every model kind with the same data.fold_file")
@@ -105,8 +106,9 @@ def predict_out_of_fold(root, checkpoints: dict[int, dict[str, dict]], device: s
         cfg = inference_config(ckpts, tta=tta)
         predictor = load_predictor(ckpts, cfg, device, "torch")
         for run in next(iter(runs.values())):
-            tomogram = io.read_run(root, run, "train", cfg["data"])
-            out.append(FoldPrediction(fold, run, io.read_picks(root, run), predictor.raw_candidates(tomogram, floor)))
+            tomogram = data.read_run(run, "train", cfg["data"])
+            out.append(FoldPrediction(fold, run, data.read_picks(run, cfg["data"]),
+                                      predictor.raw_candidates(tomogram, floor)))
     return out
 
 
@@ -144,18 +146,19 @@ def ablation(preds: list[FoldPrediction], cfg: Mapping) -> tuple[pd.DataFrame, p
     """(one row per source x variant: score and per-class F4; long per-class table; candidates per source for plots)."""
     solution = solution_of(preds)
     sources = available_sources(preds)
+    particles = particle_set(cfg)
     rows, tables, plain = [], [], {}
     for source in source_rows(sources):
         for variant, steps in VARIANTS.items():
             used, row_cfg = row_setup(source, sources, cfg, steps)
             cands = candidates_of(preds, used, row_cfg)
-            thresholds, table, score = tuned_score(solution, cands)
+            thresholds, table, score = tuned_score(solution, cands, particles=particles)
             rows.append({"source": source, "variant": variant, "score": score,
-                         **{f"f4_{c}": table.loc[c, "f4"] for c in CLASS_NAMES}})
+                         **{f"f4_{c}": table.loc[c, "f4"] for c in particles.names}})
             tables.append(table.reset_index().assign(source=source, variant=variant,
                                                       threshold=[thresholds[c] for c in table.index]))
             if variant == "plain":
-                plain[source] = (cands, cands[cands["score"] >= cands["particle_type"].map(thresholds)])
+                plain[source] = (cands, apply_thresholds(cands, thresholds, particles))
     return pd.DataFrame(rows), pd.concat(tables, ignore_index=True), plain
 
 
@@ -173,10 +176,11 @@ def tune_source_weights(preds: list[FoldPrediction], cfg: Mapping) -> dict[str, 
     if len(sources) < 2:
         return None
     solution = solution_of(preds)
+    particles = particle_set(cfg)
     best: dict[str, tuple[float, dict[str, float]]] = {}
     for option in weight_options(sources):
-        cands = candidates_of(preds, sources, cfg, dict.fromkeys(CLASS_NAMES, option))
-        _, curves = best_thresholds(solution, cands)
+        cands = candidates_of(preds, sources, cfg, dict.fromkeys(particles.names, option))
+        _, curves = best_thresholds(solution, cands, particles=particles)
         for name, curve in curves.groupby("particle_type"):
             f4 = float(curve["f4"].max())
             if name not in best or f4 > best[name][0]:
@@ -190,23 +194,26 @@ def tune(preds: list[FoldPrediction], cfg: Mapping, meta: Mapping) -> tuple[Tuni
     weights = tune_source_weights(preds, cfg)
     cands = candidates_of(preds, sources, cfg, weights)
     default = class_dict(cfg, "threshold")
-    thresholds, table, score = tuned_score(solution_of(preds), cands, fallback=default)
+    particles = particle_set(cfg)
+    thresholds, table, score = tuned_score(solution_of(preds), cands, fallback=default, particles=particles)
     # a class without any candidate tunes to -inf ("keep all"); at predict time that would keep every voxel
     thresholds = {c: t if math.isfinite(t) else default[c] for c, t in thresholds.items()}
     info = {**meta, "sources": sources, "score": score, "folds": sorted({p.fold for p in preds}),
             "runs": [p.run for p in preds]}
-    return Tuning(thresholds, weights, meta=info), table, score
+    return Tuning(thresholds, weights, list(particles.names), meta=info), table, score
 
 
 # --------------------------------------------------------------------------- pictures
-def save_f4_curves(path: Path, solution: pd.DataFrame, candidates: pd.DataFrame, title: str) -> Path:
+def save_f4_curves(path: Path, solution: pd.DataFrame, candidates: pd.DataFrame, title: str,
+                   particles: ParticleSet = CZII) -> Path:
     """Per-class F4 against a shared threshold grid (exact metric counts at each threshold)."""
-    _, curve = best_thresholds(solution, candidates, CURVE_GRID)
+    _, curve = best_thresholds(solution, candidates, CURVE_GRID, particles)
     wide = curve.pivot(index="threshold", columns="particle_type", values="f4").reset_index()
-    return save_curves(path, wide, x="threshold", ys=[c for c in CLASS_NAMES if c in wide.columns], title=title)
+    return save_curves(path, wide, x="threshold", ys=[c for c in particles.names if c in wide.columns], title=title)
 
 
-def match_hits(solution: pd.DataFrame, predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def match_hits(solution: pd.DataFrame, predictions: pd.DataFrame,
+               particles: ParticleSet = CZII) -> tuple[np.ndarray, np.ndarray]:
     """(reference hit?, prediction hit something?) per row, same class and experiment, within the hit radius."""
     ref_hit, pred_hit = np.zeros(len(solution), bool), np.zeros(len(predictions), bool)
     for (experiment, name), refs in solution.groupby(["experiment", "particle_type"]).indices.items():
@@ -215,7 +222,7 @@ def match_hits(solution: pd.DataFrame, predictions: pd.DataFrame) -> tuple[np.nd
         if len(cands) == 0:
             continue
         pairs = cKDTree(predictions[["x", "y", "z"]].to_numpy()[cands]).query_ball_point(
-            solution[["x", "y", "z"]].to_numpy()[refs], r=particle(name).hit_radius)
+            solution[["x", "y", "z"]].to_numpy()[refs], r=particles[name].hit_radius)
         for ref, hits in zip(refs, pairs):
             ref_hit[ref] = len(hits) > 0
             pred_hit[cands[hits]] = True
@@ -223,20 +230,20 @@ def match_hits(solution: pd.DataFrame, predictions: pd.DataFrame) -> tuple[np.nd
 
 
 def save_hit_overlay(path: Path, volume: np.ndarray, solution: pd.DataFrame, predictions: pd.DataFrame,
-                     z: int | None = None, title: str = "", spacing: float | None = None) -> Path:
+                     z: int | None = None, title: str = "", spacing: float = VOXEL_SPACING,
+                     particles: ParticleSet = CZII) -> Path:
     """Slice z with ground truth circles (green hit, orange missed) and predictions (green hit, red false positive)."""
     solution, predictions = solution.reset_index(drop=True), predictions.reset_index(drop=True)
-    ref_hit, pred_hit = match_hits(solution, predictions)
-    spacing = spacing or VOXEL_SPACING
-    z = busiest_slice(solution, volume.shape[0], spacing) if z is None else int(z)
+    ref_hit, pred_hit = match_hits(solution, predictions, particles)
+    z = busiest_slice(solution, volume.shape[0], spacing, particles) if z is None else int(z)
     image = volume[z]
     lo, hi = np.percentile(image, [1, 99])
     fig = Figure(figsize=(8, 8 * image.shape[0] / image.shape[1]), dpi=100)
     ax = fig.add_subplot()
     ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
-    for row in picks_in_slice(solution, z, spacing).itertuples():
+    for row in picks_in_slice(solution, z, spacing, particles).itertuples():
         ax.add_patch(Circle((row.x, row.y), row.radius, fill=False, lw=1.5, ec=HIT if ref_hit[row.row] else MISS))
-    for row in picks_in_slice(predictions, z, spacing).itertuples():
+    for row in picks_in_slice(predictions, z, spacing, particles).itertuples():
         ax.plot(row.x, row.y, marker="x", ms=7, mew=1.8, color=HIT if pred_hit[row.row] else FALSE_POSITIVE)
     handles = [Line2D([], [], ls="none", marker="o", mfc="none", ms=9, color=HIT, label="particle found"),
                Line2D([], [], ls="none", marker="o", mfc="none", ms=9, color=MISS, label="particle missed"),
@@ -303,17 +310,18 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
         df.to_csv(tmp, index=False)
 
 
-def save_pictures(out: Path, root, preds: list[FoldPrediction], plain: dict, data_cfg: Mapping) -> list[Path]:
+def save_pictures(out: Path, data: DataSource, preds: list[FoldPrediction], plain: dict, cfg: Mapping) -> list[Path]:
     """F4 curves per source, and one overlay per held-out run and source (thresholded plain candidates)."""
     solution = solution_of(preds)
-    pictures = [save_f4_curves(out / f"f4_curves_{source}.png", solution, cands, f"F4 vs threshold: {source}")
-                for source, (cands, _) in plain.items()]
+    particles = particle_set(cfg)
+    pictures = [save_f4_curves(out / f"f4_curves_{source}.png", solution, cands, f"F4 vs threshold: {source}",
+                               particles) for source, (cands, _) in plain.items()]
     for pred in preds:
-        tomogram = io.read_run(root, pred.run, "train", data_cfg)
+        tomogram = data.read_run(pred.run, "train", cfg["data"])
         for source, (_, kept) in plain.items():
             pictures.append(save_hit_overlay(out / f"overlay_{pred.run}_{source}.png", tomogram.volume, pred.solution,
                                              kept[kept["experiment"] == pred.run], title=f"{pred.run}: {source}",
-                                             spacing=tomogram.spacing))
+                                             spacing=tomogram.spacing, particles=particles))
     return pictures
 
 
@@ -322,8 +330,9 @@ def run_evaluation(root, weights: list[str | Path], out: str | Path, folds: list
                    progress: bool = True) -> dict:
     """Out-of-fold predictions, ablation, thresholds.json, tables and pictures into ``out``."""
     out = Path(out)
+    data = open_data(root)
     checkpoints = fold_checkpoints(weights, folds)
-    preds = predict_out_of_fold(root, checkpoints, device, floor, tta, progress)
+    preds = predict_out_of_fold(data, checkpoints, device, floor, tta, progress)
     if not any(len(p.solution) for p in preds):
         raise DataError("the held-out runs have no picks at all, so F4 is undefined; check ROOT/train/overlay")
     cfg = inference_config(list(next(iter(checkpoints.values())).values()), tta=tta)
@@ -332,7 +341,7 @@ def run_evaluation(root, weights: list[str | Path], out: str | Path, folds: list
                                                "tta": cfg["infer"]["tta"]})
     out.mkdir(parents=True, exist_ok=True)
     thresholds_file = save_tuning(tuning, out)
-    pictures = save_pictures(out, root, preds, plain, cfg["data"])
+    pictures = save_pictures(out, data, preds, plain, cfg)
     write_csv(rows, out / "ablation.csv")
     write_csv(per_class, out / "per_class.csv")
     report = out / "report.md"

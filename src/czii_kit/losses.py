@@ -4,7 +4,7 @@ Conventions shared by every loss:
   - channel 0 of the logits is background, channels 1..6 are the particle classes;
   - background target = 1 - max over the class heatmaps; a voxel is "positive" where the
     relevant heatmap is >= POSITIVE_THRESHOLD (inside a particle's positive region);
-  - ``class_weights`` (six numbers, default all 1) multiply each class's term; they are not
+  - ``class_weights`` (one per class, default all 1) multiply each class's term; they are not
     renormalised, so all-ones gives the plain mean and a zero removes the class entirely;
   - ``pos_weight`` multiplies the weight of positive voxels; means over voxels are weighted
     means (sum of w * loss / sum of w), so pos_weight shifts emphasis without changing scale.
@@ -21,7 +21,7 @@ from torch import nn
 
 from czii_kit.errors import ConfigError
 from czii_kit.utils.registry import Registry
-from czii_kit.particles import CLASS_NAMES
+from czii_kit.particles import CZII
 
 POSITIVE_THRESHOLD = 0.5
 LOSSES = Registry("loss")
@@ -34,15 +34,14 @@ def build_loss(name: str, class_weights: Sequence[float] | None = None, **args: 
 
 
 def class_weight_tensor(class_weights: Sequence[float] | None) -> torch.Tensor:
-    """Validated (6,) float tensor of per-class weights, all ones when None."""
+    """Validated (C,) float tensor of per-class weights (one per class, in the config's class order); all ones for
+    the six CZII classes when None."""
     if class_weights is None:
-        return torch.ones(len(CLASS_NAMES))
+        return torch.ones(len(CZII))
     weights = torch.as_tensor([float(w) for w in class_weights])
-    if weights.shape != (len(CLASS_NAMES),) or bool((weights < 0).any()) or not bool(torch.isfinite(weights).all()):
-        raise ConfigError(
-            f"class_weights={list(class_weights)}: give {len(CLASS_NAMES)} finite non-negative numbers, "
-            f"in the order {', '.join(CLASS_NAMES)}"
-        )
+    if weights.ndim != 1 or not len(weights) or bool((weights < 0).any()) or not bool(torch.isfinite(weights).all()):
+        raise ConfigError(f"class_weights={list(class_weights)}: give one finite non-negative number per class, "
+                          "in the config's class order")
     return weights
 
 
@@ -60,8 +59,8 @@ def check_positive(**values: float) -> None:
 
 
 def check_shapes(logits: torch.Tensor, target: torch.Tensor) -> None:
-    """Logits (B, 7, ...) and target (B, 6, ...) must share batch and spatial sizes."""
-    n = len(CLASS_NAMES)
+    """Logits (B, C + 1, ...) (background first) and target (B, C, ...) must share batch and spatial sizes."""
+    n = target.shape[1] if target.dim() == logits.dim() else len(CZII)
     expected = (len(logits), n, *logits.shape[2:])
     if logits.shape[1] != n + 1 or tuple(target.shape) != expected:
         raise ConfigError(

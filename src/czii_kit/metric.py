@@ -10,6 +10,8 @@ Official behaviour, kept as is:
   fp = #candidates - tp (negative when one candidate hits several references), fn = #references - tp;
 - tp/fp/fn are summed over experiments, F-beta (beta=4) per class, and the final score is
   sum(weight x F4 over solution classes) / sum of all six weights;
+- radii and weights are the six CZII classes' (``czii_kit.particles.CZII``); every function takes another
+  ``particles`` set for a copick project's classes (the same rules, its radii and weights);
 - the solution must not repeat an (experiment, x, y, z), whatever the class (the official code asserts it).
 One deliberate difference: non-finite coordinates in the scored rows are a clear ``SubmissionError``
 (Kaggle's KDTree fails on them too, but it ignores them in classes the solution lacks).
@@ -26,22 +28,21 @@ from scipy.spatial import KDTree
 
 from czii_kit.data.io import PICK_COLUMNS, XYZ
 from czii_kit.errors import ConfigError, DataError
-from czii_kit.particles import BETA, BY_NAME, CLASS_NAMES, WEIGHT
+from czii_kit.particles import BETA, CZII, ParticleSet
 from czii_kit.submission import require_columns, require_experiment_names, require_finite, require_known_types
 
 GROUP = ["experiment", "particle_type"]
-TOTAL_WEIGHT = float(sum(WEIGHT.values()))
 TABLE_COLUMNS = ["tp", "fp", "fn", "precision", "recall", "f4", "weight", "scored"]
 CURVE_COLUMNS = ["particle_type", "threshold", "tp", "fp", "fn", "precision", "recall", "f4"]
 _NO_POSITIONS = np.empty(0, dtype=np.intp)
 
 
 # --------------------------------------------------------------------------- inputs
-def _check_solution(solution: pd.DataFrame) -> None:
+def _check_solution(solution: pd.DataFrame, particles: ParticleSet) -> None:
     """Ground truth must be complete, finite, of known classes and free of repeated positions."""
     require_columns(solution, PICK_COLUMNS, "solution", DataError)
     require_experiment_names(solution, "solution", DataError)
-    require_known_types(solution, "solution", DataError)
+    require_known_types(solution, "solution", DataError, particles)
     require_finite(solution, XYZ, "solution", DataError)
     repeated = solution.duplicated(subset=["experiment", *XYZ]).to_numpy()
     if repeated.any():
@@ -52,11 +53,12 @@ def _check_solution(solution: pd.DataFrame) -> None:
         )
 
 
-def _scored_rows(solution: pd.DataFrame, submission: pd.DataFrame, extra: tuple[str, ...] = ()) -> pd.DataFrame:
+def _scored_rows(solution: pd.DataFrame, submission: pd.DataFrame, particles: ParticleSet,
+                 extra: tuple[str, ...] = ()) -> pd.DataFrame:
     """The submission rows Kaggle looks at (experiments of the solution), checked."""
     require_columns(submission, [*PICK_COLUMNS, *extra], "submission")
     kept = submission[submission["experiment"].isin(solution["experiment"].unique())]
-    require_known_types(kept, "submission")
+    require_known_types(kept, "submission", particles=particles)
     require_finite(kept, [*XYZ, *extra], "submission")
     return kept
 
@@ -104,18 +106,18 @@ def _rates(tp, fp, fn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- score
-def score_table(solution: pd.DataFrame, submission: pd.DataFrame) -> pd.DataFrame:
-    """Per-class tp/fp/fn/precision/recall/f4/weight for all six classes (``scored`` False: not in solution)."""
-    _check_solution(solution)
-    submission = _scored_rows(solution, submission)
+def score_table(solution: pd.DataFrame, submission: pd.DataFrame, particles: ParticleSet = CZII) -> pd.DataFrame:
+    """Per-class tp/fp/fn/precision/recall/f4/weight for every class (``scored`` False: not in solution)."""
+    _check_solution(solution, particles)
+    submission = _scored_rows(solution, submission, particles)
     ref_xyz = solution[XYZ].to_numpy(dtype=np.float64)
     cand_xyz = submission[XYZ].to_numpy(dtype=np.float64)
     refs, cands = _positions(solution), _positions(submission)
     scored = set(solution["particle_type"])
-    counts = {name: np.zeros(3, dtype=np.int64) for name in CLASS_NAMES}
+    counts = {name: np.zeros(3, dtype=np.int64) for name in particles.names}
     for key in _scored_groups(refs, cands, scored):
         counts[key[1]] += _group_counts(ref_xyz[refs.get(key, _NO_POSITIONS)],
-                                        cand_xyz[cands.get(key, _NO_POSITIONS)], BY_NAME[key[1]].hit_radius)
+                                        cand_xyz[cands.get(key, _NO_POSITIONS)], particles[key[1]].hit_radius)
     table = pd.DataFrame.from_dict(counts, orient="index", columns=["tp", "fp", "fn"])
     table.index.name = "particle_type"
     precision, recall, f4 = _rates(table["tp"], table["fp"], table["fn"])
@@ -123,7 +125,7 @@ def score_table(solution: pd.DataFrame, submission: pd.DataFrame) -> pd.DataFram
     table["precision"] = np.where(is_scored, precision, np.nan)
     table["recall"] = np.where(is_scored, recall, np.nan)
     table["f4"] = np.where(is_scored, f4, np.nan)
-    table["weight"] = [WEIGHT[name] for name in table.index]
+    table["weight"] = [particles[name].weight for name in table.index]
     table["scored"] = is_scored
     return table[TABLE_COLUMNS]
 
@@ -131,12 +133,12 @@ def score_table(solution: pd.DataFrame, submission: pd.DataFrame) -> pd.DataFram
 def table_score(table: pd.DataFrame) -> float:
     """Final score of a ``score_table``: sum(weight x f4 over scored classes) / sum of all weights."""
     scored = table[table["scored"]]
-    return float((scored["f4"] * scored["weight"]).sum() / TOTAL_WEIGHT)
+    return float((scored["f4"] * scored["weight"]).sum() / table["weight"].sum())
 
 
-def score(solution: pd.DataFrame, submission: pd.DataFrame) -> float:
+def score(solution: pd.DataFrame, submission: pd.DataFrame, particles: ParticleSet = CZII) -> float:
     """The Kaggle leaderboard score of ``submission`` against ``solution``."""
-    return table_score(score_table(solution, submission))
+    return table_score(score_table(solution, submission, particles))
 
 
 def format_table(table: pd.DataFrame, score: float) -> str:
@@ -152,7 +154,7 @@ def format_table(table: pd.DataFrame, score: float) -> str:
             numbers = f"{'-':>6} {'-':>6} {'-':>6} {'-':>9} {'-':>7} {'-':>7}  (not in solution)"
         lines.append(f"{name:<20} {row['weight']:>6g} {numbers}")
     lines.append("-" * len(header))
-    lines.append(f"score = sum(weight x f4) / {TOTAL_WEIGHT:g} = {score:.6f}")
+    lines.append(f"score = sum(weight x f4) / {table['weight'].sum():g} = {score:.6f}")
     return "\n".join(lines)
 
 
@@ -175,7 +177,8 @@ def _default_thresholds(scores: np.ndarray) -> np.ndarray:
     return np.unique(scores) if scores.size else np.array([-np.inf])
 
 
-def _best_hit_scores(solution: pd.DataFrame, candidates: pd.DataFrame, scored: set[str]) -> dict[str, np.ndarray]:
+def _best_hit_scores(solution: pd.DataFrame, candidates: pd.DataFrame, scored: set[str],
+                     particles: ParticleSet) -> dict[str, np.ndarray]:
     """Per class: for every reference hit by some candidate, the highest score among its hitters.
 
     A reference counts as a true positive at threshold t exactly when that score is >= t.
@@ -188,7 +191,7 @@ def _best_hit_scores(solution: pd.DataFrame, candidates: pd.DataFrame, scored: s
     for key in _scored_groups(refs, cands, scored):
         ref_pos, cand_pos = refs.get(key, _NO_POSITIONS), cands.get(key, _NO_POSITIONS)
         if len(ref_pos) and len(cand_pos):
-            cand_index, ref_index = _hits(ref_xyz[ref_pos], cand_xyz[cand_pos], BY_NAME[key[1]].hit_radius)
+            cand_index, ref_index = _hits(ref_xyz[ref_pos], cand_xyz[cand_pos], particles[key[1]].hit_radius)
             per_ref = np.full(len(ref_pos), -np.inf)
             np.maximum.at(per_ref, ref_index, scores[cand_pos][cand_index])
             best[key[1]].append(per_ref[np.bincount(ref_index, minlength=len(ref_pos)) > 0])
@@ -206,8 +209,8 @@ def _curve(name: str, hit_scores: np.ndarray, cand_scores: np.ndarray, n_refs: i
                          "precision": precision, "recall": recall, "f4": f4})
 
 
-def best_thresholds(solution: pd.DataFrame, candidates: pd.DataFrame,
-                    grid: np.ndarray | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+def best_thresholds(solution: pd.DataFrame, candidates: pd.DataFrame, grid: np.ndarray | None = None,
+                    particles: ParticleSet = CZII) -> tuple[dict[str, float], pd.DataFrame]:
     """Per-class score threshold maximising the class F4, computed exactly and without re-scoring.
 
     ``candidates`` is a detections frame with a ``score`` column; keeping rows with score >= t gives
@@ -217,16 +220,16 @@ def best_thresholds(solution: pd.DataFrame, candidates: pd.DataFrame,
     Only classes of the solution are tuned. Returns ({class: threshold}, long table of
     particle_type, threshold, tp, fp, fn, precision, recall, f4 sorted by class then threshold).
     """
-    _check_solution(solution)
-    candidates = _scored_rows(solution, candidates, extra=("score",))
+    _check_solution(solution, particles)
+    candidates = _scored_rows(solution, candidates, particles, extra=("score",))
     fixed_grid = None if grid is None else _check_grid(grid)
     scored = set(solution["particle_type"])
-    hit_scores = _best_hit_scores(solution, candidates, scored)
+    hit_scores = _best_hit_scores(solution, candidates, scored, particles)
     n_refs = solution["particle_type"].value_counts()
     cand_scores = {name: group.to_numpy(dtype=np.float64)
                    for name, group in candidates.groupby("particle_type")["score"]}
     best, curves = {}, []
-    for name in (n for n in CLASS_NAMES if n in scored):
+    for name in (n for n in particles.names if n in scored):
         scores = cand_scores.get(name, np.empty(0))
         thresholds = _default_thresholds(scores) if fixed_grid is None else fixed_grid
         curve = _curve(name, hit_scores[name], scores, int(n_refs[name]), thresholds)
@@ -237,13 +240,14 @@ def best_thresholds(solution: pd.DataFrame, candidates: pd.DataFrame,
 
 
 def tuned_score(solution: pd.DataFrame, candidates: pd.DataFrame, grid: np.ndarray | None = None,
-                fallback: dict[str, float] | None = None) -> tuple[dict[str, float], pd.DataFrame, float]:
+                fallback: dict[str, float] | None = None,
+                particles: ParticleSet = CZII) -> tuple[dict[str, float], pd.DataFrame, float]:
     """Tune per-class thresholds, keep candidates scoring >= them, score exactly: (thresholds, table, score).
 
     Classes absent from the solution get no tuned threshold: they take ``fallback`` (default: +inf, i.e. dropped).
     """
-    tuned, _ = best_thresholds(solution, candidates, grid)
-    thresholds = {c: float(tuned.get(c, (fallback or {}).get(c, np.inf))) for c in CLASS_NAMES}
-    kept = candidates[candidates["score"] >= candidates["particle_type"].map(thresholds)]
-    table = score_table(solution, kept)
+    tuned, _ = best_thresholds(solution, candidates, grid, particles)
+    thresholds = {c: float(tuned.get(c, (fallback or {}).get(c, np.inf))) for c in particles.names}
+    kept = candidates[candidates["score"].to_numpy(float) >= candidates["particle_type"].map(thresholds).to_numpy(float)]
+    table = score_table(solution, kept, particles)
     return thresholds, table, table_score(table)

@@ -54,13 +54,77 @@ HARD_CLASSES: tuple[str, ...] = ("beta-amylase", "beta-galactosidase", "thyroglo
 
 
 def particle(name: str) -> Particle:
-    """Look a class up by name, with an error that lists the valid names."""
-    try:
-        return BY_NAME[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown particle type {name!r}; expected one of {', '.join(CLASS_NAMES)}"
-        ) from None
+    """Look a CZII class up by name, with an error that lists the valid names."""
+    return CZII[name]
+
+
+@dataclass(frozen=True)
+class ParticleSet:
+    """The classes a model predicts, in channel order, with their radius (Å) and metric weight.
+
+    The six CZII classes (``CZII``) are the default and exact for the competition metric; a copick project
+    brings its own (its ``pickable_objects``). A resolved config carries its set under ``classes`` (names in
+    order, with ``radius`` and ``weight``), so checkpoints, evaluation and prediction all know it.
+    """
+
+    particles: tuple[Particle, ...]
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.particles]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"a particle set needs distinct class names, got {names}")
+        for p in self.particles:
+            if not (np.isfinite(p.radius) and p.radius > 0 and np.isfinite(p.weight) and p.weight >= 0):
+                raise ValueError(f"class {p.name!r}: radius must be > 0 Å and weight >= 0, got {p.radius}, {p.weight}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.particles)
+
+    @property
+    def radius(self) -> dict[str, float]:
+        return {p.name: p.radius for p in self.particles}
+
+    @property
+    def weight(self) -> dict[str, float]:
+        return {p.name: p.weight for p in self.particles}
+
+    def __len__(self) -> int:
+        return len(self.particles)
+
+    def __iter__(self):
+        return iter(self.particles)
+
+    def __contains__(self, name) -> bool:
+        return name in self.names
+
+    def __getitem__(self, name: str) -> Particle:
+        for p in self.particles:
+            if p.name == name:
+                return p
+        raise KeyError(f"unknown particle type {name!r}; expected one of {', '.join(self.names)}")
+
+    def index(self, name: str) -> int:
+        return self.names.index(self[name].name)
+
+    def describe(self) -> str:
+        return ", ".join(f"{p.name} (r {p.radius:g} Å, w {p.weight:g})" for p in self.particles)
+
+    @classmethod
+    def from_config(cls, cfg) -> ParticleSet:
+        """The set a resolved config's ``classes`` section names, in its order; a CZII class may omit radius and
+        weight (the competition's constants fill them in), any other class must give its radius."""
+        out = []
+        for name, entry in cfg["classes"].items():
+            known = BY_NAME.get(name)
+            radius = entry.get("radius", known.radius if known else None)
+            if radius is None:
+                raise KeyError(f"class {name!r} is not a CZII class and has no radius: give classes.{name}.radius (Å)")
+            out.append(Particle(name, float(radius), float(entry.get("weight", known.weight if known else 1.0))))
+        return cls(tuple(out))
+
+
+CZII = ParticleSet(PARTICLES)
 
 
 def angstrom_to_voxel(xyz_angstrom, spacing: float = VOXEL_SPACING) -> np.ndarray:

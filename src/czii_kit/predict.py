@@ -1,7 +1,8 @@
-"""The prediction job behind ``tools/predict.py`` and the Kaggle notebook: checkpoints -> submission.csv.
+"""The prediction job behind ``tools/predict.py`` and the Kaggle notebook: checkpoints -> submission.csv
+(+ copick picks, + RELION STAR files).
 
 ``predict_submission`` takes keyword arguments (the notebook calls it directly; the command-line
-tool only parses arguments), checks every input and the output before the first tomogram is
+tool only parses arguments), checks every input and every output before the first tomogram is
 read, predicts the split with ``czii_kit.infer.split.predict_split`` and writes the submission
 atomically.
 """
@@ -15,13 +16,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from czii_kit.data import io, layout
+from czii_kit.config import particle_set
+from czii_kit.data.source import DataSource, open_data
+from czii_kit.data.star import check_star_folder, write_star_files
 from czii_kit.errors import ConfigError, DataError, PredictionError
 from czii_kit.infer.export import EngineFiles
 from czii_kit.infer.kinds import check_spacing, group_by_kind, load_checkpoints
 from czii_kit.infer.pipeline import inference_config
 from czii_kit.infer.split import SplitResult, available_devices, predict_split
-from czii_kit.particles import CLASS_NAMES
+from czii_kit.particles import ParticleSet
 from czii_kit.submission import write_submission
 from czii_kit.tuning import Tuning, check_sources, load_tuning
 
@@ -50,14 +53,15 @@ def missing_runs_table(failures: Mapping[str, str], n_runs: int, out: Path) -> s
     return "\n".join(lines)
 
 
-def parse_thresholds(text: str | Mapping[str, float] | None, base: Mapping[str, float]) -> dict[str, float]:
+def parse_thresholds(text: str | Mapping[str, float] | None, base: Mapping[str, float],
+                     particles: ParticleSet) -> dict[str, float]:
     """Per-class overrides ('ribosome=0.4,thyroglobulin=0.2' or a mapping) over ``base``."""
     out = dict(base)
     items = text.items() if isinstance(text, Mapping) else (
         item.partition("=")[::2] for item in filter(None, (text or "").split(",")))
     for name, value in items:
-        if name not in CLASS_NAMES:
-            raise ConfigError(f"--thresholds: unknown particle type {name!r}; expected {', '.join(CLASS_NAMES)}")
+        if name not in particles:
+            raise ConfigError(f"--thresholds: unknown particle type {name!r}; expected {', '.join(particles.names)}")
         try:
             out[name] = float(value)
         except (TypeError, ValueError):
@@ -65,9 +69,9 @@ def parse_thresholds(text: str | Mapping[str, float] | None, base: Mapping[str, 
     return out
 
 
-def mean_thresholds(ckpts: Sequence[dict]) -> dict[str, float]:
+def mean_thresholds(ckpts: Sequence[dict], particles: ParticleSet) -> dict[str, float]:
     """Per-class thresholds averaged over the members' own tuned values (each tuned on one held-out run)."""
-    return {c: float(np.mean([k["thresholds"][c] for k in ckpts])) for c in CLASS_NAMES}
+    return {c: float(np.mean([k["thresholds"][c] for k in ckpts])) for c in particles.names}
 
 
 def check_output(path: Path) -> None:
@@ -84,58 +88,90 @@ def check_output(path: Path) -> None:
         raise DataError(f"--out {path}: cannot write there ({e.strerror or e}); choose another --out") from e
 
 
-def select_runs(root, split: str, runs: Sequence[str] | None) -> list[str]:
-    all_runs = layout.list_runs(root, split)
+def select_runs(data: DataSource, split: str, runs: Sequence[str] | None) -> list[str]:
+    all_runs = data.list_runs(split)
     if not runs:
         return all_runs
     unknown = sorted(set(runs) - set(all_runs))
     if unknown:
-        raise DataError(f"--runs: {', '.join(unknown)} not in the {split} split of {root}")
+        raise DataError(f"--runs: {', '.join(unknown)} not in the {split} split of {data}")
     return list(runs)
 
 
-def check_runs(root, split: str, runs: Sequence[str], ckpts: Sequence[dict], data_cfg: Mapping) -> None:
-    """Before any inference: every run's tomogram opens (metadata only) and has the members' voxel size."""
+def check_classes(particles: ParticleSet, data: DataSource) -> None:
+    """The checkpoints predict the data's classes (a copick project's pickable particles, or the CZII six)."""
+    if set(particles.names) != set(data.particles.names):
+        raise ConfigError(f"the checkpoints predict {', '.join(particles.names)} but {data} has "
+                          f"{', '.join(data.particles.names)}; use checkpoints trained on this project's classes")
+
+
+def check_runs(data: DataSource, split: str, runs: Sequence[str], ckpts: Sequence[dict],
+               data_cfg: Mapping) -> dict[str, tuple[tuple[int, ...], float]]:
+    """Before any inference: every run's tomogram opens (metadata only) and has the members' voxel size;
+    returns run -> (shape, voxel size)."""
+    geometry = {}
     for run in runs:
-        spacing = io.run_spacing(root, run, split, data_cfg)
+        geometry[run] = data.run_geometry(run, split, data_cfg)
         for ckpt in ckpts:
-            check_spacing(ckpt, spacing, f"run {run} ({data_cfg['recon']}, level {data_cfg['level']})")
+            check_spacing(ckpt, geometry[run][1], f"run {run} ({data_cfg['recon']}, level {data_cfg['level']})")
+    return geometry
 
 
-def predict_submission(*, weights: Sequence[str | Path], data: str | Path, split: str = "test",
+def copick_target(data: DataSource, copick_out: str | None, runs: Sequence[str],
+                  overwrite: bool) -> tuple[str, str] | None:
+    """(user, session) for --copick-out USER/SESSION, checked against the project before any work."""
+    if copick_out is None:
+        return None
+    from czii_kit.data.copick import CopickProject, check_identity
+
+    if not isinstance(data, CopickProject):
+        raise ConfigError(f"--copick-out writes into a copick project, but --data {data} is a directory; pass the "
+                          "project's copick config JSON as --data (tools/make_copick_project.py makes one)")
+    user, _, session = copick_out.partition("/")
+    check_identity(user, session)
+    if not overwrite:
+        data.check_free(runs, user, session)
+    return user, session
+
+
+def predict_submission(*, weights: Sequence[str | Path], data: str | Path | DataSource, split: str = "test",
                        out: str | Path = "submission.csv", device: str | None = None, engine: str | None = None,
                        tta: str | None = None, time_budget_h: float | None = None, runs: Sequence[str] | None = None,
                        folds: Sequence[int] | None = None, member_weights: Sequence[float] | None = None,
                        thresholds: str | Mapping[str, float] | None = None, thresholds_from: str | Path | None = None,
                        overrides: Sequence[str] = (), engine_cache: str | Path = "build/engines",
-                       prebuilt_engines: Sequence[str | Path] = (),
+                       prebuilt_engines: Sequence[str | Path] = (), copick_out: str | None = None,
+                       star_out: str | Path | None = None, overwrite: bool = False,
                        score: bool = False, progress: bool = True,
                        report: Callable[[str], None] = print) -> PredictionReport:
-    """Predict every run of ``split`` of ``data`` with the checkpoints of ``weights``; write ``out``.
+    """Predict every run of ``split`` of ``data`` with the checkpoints of ``weights``; write ``out`` (and, when asked,
+    copick picks of USER/SESSION into the project, and one RELION STAR file per run into ``star_out``).
 
     Thresholds: the checkpoints' own (mean over members) < a thresholds file from tools/evaluate.py
     (``thresholds_from``, which also brings per-class source weights) < explicit ``thresholds``.
     """
     out = Path(out)
     check_output(out)
+    data = open_data(data)
     ckpts = load_checkpoints(weights, folds)
     cfg = inference_config(ckpts, overrides, tta, engine, device)
-    tuning: Tuning | None = load_tuning(thresholds_from) if thresholds_from else None
+    particles = particle_set(cfg)
+    check_classes(particles, data)
+    tuning: Tuning | None = load_tuning(thresholds_from, particles.names) if thresholds_from else None
     if tuning is not None:
         check_sources(tuning, group_by_kind(ckpts))
-    base = tuning.thresholds if tuning else mean_thresholds(ckpts)
-    final_thresholds = parse_thresholds(thresholds, base)
+    base = tuning.thresholds if tuning else mean_thresholds(ckpts, particles)
+    final_thresholds = parse_thresholds(thresholds, base, particles)
     group_by_kind(ckpts, member_weights)  # checks the member weights before any work
     run_names = select_runs(data, split, runs)
-    check_runs(data, split, run_names, ckpts, cfg["data"])
+    geometry = check_runs(data, split, run_names, ckpts, cfg["data"])
+    target = copick_target(data, copick_out, run_names, overwrite)
+    if star_out is not None:
+        check_star_folder(star_out, run_names, overwrite)
     devices = available_devices(cfg["infer"]["device"])
-    solution = None
-    if score:
-        from czii_kit.submission import load_solution
-
-        solution = load_solution(data, split, run_names)
+    solution = data.solution(split, run_names, cfg["data"]) if score else None
     report(f"{len(ckpts)} checkpoint(s), engine {cfg['infer']['engine']}, TTA {cfg['infer']['tta']}, "
-           f"{len(run_names)} run(s) on {', '.join(devices)}"
+           f"{len(run_names)} run(s) of {data} on {', '.join(devices)}"
            + (f", thresholds from {tuning.path}" if tuning else ""))
     t0 = time.monotonic()
     result = predict_split(data, split, run_names, ckpts, cfg, final_thresholds, devices,
@@ -147,16 +183,23 @@ def predict_submission(*, weights: Sequence[str | Path], data: str | Path, split
     if result.failures and not result.seconds:
         raise PredictionError(f"every run failed, so no submission was written; first error: "
                               f"{next(iter(result.failures.items()))}; see the log above for each run")
-    write_submission(result.detections, out)
+    write_submission(result.detections, out, particles)
     elapsed = time.monotonic() - t0
     mean = sum(result.seconds.values()) / max(1, len(result.seconds))
     report(f"wrote {out}: {len(result.detections)} rows from {len(result.seconds)} run(s) in {elapsed:.1f} s "
            f"({mean:.1f} s per run)")
+    finished = [run for run in run_names if run in result.seconds]
+    if target is not None:
+        files = data.write_picks(result.detections, *target, overwrite=True)  # checked free (or --overwrite) above
+        report(f"wrote {files} copick pick file(s) of {target[0]}/{target[1]} into {data}")
+    if star_out is not None:
+        paths = write_star_files(result.detections, star_out, {r: geometry[r] for r in finished}, particles)
+        report(f"wrote {len(paths)} RELION STAR file(s) into {star_out}")
     outcome = PredictionReport(out, result, run_names, final_thresholds, elapsed)
     if solution is not None:
         from czii_kit.metric import format_table, score_table, table_score
 
-        outcome.table = score_table(solution, result.detections)
+        outcome.table = score_table(solution, result.detections, particles)
         outcome.score = table_score(outcome.table)
         report(format_table(outcome.table, outcome.score))
     for run, err in result.failures.items():

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from czii_kit.data import layout
-from czii_kit.data.io import PICK_COLUMNS, XYZ, read_all_picks
+from czii_kit.data.io import PICK_COLUMNS, XYZ
 from czii_kit.errors import CziiError, DataError, SubmissionError
-from czii_kit.particles import CLASS_NAMES
+from czii_kit.particles import CZII, ParticleSet
 from czii_kit.utils.atomic import atomic_path
 
 SUBMISSION_COLUMNS = ["id", "experiment", "particle_type", "x", "y", "z"]
@@ -63,14 +62,15 @@ def require_finite(df: pd.DataFrame, columns: list[str], source: str,
             )
 
 
-def require_known_types(df: pd.DataFrame, source: str, error: type[CziiError] = SubmissionError) -> None:
-    """Raise when ``particle_type`` holds a name outside ``CLASS_NAMES``."""
-    bad = ~df["particle_type"].isin(CLASS_NAMES).to_numpy()
+def require_known_types(df: pd.DataFrame, source: str, error: type[CziiError] = SubmissionError,
+                        particles: ParticleSet = CZII) -> None:
+    """Raise when ``particle_type`` holds a name outside ``particles``."""
+    bad = ~df["particle_type"].isin(particles.names).to_numpy()
     if bad.any():
         unknown = sorted(map(str, pd.unique(df["particle_type"][bad])))
         raise error(
             f"{source}: unknown particle_type value(s) {', '.join(map(repr, unknown))} in {int(bad.sum())} row(s) "
-            f"({_preview(df['particle_type'], bad)}); valid types are {', '.join(CLASS_NAMES)}; rename or drop them"
+            f"({_preview(df['particle_type'], bad)}); valid types are {', '.join(particles.names)}; rename or drop them"
         )
 
 
@@ -111,12 +111,12 @@ def _require_integer_unique_ids(df: pd.DataFrame, source: str) -> None:
         )
 
 
-def validate_submission(df: pd.DataFrame, source: str = "<submission>") -> None:
+def validate_submission(df: pd.DataFrame, source: str = "<submission>", particles: ParticleSet = CZII) -> None:
     """Raise ``SubmissionError`` unless ``df`` is a well-formed Kaggle submission (column order is free)."""
     _require_exact_columns(df, source)
     _require_integer_unique_ids(df, source)
     require_experiment_names(df, source)
-    require_known_types(df, source)
+    require_known_types(df, source, particles=particles)
     require_finite(df, XYZ, source)
 
 
@@ -144,11 +144,11 @@ def solution_from_picks(picks: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- files
-def write_submission(detections: pd.DataFrame, path: str | os.PathLike) -> Path:
+def write_submission(detections: pd.DataFrame, path: str | os.PathLike, particles: ParticleSet = CZII) -> Path:
     """Convert, validate and write ``submission.csv`` atomically (an old file survives a failed write)."""
     path = Path(path)
     submission = to_submission(detections)
-    validate_submission(submission, source=f"submission for {path}")
+    validate_submission(submission, source=f"submission for {path}", particles=particles)
     try:
         with atomic_path(path) as tmp:
             submission.to_csv(tmp, index=False)
@@ -167,11 +167,11 @@ def _read_csv(path: Path, what: str, error: type[CziiError]) -> pd.DataFrame:
                     "it must have a header line and comma-separated rows") from e
 
 
-def read_submission(path: str | os.PathLike) -> pd.DataFrame:
+def read_submission(path: str | os.PathLike, particles: ParticleSet = CZII) -> pd.DataFrame:
     """Read and validate a submission CSV; returns typed columns in the standard order."""
     path = Path(path)
     df = _read_csv(path, "submission", SubmissionError)
-    validate_submission(df, source=str(path))
+    validate_submission(df, source=str(path), particles=particles)
     return df[SUBMISSION_COLUMNS].astype(
         {"id": np.int64, "experiment": str, "particle_type": str, "x": float, "y": float, "z": float}
     )
@@ -194,17 +194,3 @@ def select_runs(solution: pd.DataFrame, runs: list[str] | None, source: str) -> 
         raise DataError(f"run(s) {', '.join(unknown)} have no ground truth in {source} (runs there: {have}); "
                         "check --runs")
     return solution[solution["experiment"].isin(runs)]
-
-
-def load_solution(root: str | Path, split: str, runs: list[str] | None = None) -> pd.DataFrame:
-    """Ground truth of a data split: the train picks, or ROOT/solution.csv (synthetic test runs only)."""
-    root = layout.check_root(root)
-    if split == "train":
-        return solution_from_picks(read_all_picks(root, runs))
-    path = root / layout.SOLUTION_CSV
-    if not path.is_file():
-        raise DataError(
-            f"no test ground truth at {path}: test labels exist only for synthetic data "
-            "(tools/make_synthetic.py writes solution.csv); for real data score train runs with --split train"
-        )
-    return select_runs(read_solution(path), runs, str(path))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import czii_kit
 from czii_kit.errors import ConfigError
-from czii_kit.particles import CLASS_NAMES
+from czii_kit.particles import CZII
 from czii_kit.utils.atomic import write_text_atomic
 
 TUNING_FILE = "thresholds.json"
@@ -27,7 +27,7 @@ FORMAT = "czii-kit-thresholds"
 class Tuning:
     thresholds: dict[str, float]
     source_weights: dict[str, dict[str, float]] | None = None  # class -> source -> weight (None: config's fusion)
-    classes: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+    classes: list[str] = field(default_factory=lambda: list(CZII.names))
     meta: dict = field(default_factory=dict)  # how it was tuned: folds, runs, score, sources, ...
     path: Path | None = None
 
@@ -46,7 +46,7 @@ def save_tuning(tuning: Tuning, path: str | Path) -> Path:
     return path
 
 
-def load_tuning(path: str | Path, classes=CLASS_NAMES) -> Tuning:
+def load_tuning(path: str | Path, classes=CZII.names) -> Tuning:
     """Read and check a thresholds file: right format, the checkpoint's class set, finite numbers."""
     path = tuning_path(path)
     fix = "make it with `python tools/evaluate.py --weights weights/EXP --out reports/EXP`"

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import sys
 from functools import wraps
-from pathlib import Path
-
+from czii_kit.data.source import DataSource, open_data
 from czii_kit.errors import CziiError
 
 
@@ -20,15 +19,16 @@ def exit_on_user_error(main):
     return wrapper
 
 
-def resolve_data_root(data: str | None) -> Path:
-    """--data, or the built-in synthetic dataset (generated once, cached under ./data)."""
+def resolve_data(data: str | None) -> DataSource:
+    """--data (a competition directory or a copick config JSON), or the built-in synthetic dataset (generated
+    once, cached under ./data)."""
     if data:
-        return Path(data)
+        return open_data(data)
     from czii_kit.data.synth import ensure_builtin_dataset
 
     root = ensure_builtin_dataset()
     print(f"no --data given: using the built-in synthetic dataset at {root}")
-    return root
+    return open_data(root)
 
 
 def default_config_name() -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from czii_kit.cli.common import exit_on_user_error, resolve_data_root
+from czii_kit.cli.common import exit_on_user_error, resolve_data
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     from czii_kit.evaluate import run_evaluation
 
     args = parse_args(argv)
-    root = resolve_data_root(args.data)
+    root = resolve_data(args.data)
     result = run_evaluation(root, args.weights, args.out, folds=args.folds, device=args.device, floor=args.floor,
                             tta=args.tta, progress=not args.no_progress)
     print(result["rows"].to_string(index=False, float_format="%.4f"))

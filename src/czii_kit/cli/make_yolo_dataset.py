@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from czii_kit.cli.common import exit_on_user_error, resolve_data_root
+from czii_kit.cli.common import exit_on_user_error, resolve_data
+from czii_kit.config import load_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -17,8 +18,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fold", type=int, required=True, help="held-out run index in the sorted train runs; -1 = none")
     p.add_argument("--every", type=int, default=1, help="keep every N-th slice (default 1: all)")
     p.add_argument("--min-box", type=float, default=0.0, help="skip discs thinner than this many voxels (poles)")
-    p.add_argument("--recon", default="denoised", help="reconstruction to slice (default denoised)")
-    p.add_argument("--fold-file", help="CSV with columns run,fold (default: fold K holds out sorted run K)")
+    p.add_argument("--config", default="yolo_cpu_quick", help="config whose data: section is used (recon, level, ...)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override config keys, e.g. --set data.recon=wbp --set data.fold_file=folds.csv")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     return p.parse_args(argv)
 
@@ -28,10 +30,10 @@ def main(argv=None) -> int:
     from czii_kit.yolo.slices import write_dataset
 
     args = parse_args(argv)
-    root = resolve_data_root(args.data)
-    data_yaml, train_runs, val_runs = write_dataset(root, args.out, args.fold, every=args.every, recon=args.recon,
-                                                    fold_file=args.fold_file, min_diameter=args.min_box,
-                                                    progress=not args.no_progress)
+    cfg = load_config(args.config, args.overrides)
+    data = resolve_data(args.data)
+    data_yaml, train_runs, val_runs = write_dataset(data, args.out, args.fold, cfg["data"], every=args.every,
+                                                    min_diameter=args.min_box, progress=not args.no_progress)
     print(f"train runs: {', '.join(train_runs)}\nval runs:   {', '.join(val_runs) or '(none: val = train)'}")
     print(f"wrote {data_yaml}")
     return 0

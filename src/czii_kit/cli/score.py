@@ -13,7 +13,9 @@ import pandas as pd
 from czii_kit.cli.common import exit_on_user_error
 from czii_kit.data import layout
 from czii_kit.metric import format_table, score_table, table_score
-from czii_kit.submission import load_solution, read_solution, read_submission, select_runs
+from czii_kit.data.source import open_data
+from czii_kit.particles import CZII
+from czii_kit.submission import read_solution, read_submission, select_runs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,11 +57,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     runs = _run_list(args.runs)
     if args.solution:
+        particles = CZII
         solution, source = select_runs(read_solution(args.solution), runs, args.solution), args.solution
     else:
-        solution, source = load_solution(args.data, args.split, runs), f"{args.data} ({args.split} split)"
-    submission = read_submission(args.submission)
-    table = score_table(solution, submission)
+        data = open_data(args.data)
+        particles = data.particles
+        solution, source = data.solution(args.split, runs), f"{args.data} ({args.split} split)"
+    submission = read_submission(args.submission, particles)
+    table = score_table(solution, submission, particles)
     final = table_score(table)
     print(f"submission: {args.submission}\nsolution:   {source}")
     print(format_table(table, final))

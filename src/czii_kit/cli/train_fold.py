@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from czii_kit.cli.common import default_config_name, exit_on_user_error, resolve_data_root
+from czii_kit.cli.common import default_config_name, exit_on_user_error, resolve_data
 from czii_kit.config import load_config, resolve_config_path
 
 
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     if not args.config:
         print(f"no --config given: using configs/{name}.yaml (chosen for this device)")
     cfg = load_config(name, args.overrides)
-    root = resolve_data_root(args.data or cfg["data"]["root"])
+    root = resolve_data(args.data or cfg["data"]["root"])
     cfg["data"]["root"] = str(root)
     out = Path(args.out or Path("weights") / resolve_config_path(name).stem)
 

@@ -35,7 +35,8 @@ class PatchDataset(Dataset):
         _check_patch_fits_augment(self.patch_size, self.target_spec.stride, self.augment)
         self.sampler = PatchSampler([v.shape for v in self.volumes], points, labels, self.patch_size,
                                     positive_fraction=positive_fraction, class_weights=class_weights, seed=seed)
-        checked = [check_points(p, lab) for p, lab in zip(points, labels)]  # counts already checked by the sampler
+        n_classes = len(self.target_spec.particles)  # counts already checked by the sampler
+        checked = [check_points(p, lab, n_classes) for p, lab in zip(points, labels)]
         self.points = [p for p, _ in checked]
         self.labels = [lab for _, lab in checked]
         if length < 1:

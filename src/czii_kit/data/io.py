@@ -16,22 +16,24 @@ import pandas as pd
 
 from czii_kit.data import layout
 from czii_kit.errors import DataError
-from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING, angstrom_to_voxel
+from czii_kit.particles import CZII, VOXEL_SPACING, ParticleSet, angstrom_to_voxel
 
 XYZ = ["x", "y", "z"]  # Å coordinate columns of picks, detections and submissions
 PICK_COLUMNS = ["experiment", "particle_type", *XYZ]
 
 
 # --------------------------------------------------------------------------- tomograms
-def open_multiscale(path: str | Path):
-    """Open an OME-NGFF multiscale zarr v2 group read-only and check its metadata."""
+def open_multiscale(path: str | Path, store=None):
+    """Open an OME-NGFF multiscale zarr v2 group read-only (at ``path``, or from a zarr ``store`` such as the
+    mapping copick hands out, ``path`` then naming it in errors) and check its metadata."""
     import zarr
 
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"tomogram {path} does not exist")
+    if store is None:
+        path = Path(path)
+        if not path.exists():
+            raise DataError(f"tomogram {path} does not exist")
     try:
-        node = zarr.open(str(path), mode="r")
+        node = zarr.open(store if store is not None else str(path), mode="r")
     except Exception as e:  # zarr raises several types for unreadable stores
         raise DataError(f"{path} is not a readable zarr store ({type(e).__name__}: {e})") from e
     if not isinstance(node, zarr.hierarchy.Group):
@@ -66,13 +68,10 @@ def level_spacing(group, level: int, path: str | Path = "") -> float:
     return VOXEL_SPACING * 2**int(level)
 
 
-def read_level(path: str | Path, level: int = 0) -> tuple[np.ndarray, float]:
-    """(float32 (z, y, x) array, Å per voxel) of one level of a multiscale zarr."""
-    group = open_multiscale(path)
+def read_level(path: str | Path, level: int = 0, store=None) -> tuple[np.ndarray, float]:
+    """(float32 (z, y, x) array, Å per voxel) of one level of a multiscale zarr (see ``open_multiscale``)."""
+    group = checked_level(path, level, store)
     key = str(level)
-    if key not in group:
-        have = sorted(group.array_keys())
-        raise DataError(f"{path} has no level {key!r} (levels present: {', '.join(have) or 'none'})")
     try:
         vol = group[key][...]
     except Exception as e:
@@ -104,14 +103,40 @@ def read_run(root, run: str, split: str, data_cfg: Mapping, recon: str | None = 
     return Tomogram(run, split, recon, level, volume, spacing)
 
 
-def run_spacing(root, run: str, split: str, data_cfg: Mapping, recon: str | None = None) -> float:
-    """Å per voxel of the tomogram ``read_run`` would read, from its metadata alone (no voxels read)."""
-    path = tomogram_location(root, run, split, recon or data_cfg["recon"])
-    group = open_multiscale(path)
-    level = int(data_cfg["level"])
+def checked_level(path: str | Path, level: int, store=None):
+    """The multiscale group, after checking it has ``level``."""
+    group = open_multiscale(path, store)
     if str(level) not in group:
-        raise DataError(f"{path} has no level {level!r} (levels present: {', '.join(sorted(group.array_keys()))})")
-    return level_spacing(group, level, path)
+        have = sorted(group.array_keys())
+        raise DataError(f"{path} has no level {str(level)!r} (levels present: {', '.join(have) or 'none'}); "
+                        "set data.level to one of them")
+    _check_chunk_layout(group, str(level), path, store)
+    return group
+
+
+def _check_chunk_layout(group, key: str, path, store) -> None:
+    """A store that looks chunks up nested ('0/0/0') finds none of a flat array's ('0.0.0') and would return
+    the fill value everywhere: refuse instead of reading zeros."""
+    separator = getattr(store, "key_separator", None)
+    if separator is None:
+        return
+    stored = json.loads(group.store[f"{key}/.zarray"]).get("dimension_separator") or "."
+    if separator != stored:
+        raise DataError(f"{path}: chunks are stored with separator {stored!r} but this reader (copick) looks them up "
+                        f"with {separator!r}, so it would read only zeros; regenerate the data with this czii-kit "
+                        "(it writes nested chunks like the CZII data) or read the directory with --data ROOT")
+
+
+def level_geometry(path: str | Path, level: int, store=None) -> tuple[tuple[int, ...], float]:
+    """((z, y, x) shape, Å per voxel) of one level, from the metadata alone (no voxels read)."""
+    group = checked_level(path, level, store)
+    return tuple(group[str(level)].shape), level_spacing(group, level, path)
+
+
+def run_geometry(root, run: str, split: str, data_cfg: Mapping,
+                 recon: str | None = None) -> tuple[tuple[int, ...], float]:
+    """(shape, Å per voxel) of the tomogram ``read_run`` would read, from its metadata alone."""
+    return level_geometry(tomogram_location(root, run, split, recon or data_cfg["recon"]), int(data_cfg["level"]))
 
 
 def read_tomogram(root, run: str, split: str = "train", recon: str = "denoised", level: int = 0) -> np.ndarray:
@@ -155,7 +180,8 @@ def write_tomogram(path: str | Path, volume: np.ndarray, levels: int = 3,
     datasets = []
     level_vol = volume
     for lvl in range(levels):
-        group.create_dataset(str(lvl), data=level_vol, chunks=chunks, compressor=compressor, dtype="f4")
+        group.create_dataset(str(lvl), data=level_vol, chunks=chunks, compressor=compressor, dtype="f4",
+                             dimension_separator="/")  # nested chunks (0/0/0/0) like the CZII data: copick needs it
         s = spacing * 2**lvl
         datasets.append({"path": str(lvl), "coordinateTransformations": [{"type": "scale", "scale": [s, s, s]}]})
         level_vol = _downsample2(level_vol)
@@ -177,12 +203,12 @@ def _downsample2(vol: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- picks
-def _particle_from_filename(path: Path) -> str:
+def _particle_from_filename(path: Path, particles: ParticleSet) -> str:
     stem = path.stem
-    return stem if stem in CLASS_NAMES else stem.rsplit("_", 1)[-1]
+    return stem if stem in particles else stem.rsplit("_", 1)[-1]
 
 
-def read_picks_file(path: str | Path, run: str | None = None) -> pd.DataFrame:
+def read_picks_file(path: str | Path, run: str | None = None, particles: ParticleSet = CZII) -> pd.DataFrame:
     """One copick picks JSON -> DataFrame(experiment, particle_type, x, y, z) in Å."""
     path = Path(path)
     try:
@@ -193,9 +219,9 @@ def read_picks_file(path: str | Path, run: str | None = None) -> pd.DataFrame:
         raise DataError(f"picks file {path} is not valid JSON ({e}); re-export it from copick") from e
     if not isinstance(doc, dict):
         raise DataError(f"picks file {path} must hold a JSON object with 'pickable_object_name' and 'points'")
-    name = doc.get("pickable_object_name", _particle_from_filename(path))
-    if name not in CLASS_NAMES:
-        raise DataError(f"picks file {path}: unknown particle type {name!r}; expected one of {', '.join(CLASS_NAMES)}")
+    name = doc.get("pickable_object_name", _particle_from_filename(path, particles))
+    if name not in particles:
+        raise DataError(f"picks file {path}: unknown particle type {name!r}; expected one of {', '.join(particles.names)}")
     unit = doc.get("unit", "angstrom")
     if unit != "angstrom":
         raise DataError(f"picks file {path}: unit is {unit!r}; only 'angstrom' picks are supported")
@@ -218,13 +244,13 @@ def read_picks_file(path: str | Path, run: str | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=PICK_COLUMNS).astype({"x": float, "y": float, "z": float})
 
 
-def read_picks(root, run: str) -> pd.DataFrame:
-    """All picks of a train run, every class, as one DataFrame (may be empty)."""
+def read_picks(root, run: str, particles: ParticleSet = CZII) -> pd.DataFrame:
+    """All picks of a train run of a Kaggle-layout directory, every class, as one DataFrame (may be empty)."""
     d = layout.picks_dir(root, run)
     if not d.is_dir():
         layout.check_root(root)
         raise DataError(f"run {run!r} has no picks directory {d}; training needs the overlay picks")
-    frames = [read_picks_file(f, run) for f in sorted(d.glob("*.json"))]
+    frames = [read_picks_file(f, run, particles) for f in sorted(d.glob("*.json"))]
     if not frames:
         raise DataError(f"picks directory {d} holds no *.json files")
     df = pd.concat(frames, ignore_index=True).drop_duplicates().reset_index(drop=True)
@@ -232,14 +258,15 @@ def read_picks(root, run: str) -> pd.DataFrame:
     return df
 
 
-def points_from_picks(picks: pd.DataFrame, spacing: float = VOXEL_SPACING) -> tuple[np.ndarray, np.ndarray]:
-    """Picks (x, y, z Å) -> ((N, 3) float voxel (z, y, x) at ``spacing``, (N,) class indices into CLASS_NAMES)."""
+def points_from_picks(picks: pd.DataFrame, spacing: float = VOXEL_SPACING,
+                      particles: ParticleSet = CZII) -> tuple[np.ndarray, np.ndarray]:
+    """Picks (x, y, z Å) -> ((N, 3) float voxel (z, y, x) at ``spacing``, (N,) class indices into ``particles``)."""
     if len(picks) == 0:
         return np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
-    unknown = sorted(set(picks["particle_type"]) - set(CLASS_NAMES))
+    unknown = sorted(set(picks["particle_type"]) - set(particles.names))
     if unknown:
-        raise DataError(f"picks name unknown particle types {unknown}; expected {', '.join(CLASS_NAMES)}")
-    labels = picks["particle_type"].map({c: i for i, c in enumerate(CLASS_NAMES)}).to_numpy(np.int64)
+        raise DataError(f"picks name unknown particle types {unknown}; expected {', '.join(particles.names)}")
+    labels = picks["particle_type"].map({c: i for i, c in enumerate(particles.names)}).to_numpy(np.int64)
     return angstrom_to_voxel(picks[["x", "y", "z"]].to_numpy(), spacing), labels
 
 
@@ -252,9 +279,7 @@ def read_all_picks(root, runs: list[str] | None = None) -> pd.DataFrame:
 
 def write_picks(root, run: str, particle_type: str, xyz_angstrom: np.ndarray,
                 user_id: str = "curation", session_id: str = "0") -> Path:
-    """Write one copick picks file `<particle>.json` under the overlay tree of a run."""
-    if particle_type not in CLASS_NAMES:
-        raise DataError(f"unknown particle type {particle_type!r}")
+    """Write one copick picks file `<particle>.json` under the overlay tree of a run (Kaggle layout)."""
     xyz = np.asarray(xyz_angstrom, dtype=np.float64).reshape(-1, 3)
     path = layout.picks_dir(root, run) / f"{particle_type}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

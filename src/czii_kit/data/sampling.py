@@ -13,7 +13,7 @@ import numpy as np
 
 from czii_kit.data.targets import check_points
 from czii_kit.errors import ConfigError
-from czii_kit.particles import CLASS_NAMES
+from czii_kit.particles import CZII
 
 DEFAULT_MARGIN = 4  # voxels between a positive's centre and the patch border
 
@@ -34,6 +34,7 @@ class PatchSampler:
         self.positive_fraction = float(positive_fraction)
         self.margin = np.minimum(int(margin), (self.patch_size - 1) // 2)
         self.rng = np.random.default_rng(seed)
+        self.n_classes = len(class_weights) if class_weights is not None else len(CZII)
         self._index_particles(points, labels)
         self.class_probs = self._class_probabilities(class_weights)
 
@@ -41,7 +42,7 @@ class PatchSampler:
         """Flatten all runs' particles into (run, index in run, centre voxel) arrays, grouped by class."""
         runs, indices, centres, classes = [], [], [], []
         for run, (shape, pts, lab) in enumerate(zip(self.shapes, points, labels)):
-            pts, lab = check_points(pts, lab)
+            pts, lab = check_points(pts, lab, self.n_classes)
             runs.append(np.full(len(lab), run))
             indices.append(np.arange(len(lab)))
             centres.append(np.clip(np.floor(pts + 0.5).astype(np.int64), 0, shape - 1))
@@ -50,13 +51,13 @@ class PatchSampler:
         self.particle_index = np.concatenate(indices).astype(np.int64)
         self.particle_centre = np.concatenate(centres).reshape(-1, 3)
         particle_class = np.concatenate(classes).astype(np.int64)
-        self.particles_of_class = [np.flatnonzero(particle_class == c) for c in range(len(CLASS_NAMES))]
+        self.particles_of_class = [np.flatnonzero(particle_class == c) for c in range(self.n_classes)]
 
     def _class_probabilities(self, class_weights: Sequence[float] | None) -> np.ndarray:
-        weights = np.ones(len(CLASS_NAMES)) if class_weights is None else np.asarray(class_weights, dtype=np.float64)
-        if weights.shape != (len(CLASS_NAMES),) or not np.all(np.isfinite(weights) & (weights >= 0)):
-            raise ConfigError(f"class_weights must be {len(CLASS_NAMES)} non-negative numbers in the order "
-                              f"{', '.join(CLASS_NAMES)}; got {class_weights!r}")
+        weights = np.ones(self.n_classes) if class_weights is None else np.asarray(class_weights, dtype=np.float64)
+        if weights.shape != (self.n_classes,) or not np.all(np.isfinite(weights) & (weights >= 0)):
+            raise ConfigError(f"class_weights must be one non-negative number per class, in the config's class "
+                              f"order; got {class_weights!r}")
         present = np.array([len(p) > 0 for p in self.particles_of_class])
         eligible = weights * present
         if eligible.sum() == 0:
@@ -76,7 +77,7 @@ class PatchSampler:
 
     def sample_positive(self, rng: np.random.Generator) -> tuple[int, np.ndarray, int]:
         """(run, origin, index of the chosen particle within that run's points)."""
-        cls = rng.choice(len(CLASS_NAMES), p=self.class_probs)
+        cls = rng.choice(self.n_classes, p=self.class_probs)
         members = self.particles_of_class[cls]
         k = members[rng.integers(len(members))]
         run = int(self.particle_run[k])

@@ -1,7 +1,7 @@
 """Training targets: one soft heatmap per particle class, rendered around particle centres.
 
-A target is float32 ``(6, ceil(Z/s), ceil(Y/s), ceil(X/s))`` in [0, 1]; channel = index into
-``CLASS_NAMES``. At output stride ``s`` cell ``j`` covers full-res voxels ``s*j .. s*j+s-1`` and its
+A target is float32 ``(C, ceil(Z/s), ceil(Y/s), ceil(X/s))`` in [0, 1]; channel = index into
+the config's class list. At output stride ``s`` cell ``j`` covers full-res voxels ``s*j .. s*j+s-1`` and its
 centre sits at full-res coordinate ``s*j + (s-1)/2`` (the peak finder uses the same convention).
 Cell values are the continuous kernel evaluated at cell centres, so the kernel's value 1 at the
 exact particle centre is hit exactly for integer positions at stride 1, and otherwise the peak
@@ -21,7 +21,7 @@ import numpy as np
 
 from czii_kit.config import dataclass_from_mapping
 from czii_kit.errors import ConfigError, DataError
-from czii_kit.particles import CLASS_NAMES, PARTICLES, VOXEL_SPACING
+from czii_kit.particles import CZII, VOXEL_SPACING, ParticleSet
 
 TARGET_KINDS = ("gaussian", "sphere")
 STRIDES = (1, 2)
@@ -30,18 +30,18 @@ GAUSSIAN_TRUNCATE = 3.0  # sigmas; cutting the tail keeps each render local (val
 PerClass = float | Mapping[str, float]
 
 
-def per_class_values(value: PerClass, what: str) -> np.ndarray:
-    """A scalar or a {class name: value} dict naming all six classes -> (6,) positive floats."""
+def per_class_values(value: PerClass, what: str, names: Sequence[str] = CZII.names) -> np.ndarray:
+    """A scalar or a {class name: value} dict naming every class of ``names`` -> (C,) positive floats."""
     if isinstance(value, Mapping):
-        unknown = sorted(set(value) - set(CLASS_NAMES))
+        unknown = sorted(set(value) - set(names))
         if unknown:
-            raise ConfigError(f"{what}: unknown class name(s) {unknown}; expected names from {', '.join(CLASS_NAMES)}")
-        missing = [n for n in CLASS_NAMES if n not in value]
+            raise ConfigError(f"{what}: unknown class name(s) {unknown}; expected names from {', '.join(names)}")
+        missing = [n for n in names if n not in value]
         if missing:
-            raise ConfigError(f"{what}: no value for {', '.join(missing)}; give all six classes or one scalar")
-        values = [value[n] for n in CLASS_NAMES]
+            raise ConfigError(f"{what}: no value for {', '.join(missing)}; give every class or one scalar")
+        values = [value[n] for n in names]
     else:
-        values = [value] * len(CLASS_NAMES)
+        values = [value] * len(names)
     try:
         arr = np.array(values, dtype=np.float64)
     except (TypeError, ValueError):
@@ -60,14 +60,15 @@ class TargetSpec:
     radius_frac: PerClass = 0.5
     stride: int = 1
     spacing: float = VOXEL_SPACING  # Å per voxel of the tomograms (set from the data, not from config)
+    particles: ParticleSet = CZII  # the classes, one target channel each (set from the data, not from config)
 
     def __post_init__(self) -> None:
         if self.kind not in TARGET_KINDS:
             raise ConfigError(f"target kind {self.kind!r} is unknown; use one of {', '.join(TARGET_KINDS)}")
         if self.stride not in STRIDES:
             raise ConfigError(f"target stride {self.stride!r} is unsupported; use one of {STRIDES}")
-        per_class_values(self.sigma_frac, "target sigma_frac")
-        per_class_values(self.radius_frac, "target radius_frac")
+        per_class_values(self.sigma_frac, "target sigma_frac", self.particles.names)
+        per_class_values(self.radius_frac, "target radius_frac", self.particles.names)
         if not (isinstance(self.spacing, (int, float)) and math.isfinite(self.spacing) and self.spacing > 0):
             raise ConfigError(f"target spacing must be a positive number of Å per voxel, got {self.spacing!r}")
 
@@ -82,30 +83,30 @@ class TargetSpec:
 
     def sigma_vox(self) -> np.ndarray:
         """(6,) Gaussian sigma per class in full-res voxels."""
-        return per_class_values(self.sigma_frac, "target sigma_frac") * self._radii_vox()
+        return per_class_values(self.sigma_frac, "target sigma_frac", self.particles.names) * self._radii_vox()
 
     def radius_vox(self) -> np.ndarray:
         """(6,) sphere radius per class in full-res voxels."""
-        return per_class_values(self.radius_frac, "target radius_frac") * self._radii_vox()
+        return per_class_values(self.radius_frac, "target radius_frac", self.particles.names) * self._radii_vox()
 
     def support_vox(self) -> np.ndarray:
         """(6,) distance in full-res voxels beyond which the kernel is exactly 0."""
         return GAUSSIAN_TRUNCATE * self.sigma_vox() if self.kind == "gaussian" else self.radius_vox()
 
     def _radii_vox(self) -> np.ndarray:
-        return np.array([p.radius for p in PARTICLES]) / self.spacing
+        return np.array([p.radius for p in self.particles]) / self.spacing
 
 
-def check_points(points_zyx, labels) -> tuple[np.ndarray, np.ndarray]:
-    """Validate (N, 3) float voxel centres and (N,) class indices; return them as float64 / int64."""
+def check_points(points_zyx, labels, n_classes: int = len(CZII)) -> tuple[np.ndarray, np.ndarray]:
+    """Validate (N, 3) float voxel centres and (N,) class indices < ``n_classes``; return them as float64 / int64."""
     points = np.asarray(points_zyx, dtype=np.float64).reshape(-1, 3)
     labels = np.asarray(labels).reshape(-1)
     if len(points) != len(labels):
         raise DataError(f"{len(points)} particle positions but {len(labels)} labels; give one label per particle")
     if labels.size and not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"labels must be integer class indices, got dtype {labels.dtype}")
-    if labels.size and (labels.min() < 0 or labels.max() >= len(CLASS_NAMES)):
-        raise DataError(f"labels must lie in 0..{len(CLASS_NAMES) - 1} (indices into CLASS_NAMES), "
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise DataError(f"labels must lie in 0..{n_classes - 1} (indices into the class list), "
                         f"got {labels.min()}..{labels.max()}")
     if not np.all(np.isfinite(points)):
         raise DataError("particle positions contain NaN/inf; drop those picks before training")
@@ -114,14 +115,14 @@ def check_points(points_zyx, labels) -> tuple[np.ndarray, np.ndarray]:
 
 def render_targets(points_zyx, labels, patch_shape: Sequence[int], origin: Sequence[int],
                    spec: TargetSpec) -> np.ndarray:
-    """Heatmaps (6, ceil(Z/s), ceil(Y/s), ceil(X/s)) of the patch at full-res ``origin`` (z, y, x).
+    """Heatmaps (C, ceil(Z/s), ceil(Y/s), ceil(X/s)) of the patch at full-res ``origin`` (z, y, x), C = len(spec.particles).
 
     Every particle whose kernel reaches the patch contributes, including ones centred outside it;
     only a local block around each particle is computed.
     """
-    points, labels = check_points(points_zyx, labels)
+    points, labels = check_points(points_zyx, labels, len(spec.particles))
     grid = np.array(spec.output_shape(patch_shape))
-    out = np.zeros((len(CLASS_NAMES), *grid), dtype=np.float32)
+    out = np.zeros((len(spec.particles), *grid), dtype=np.float32)
     local = points - np.asarray(origin, dtype=np.float64).reshape(1, 3)
     support = spec.support_vox()[labels][:, None]
     first, last = _cells_within(local - support, local + support, spec.stride)

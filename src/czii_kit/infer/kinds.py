@@ -34,7 +34,8 @@ from czii_kit.infer.export import (EngineFiles, GraphSpec, cached_export, export
                                    probability_graph)
 from czii_kit.infer.sliding_window import predict_volume
 from czii_kit.infer.tta import Transform, parse_tta
-from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING
+from czii_kit.config import particle_set
+from czii_kit.particles import VOXEL_SPACING
 from czii_kit.post.fusion import fuse
 from czii_kit.post.peaks import find_peaks
 from czii_kit.utils.backend import from_torch
@@ -200,9 +201,11 @@ class VolumeKind(MemberKind):
                               overlap=cfg["infer"]["overlap"], batch_size=cfg["infer"]["batch_size"],
                               blend=cfg["infer"]["blend"])
         clock.lap("windows")
-        peaks = find_peaks(from_torch(prob), list(CLASS_NAMES), dict.fromkeys(CLASS_NAMES, floor),
+        particles = particle_set(cfg)
+        peaks = find_peaks(from_torch(prob), particles.names, dict.fromkeys(particles.names, floor),
                            kernel_frac=cfg["peaks"]["kernel_frac"], stride=members[0].runner.stride,
-                           experiment=tomogram.run, topk=cfg["peaks"]["topk"], spacing=tomogram.spacing)
+                           experiment=tomogram.run, topk=cfg["peaks"]["topk"], spacing=tomogram.spacing,
+                           particles=particles)
         clock.lap("peaks")
         return peaks
 
@@ -250,12 +253,14 @@ class YoloKind(MemberKind):
         clock = StageClock(timings)
         for m in members:
             check_tomogram(m.ckpt, tomogram)
+        particles = particle_set(cfg)
         points = {f"yolo{i}": detector.yolo_points(m.runner, tomogram.volume, tomogram.run, m.ckpt["config"],
-                                                  floor=floor, spacing=tomogram.spacing)
+                                                  floor=floor, spacing=tomogram.spacing, particles=particles)
                   for i, m in enumerate(members)}
         if len(points) > 1:
             points = {"yolo": fuse(points, method="dbscan", eps_frac=float(cfg["fusion"]["eps_frac"]),
-                                   weights={f"yolo{i}": m.weight for i, m in enumerate(members)}, min_votes=0.0)}
+                                   weights={f"yolo{i}": m.weight for i, m in enumerate(members)}, min_votes=0.0,
+                                   particles=particles)}
         clock.lap("slices")
         return next(iter(points.values()))
 
@@ -288,11 +293,13 @@ def kind_of(ckpt: Mapping) -> MemberKind:
 
 
 def load_checkpoints(weights: Sequence[str | Path], folds: Sequence[int] | None = None) -> list[dict]:
-    """Load every checkpoint of ``weights``; members of one kind must be compatible, every class order ours."""
+    """Load every checkpoint of ``weights``; all must predict the same classes in the same order, and members
+    of one kind must be compatible."""
     ckpts = [load_checkpoint(p) for w in weights for p in find_checkpoints(w, folds)]
-    for c in ckpts:
-        if list(c["classes"]) != list(CLASS_NAMES):
-            raise CheckpointError(f"{c['path']}: its classes {c['classes']} differ from this czii-kit's {list(CLASS_NAMES)}")
+    for c in ckpts[1:]:
+        if list(c["classes"]) != list(ckpts[0]["classes"]):
+            raise CheckpointError(f"{c['path']} predicts classes {list(c['classes'])}, but {ckpts[0]['path']} predicts "
+                                  f"{list(ckpts[0]['classes'])}; ensemble only checkpoints of one class set")
     for name, group in group_by_kind(ckpts).items():
         KINDS[name].check([c for c, _ in group])
     return ckpts

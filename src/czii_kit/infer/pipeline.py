@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from czii_kit.config import apply_overrides
+from czii_kit.config import apply_overrides, particle_set
 from czii_kit.data.io import Tomogram
 from czii_kit.infer.engines import check_engine_kind
 from czii_kit.infer.export import EngineFiles
@@ -77,5 +77,6 @@ def load_predictor(ckpts: Sequence[dict], cfg: dict, device="cpu", engine: str =
 def finalize(sources: Mapping[str, pd.DataFrame], cfg: Mapping, thresholds: Mapping[str, float] | None = None,
              source_weights: ClassWeights | None = None) -> pd.DataFrame:
     """Sources -> fused (several sources) -> post-processed (config ``post``) -> thresholded (unless None)."""
-    candidates = postprocess(fuse_sources(sources, cfg["fusion"], source_weights), cfg["post"])
-    return candidates if thresholds is None else apply_thresholds(candidates, thresholds)
+    particles = particle_set(cfg)
+    candidates = postprocess(fuse_sources(sources, cfg["fusion"], source_weights, particles), cfg["post"], particles)
+    return candidates if thresholds is None else apply_thresholds(candidates, thresholds, particles)

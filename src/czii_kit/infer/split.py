@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from czii_kit.data import io
+from czii_kit.data.source import DataSource, open_data
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.infer.budget import TimeBudget
 from czii_kit.infer.export import EngineFiles
@@ -101,13 +101,14 @@ def set_up(predictors: Predictors, devices: Sequence[str], engine: str,
         return "torch", [message]
 
 
-def predict_split(root, split: str, runs: Sequence[str], ckpts: Sequence[dict], cfg: dict,
+def predict_split(data: str | DataSource, split: str, runs: Sequence[str], ckpts: Sequence[dict], cfg: dict,
                   thresholds: Mapping[str, float], devices: Sequence[str], *,
                   member_weights: Sequence[float] | None = None, source_weights: ClassWeights | None = None,
                   time_budget_h: float | None = None, files: EngineFiles = EngineFiles(),
                   progress: bool = True, report: Callable[[str], None] = print,
                   clock: Callable[[], float] = time.monotonic) -> SplitResult:
     """Detections of ``runs`` (thresholded, post-processed, fused when there are several sources)."""
+    data = open_data(data)
     t0 = clock()
     predictors = Predictors(ckpts, cfg, files, member_weights)
     engine, decisions = set_up(predictors, devices, cfg["infer"]["engine"], report)
@@ -131,7 +132,7 @@ def predict_split(root, split: str, runs: Sequence[str], ckpts: Sequence[dict], 
         return dict(grouped)
 
     def predict_once(run: str, device: str, engine_now: str, passes) -> pd.DataFrame:
-        tomogram = io.read_run(root, run, split, cfg["data"])
+        tomogram = data.read_run(run, split, cfg["data"])
         return predictors.get(device, engine_now).predict(tomogram, thresholds, source_weights, passes)
 
     def work(run: str, device: str) -> pd.DataFrame:

@@ -511,11 +511,10 @@ def load_manifest(root: Path) -> dict:
     return manifest
 
 
-def _manifest(files: list[dict], checkpoints: list[dict], dataset_id: str, environment: dict) -> dict:
-    from czii_kit.particles import CLASS_NAMES
-
+def _manifest(files: list[dict], checkpoints: list[dict], dataset_id: str, environment: dict,
+              classes: list[str]) -> dict:
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "czii_kit_version": czii_kit.__version__,
-            "dataset": dataset_id, "classes": list(CLASS_NAMES), "checkpoints": checkpoints,
+            "dataset": dataset_id, "classes": list(classes), "checkpoints": checkpoints,
             "environment": environment, "files": files}
 
 
@@ -601,7 +600,8 @@ def pack_dataset(weights: Sequence[str | Path], out: str | Path, slug: str, user
         packed_wheels = [build_project_wheel(tmp / WHEELS)]
         packed_wheels += [tmp / WHEELS / p.name for p in copy_wheelhouse(wheelhouse, tmp / WHEELS)]
         environment = environment_record(packed_wheels, target, yolo)
-        manifest = _manifest(file_table(tmp, progress), checkpoints, metadata["id"], environment)
+        manifest = _manifest(file_table(tmp, progress), checkpoints, metadata["id"], environment,
+                             list(ckpts[0]["classes"]))
         _write_json(tmp / MANIFEST, manifest)
         _write_json(tmp / DATASET_METADATA, metadata)
         _require_same_or_forced(out, old, manifest, force)

@@ -26,7 +26,7 @@ import pandas as pd
 
 from czii_kit.config import exact_section
 from czii_kit.errors import ConfigError
-from czii_kit.particles import CLASS_NAMES, particle
+from czii_kit.particles import CZII, ParticleSet
 from czii_kit.post.merging import check_detections, check_positive, collapse_groups, label_groups
 from czii_kit.post.peaks import DETECTION_COLUMNS, empty_detections, proximity_components
 
@@ -55,10 +55,10 @@ def union(sources: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.concat([empty_detections().assign(source=""), *frames], ignore_index=True)
 
 
-def cluster_labels(df: pd.DataFrame, eps_frac: float) -> np.ndarray:
+def cluster_labels(df: pd.DataFrame, eps_frac: float, particles: ParticleSet = CZII) -> np.ndarray:
     """Cluster per row, unique across (experiment, class): chains of detections <= eps_frac x radius apart."""
     check_positive(eps_frac, "fusion.eps_frac")
-    return label_groups(df, lambda xyz, name: proximity_components(xyz, eps_frac * particle(name).radius))
+    return label_groups(df, lambda xyz, name: proximity_components(xyz, eps_frac * particles[name].radius))
 
 
 def best_per_source(df: pd.DataFrame, labels: np.ndarray, names: list[str]) -> np.ndarray:
@@ -70,7 +70,7 @@ def best_per_source(df: pd.DataFrame, labels: np.ndarray, names: list[str]) -> n
 
 
 def fuse(sources: Mapping[str, pd.DataFrame], *, method: str, eps_frac: float, weights: Mapping[str, float],
-         min_votes: float) -> pd.DataFrame:
+         min_votes: float, particles: ParticleSet = CZII) -> pd.DataFrame:
     """One detections frame from several (experiment, particle_type, x, y, z, score) frames; see the module doc."""
     weights = dict(weights)
     check_fusion(method, weights, sources)
@@ -78,7 +78,7 @@ def fuse(sources: Mapping[str, pd.DataFrame], *, method: str, eps_frac: float, w
     df = union(sources)
     if df.empty:
         return df
-    labels = cluster_labels(df, eps_frac)
+    labels = cluster_labels(df, eps_frac, particles)
     source_weight = df["source"].map(weights).to_numpy(dtype=np.float64)
     position_weight = np.maximum(source_weight * df["score"].to_numpy(dtype=np.float64), np.finfo(np.float64).tiny)
     fused = collapse_groups(df, labels, position_weight)  # rows in cluster-label order
@@ -101,11 +101,11 @@ def fusion_settings(cfg: Mapping) -> dict:
     return exact_section(cfg, FUSION_KEYS, "fusion")
 
 
-def check_class_weights(class_weights: ClassWeights, sources) -> None:
-    unknown = sorted(set(class_weights) - set(CLASS_NAMES))
+def check_class_weights(class_weights: ClassWeights, particles: ParticleSet) -> None:
+    unknown = sorted(set(class_weights) - set(particles.names))
     if unknown:
         raise ConfigError(f"per-class source weights name unknown particle type(s) {unknown}; "
-                          f"valid: {', '.join(CLASS_NAMES)}")
+                          f"valid: {', '.join(particles.names)}")
     for name, weights in class_weights.items():
         for source, w in weights.items():
             if not (isinstance(w, (int, float)) and w >= 0):
@@ -113,17 +113,17 @@ def check_class_weights(class_weights: ClassWeights, sources) -> None:
 
 
 def fuse_sources(sources: Mapping[str, pd.DataFrame], fusion_cfg: Mapping,
-                 class_weights: ClassWeights | None = None) -> pd.DataFrame:
+                 class_weights: ClassWeights | None = None, particles: ParticleSet = CZII) -> pd.DataFrame:
     """One candidate list from every source (see the module doc): the config's fusion for all classes,
     or per class with ``class_weights`` (a class not listed uses ``fusion.weights``)."""
     settings = fusion_settings(fusion_cfg)
     if class_weights is None:
         if len(sources) == 1:
             return next(iter(sources.values()))
-        return fuse(sources, **settings)
-    check_class_weights(class_weights, sources)
+        return fuse(sources, **settings, particles=particles)
+    check_class_weights(class_weights, particles)
     frames = [empty_detections().assign(source="")]
-    for name in CLASS_NAMES:
+    for name in particles.names:
         weights = {s: float(w) for s, w in class_weights.get(name, settings["weights"]).items()
                    if w > 0 and s in sources}
         per_class = {s: sources[s][sources[s]["particle_type"] == name] for s in weights}
@@ -131,5 +131,5 @@ def fuse_sources(sources: Mapping[str, pd.DataFrame], fusion_cfg: Mapping,
             ((source, frame),) = per_class.items()
             frames.append(frame[DETECTION_COLUMNS].assign(source=source))
         elif per_class:
-            frames.append(fuse(per_class, **{**settings, "weights": weights}))
+            frames.append(fuse(per_class, **{**settings, "weights": weights}, particles=particles))
     return pd.concat(frames, ignore_index=True)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from czii_kit.data.io import XYZ
 from czii_kit.errors import ConfigError, DataError
-from czii_kit.particles import particle
+from czii_kit.particles import CZII, ParticleSet
 from czii_kit.post.peaks import DETECTION_COLUMNS, class_value, proximity_components
 
 GroupLabeller = Callable[[np.ndarray, str], np.ndarray]  # (xyz of one group, class) -> label per row, -1 drops
@@ -68,19 +68,19 @@ def collapse_groups(df: pd.DataFrame, labels: np.ndarray, weights: np.ndarray) -
     return merged
 
 
-def merge_close(df: pd.DataFrame, *, radius_frac: float) -> pd.DataFrame:
+def merge_close(df: pd.DataFrame, *, radius_frac: float, particles: ParticleSet = CZII) -> pd.DataFrame:
     """Collapse chains of detections at most ``radius_frac`` x class radius apart into their mean position."""
     check_detections(df)
     check_positive(radius_frac, "merge.radius_frac")
 
     def components(xyz: np.ndarray, name: str) -> np.ndarray:
-        return proximity_components(xyz, radius_frac * particle(name).radius)
+        return proximity_components(xyz, radius_frac * particles[name].radius)
 
     return collapse_groups(df, label_groups(df, components), np.ones(len(df)))
 
 
 def dbscan_merge(df: pd.DataFrame, *, eps_frac: float | Mapping[str, float],
-                 min_samples: int | Mapping[str, int]) -> pd.DataFrame:
+                 min_samples: int | Mapping[str, int], particles: ParticleSet = CZII) -> pd.DataFrame:
     """DBSCAN per class (eps = eps_frac x radius, Å); clusters -> score-weighted centroid, max score.
 
     Points DBSCAN calls noise (possible only when min_samples > 1) are dropped. Weights are
@@ -96,7 +96,7 @@ def dbscan_merge(df: pd.DataFrame, *, eps_frac: float | Mapping[str, float],
         check_positive(eps, "dbscan.eps_frac")
         if not (isinstance(samples, int) and samples >= 1):
             raise ConfigError(f"dbscan.min_samples must be an integer >= 1, got {samples!r} for {name}")
-        return DBSCAN(eps=eps * particle(name).radius, min_samples=samples).fit_predict(xyz)
+        return DBSCAN(eps=eps * particles[name].radius, min_samples=samples).fit_predict(xyz)
 
     weights = np.maximum(df["score"].to_numpy(dtype=np.float64), np.finfo(np.float64).tiny)
     return collapse_groups(df, label_groups(df, clusters), weights)

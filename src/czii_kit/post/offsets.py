@@ -29,7 +29,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from czii_kit.errors import ConfigError
-from czii_kit.particles import CLASS_NAMES, particle
+from czii_kit.particles import CZII, ParticleSet
 from czii_kit.data.io import XYZ
 from czii_kit.post.merging import check_detections, class_groups
 
@@ -40,11 +40,11 @@ def offset_vectors(primary: float, diagonal: float) -> np.ndarray:
     return np.concatenate([primary * axes, diagonal * diagonals])
 
 
-def _check_classes(classes: Sequence[str]) -> None:
-    unknown = [name for name in classes if name not in CLASS_NAMES]
+def _check_classes(classes: Sequence[str], particles: ParticleSet) -> None:
+    unknown = [name for name in classes if name not in particles]
     if unknown:
         raise ConfigError(
-            f"offsets.classes has unknown particle type(s) {', '.join(unknown)}; valid: {', '.join(CLASS_NAMES)}"
+            f"offsets.classes has unknown particle type(s) {', '.join(unknown)}; valid: {', '.join(particles.names)}"
         )
 
 
@@ -60,10 +60,11 @@ def _unblocked(xyz: np.ndarray, candidates: np.ndarray, source: np.ndarray, min_
 
 
 def add_hard_particle_offsets(df: pd.DataFrame, *, classes: Sequence[str], primary_frac: float,
-                              diagonal_frac: float, min_spacing_frac: float, score_factor: float) -> pd.DataFrame:
+                              diagonal_frac: float, min_spacing_frac: float, score_factor: float,
+                              particles: ParticleSet = CZII) -> pd.DataFrame:
     """The detections plus their offset candidates (appended after them), with a ``source`` column."""
     check_detections(df)
-    _check_classes(classes)
+    _check_classes(classes, particles)
     original = df.assign(source=df["source"] if "source" in df.columns else "peak")
     scores = df["score"].to_numpy(dtype=np.float64)
     all_xyz = df[XYZ].to_numpy(dtype=np.float64)
@@ -71,7 +72,7 @@ def add_hard_particle_offsets(df: pd.DataFrame, *, classes: Sequence[str], prima
     for name, rows in class_groups(df):
         if name not in classes:
             continue
-        radius = particle(name).radius
+        radius = particles[name].radius
         steps = offset_vectors(primary_frac * radius, diagonal_frac * radius)
         xyz = all_xyz[rows]
         candidates = (xyz[:, None, :] + steps[None]).reshape(-1, 3)

@@ -35,7 +35,7 @@ from scipy.spatial import cKDTree
 
 from czii_kit.data.io import PICK_COLUMNS
 from czii_kit.errors import ConfigError, DataError
-from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING, particle, voxel_to_angstrom
+from czii_kit.particles import CZII, VOXEL_SPACING, ParticleSet, voxel_to_angstrom
 from czii_kit.utils.backend import get_ndimage, get_xp, to_numpy
 
 DETECTION_COLUMNS = [*PICK_COLUMNS, "score"]
@@ -55,12 +55,12 @@ def class_value(value, name: str, key: str):
     return value[name]
 
 
-def check_thresholds(thresholds: Mapping[str, float], classes) -> None:
-    """Every class in ``classes`` needs a threshold, and every threshold must name a real class."""
-    unknown = sorted(set(thresholds) - set(CLASS_NAMES))
+def check_thresholds(thresholds: Mapping[str, float], classes, particles: ParticleSet = CZII) -> None:
+    """Every class in ``classes`` needs a threshold, and every threshold must name a class of ``particles``."""
+    unknown = sorted(set(thresholds) - set(particles.names))
     if unknown:
         raise ConfigError(
-            f"thresholds for unknown particle type(s) {', '.join(unknown)}; valid names: {', '.join(CLASS_NAMES)}"
+            f"thresholds for unknown particle type(s) {', '.join(unknown)}; valid names: {', '.join(particles.names)}"
         )
     missing = [name for name in dict.fromkeys(classes) if name not in thresholds]
     if missing:
@@ -80,9 +80,10 @@ def empty_detections() -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- kernels
-def kernel_size(name: str, kernel_frac: float, stride: int = 1, spacing: float = VOXEL_SPACING) -> int:
+def kernel_size(name: str, kernel_frac: float, stride: int = 1, spacing: float = VOXEL_SPACING,
+                particles: ParticleSet = CZII) -> int:
     """NMS cube side in output cells: 2 * round_half_up(kernel_frac * radius_vox / stride) + 1, at least 3."""
-    half = math.floor(kernel_frac * (particle(name).radius / spacing) / stride + 0.5)
+    half = math.floor(kernel_frac * (particles[name].radius / spacing) / stride + 0.5)
     return 2 * max(half, 1) + 1
 
 
@@ -274,13 +275,13 @@ def _check_inputs(prob, class_names, stride: int, topk: int | None) -> None:
         raise ConfigError(f"topk must be None or a positive integer, got {topk!r}")
 
 
-def _find(prob, class_names, thresholds, kernel_frac, stride, experiment, topk, spacing,
+def _find(prob, class_names, thresholds, kernel_frac, stride, experiment, topk, spacing, particles,
           local_maxima: LocalMaxima) -> pd.DataFrame:
     _check_inputs(prob, class_names, stride, topk)
-    check_thresholds(thresholds, class_names)
+    check_thresholds(thresholds, class_names, particles)
     frames = [empty_detections()]
     for channel, name in zip(prob, class_names):
-        size = kernel_size(name, class_value(kernel_frac, name, "kernel_frac"), stride, spacing)
+        size = kernel_size(name, class_value(kernel_frac, name, "kernel_frac"), stride, spacing, particles)
         zyx = local_maxima(channel, float(thresholds[name]), size)
         zyx = zyx[collapse_plateaus(zyx, size // 2)]
         score = to_numpy(channel[tuple(get_xp(channel).asarray(zyx.T))])
@@ -291,19 +292,19 @@ def _find(prob, class_names, thresholds, kernel_frac, stride, experiment, topk, 
 
 def find_peaks(prob, class_names, thresholds: Mapping[str, float], kernel_frac: float | Mapping = 0.5,
                stride: int = 1, experiment: str = "", topk: int | None = None,
-               spacing: float = VOXEL_SPACING) -> pd.DataFrame:
+               spacing: float = VOXEL_SPACING, particles: ParticleSet = CZII) -> pd.DataFrame:
     """Peaks of a (C, Z, Y, X) probability volume (numpy or cupy) as a detection DataFrame.
 
     Columns experiment, particle_type, x, y, z (Å, at ``spacing`` Å per full-resolution voxel), score;
     classes in ``class_names`` order, each sorted by descending score and cut to its ``topk`` best when given.
     """
-    return _find(prob, class_names, thresholds, kernel_frac, stride, experiment, topk, spacing,
+    return _find(prob, class_names, thresholds, kernel_frac, stride, experiment, topk, spacing, particles,
                  separable_local_maxima)
 
 
 def reference_peaks(prob, class_names, thresholds: Mapping[str, float], kernel_frac: float | Mapping = 0.5,
                     stride: int = 1, experiment: str = "", topk: int | None = None,
-                    spacing: float = VOXEL_SPACING) -> pd.DataFrame:
+                    spacing: float = VOXEL_SPACING, particles: ParticleSet = CZII) -> pd.DataFrame:
     """Same as ``find_peaks`` with a plain full-volume maximum_filter (slow; tests and benchmarks)."""
-    return _find(prob, class_names, thresholds, kernel_frac, stride, experiment, topk, spacing,
+    return _find(prob, class_names, thresholds, kernel_frac, stride, experiment, topk, spacing, particles,
                  reference_local_maxima)

@@ -21,6 +21,7 @@ import pandas as pd
 from czii_kit.errors import ConfigError
 from czii_kit.post.merging import check_detections, dbscan_merge, merge_close
 from czii_kit.post.offsets import add_hard_particle_offsets
+from czii_kit.particles import CZII, ParticleSet
 from czii_kit.post.peaks import check_thresholds
 
 # Steps by name, in the order postprocess applies them.
@@ -32,8 +33,8 @@ POSTPROCESSORS: dict[str, Callable[..., pd.DataFrame]] = {
 
 
 def step_parameters(name: str) -> list[str]:
-    """The settings of step ``name`` (its keyword parameters): the keys its config section must give."""
-    return list(inspect.signature(POSTPROCESSORS[name]).parameters)[1:]
+    """The settings of step ``name`` (its keyword parameters but the particle set): the keys its config section must give."""
+    return [p for p in list(inspect.signature(POSTPROCESSORS[name]).parameters)[1:] if p != "particles"]
 
 
 def check_post_config(cfg: Mapping) -> None:
@@ -58,14 +59,14 @@ def check_post_config(cfg: Mapping) -> None:
                               f"configs/base.yaml lists every setting with its default")
 
 
-def postprocess(df: pd.DataFrame, cfg: Mapping) -> pd.DataFrame:
+def postprocess(df: pd.DataFrame, cfg: Mapping, particles: ParticleSet = CZII) -> pd.DataFrame:
     """Apply the enabled steps of ``cfg`` to detections ``df`` in the order of ``POSTPROCESSORS``."""
     check_post_config(cfg)
     check_detections(df)
     for name, step in POSTPROCESSORS.items():
         settings = dict(cfg.get(name, {}))
         if settings.pop("enabled", False):
-            df = step(df, **settings)
+            df = step(df, **settings, particles=particles)
     return df
 
 
@@ -78,9 +79,9 @@ def with_steps(cfg: Mapping, steps: Iterable[str]) -> dict:
     return {name: {**copy.deepcopy(dict(cfg.get(name, {}))), "enabled": name in steps} for name in POSTPROCESSORS}
 
 
-def apply_thresholds(df: pd.DataFrame, thresholds: Mapping[str, float]) -> pd.DataFrame:
+def apply_thresholds(df: pd.DataFrame, thresholds: Mapping[str, float], particles: ParticleSet = CZII) -> pd.DataFrame:
     """Rows whose score is >= the threshold of their class (every class present needs one)."""
     check_detections(df)
-    check_thresholds(thresholds, df["particle_type"].unique())
+    check_thresholds(thresholds, df["particle_type"].unique(), particles)
     keep = df["score"].to_numpy() >= df["particle_type"].map(thresholds).to_numpy(dtype=float)
     return df[keep].reset_index(drop=True)

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from czii_kit.data import io
+from czii_kit.config import particle_set
+from czii_kit.data.io import points_from_picks
 from czii_kit.data.normalize import normalize_from_config
+from czii_kit.data.source import DataSource
 from czii_kit.errors import DataError
 
 
@@ -18,22 +20,22 @@ class RunData:
     recon: str
     volume: np.ndarray  # normalized float32 (z, y, x)
     points: np.ndarray  # (N, 3) float voxel (z, y, x)
-    labels: np.ndarray  # (N,) int class index into CLASS_NAMES
+    labels: np.ndarray  # (N,) int class index into the config's classes
     picks: pd.DataFrame  # the Å picks (the validation solution)
     spacing: float  # Å per voxel
 
 
-def load_run(root, run: str, cfg: dict, recon: str | None = None) -> RunData:
-    tomogram = io.read_run(root, run, "train", cfg["data"], recon)
+def load_run(data: DataSource, run: str, cfg: dict, recon: str | None = None) -> RunData:
+    tomogram = data.read_run(run, "train", cfg["data"], recon)
     vol = normalize_from_config(tomogram.volume, cfg["normalize"], name=f"run {run} ({tomogram.recon})")
-    picks = io.read_picks(root, run)
-    points, labels = io.points_from_picks(picks, tomogram.spacing)
+    picks = data.read_picks(run, cfg["data"])
+    points, labels = points_from_picks(picks, tomogram.spacing, particle_set(cfg))
     return RunData(run, tomogram.recon, vol, points, labels, picks, tomogram.spacing)
 
 
-def load_runs(root, runs: list[str], cfg: dict, extra_recons: bool = True) -> list[RunData]:
+def load_runs(data: DataSource, runs: list[str], cfg: dict, extra_recons: bool = True) -> list[RunData]:
     recons = [cfg["data"]["recon"]] + (list(cfg["data"]["extra_recons"]) if extra_recons else [])
-    return [load_run(root, run, cfg, recon) for run in runs for recon in recons]
+    return [load_run(data, run, cfg, recon) for run in runs for recon in recons]
 
 
 def common_spacing(runs: list[RunData]) -> float:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from czii_kit.config import class_dict
+from czii_kit.config import class_dict, particle_set, with_new_defaults, with_particle_set
 from czii_kit.errors import CheckpointError
 from czii_kit.metric import tuned_score
 from czii_kit.utils.atomic import atomic_path
@@ -65,7 +65,8 @@ def guard_output(paths: FoldPaths, cfg: dict, resume: bool) -> None:
     import yaml
 
     if paths.config.exists():
-        old = yaml.safe_load(paths.config.read_text())
+        old = with_new_defaults(yaml.safe_load(paths.config.read_text()))
+        old = with_particle_set(old, particle_set(old))  # written before classes carried their radius and weight
         if _comparable(old) != _comparable(cfg):
             raise CheckpointError(
                 f"{paths.out} holds an experiment with a different config ({paths.config}); "
@@ -96,7 +97,8 @@ def validation_summary(solution: pd.DataFrame, cand: pd.DataFrame, cfg: dict, ru
 
     Classes absent from the held-out run keep the config's default threshold.
     """
-    thresholds, table, score = tuned_score(solution, cand, threshold_grid(cfg), class_dict(cfg, "threshold"))
+    thresholds, table, score = tuned_score(solution, cand, threshold_grid(cfg), class_dict(cfg, "threshold"),
+                                           particle_set(cfg))
     return {"score": score, "thresholds": thresholds, "per_class": table.reset_index().to_dict(orient="records"),
             "runs": list(runs)}
 

@@ -18,10 +18,11 @@ import torch
 from tqdm.auto import tqdm
 
 from czii_kit import checkpoints
-from czii_kit.config import class_values, dump_config, save_config
-from czii_kit.data import io, layout
+from czii_kit.config import class_values, dump_config, particle_set, save_config, with_particle_set
+from czii_kit.data import io
 from czii_kit.data.dataset import PatchDataset
 from czii_kit.data.folds import split_runs
+from czii_kit.data.source import open_data
 from czii_kit.data.targets import TargetSpec
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.infer.engines import TorchEngine, resolve_device
@@ -29,7 +30,6 @@ from czii_kit.infer.kinds import Member, infer_window
 from czii_kit.infer.pipeline import Predictor, finalize
 from czii_kit.losses import build_loss
 from czii_kit.models import ProbabilityModel, build_model
-from czii_kit.particles import CLASS_NAMES
 from czii_kit.train.data import RunData, common_spacing, load_runs
 from czii_kit.train.ema import ModelEMA
 from czii_kit.train.experiment import (FoldPaths, fold_seed, guard_output, no_validation, seed_everything,
@@ -103,7 +103,11 @@ def _check_geometry(model: torch.nn.Module, spec: TargetSpec, cfg: dict) -> None
 
 
 def setup(cfg: dict, fold: int, data_root, out_dir, resume: bool = False) -> FoldRun:
-    """Everything before the first step; every check of config and data happens here."""
+    """Everything before the first step; every check of config and data happens here. The classes are the data's
+    (written into the config with their radius and weight)."""
+    data = open_data(data_root)
+    cfg = with_particle_set(cfg, data.particles)
+    particles = particle_set(cfg)
     paths = FoldPaths(Path(out_dir), fold)
     guard_output(paths, cfg, resume)
     seed = fold_seed(cfg, fold)
@@ -111,14 +115,14 @@ def setup(cfg: dict, fold: int, data_root, out_dir, resume: bool = False) -> Fol
     device = resolve_device(cfg["train"]["device"])
     tc = cfg["train"]
 
-    train_names, val_names = split_runs(layout.list_runs(data_root, "train"), fold, cfg["data"]["fold_file"])
-    train_data = load_runs(data_root, train_names, cfg)
-    val_runs = [(io.read_run(data_root, run, "train", cfg["data"]), io.read_picks(data_root, run)) for run in val_names]
+    train_names, val_names = split_runs(data.list_runs("train"), fold, cfg["data"]["fold_file"])
+    train_data = load_runs(data, train_names, cfg)
+    val_runs = [(data.read_run(run, "train", cfg["data"]), data.read_picks(run, cfg["data"])) for run in val_names]
     _check_data(train_data, val_runs)
     spacing = common_spacing(train_data)
 
-    model = build_model(cfg["model"]["name"], **cfg["model"]["args"])
-    spec = TargetSpec.from_config({**cfg["targets"], "spacing": spacing})
+    model = build_model(cfg["model"]["name"], num_classes=len(particles) + 1, **cfg["model"]["args"])
+    spec = TargetSpec.from_config({**cfg["targets"], "spacing": spacing, "particles": particles})
     _check_geometry(model, spec, cfg)
     loss_fn = build_loss(cfg["loss"]["name"], class_weights=class_values(cfg, "loss_weight"), **cfg["loss"]["args"])
     place_model(model, device)
@@ -207,7 +211,7 @@ def save_best(run: FoldRun, best: dict) -> None:
     checkpoints.save_checkpoint({
         "model": {"name": cfg["model"]["name"], "args": dict(cfg["model"]["args"])},
         "state_dict": run.ema.state_dict(), "config": cfg, "config_yaml": dump_config(cfg),
-        "classes": list(CLASS_NAMES), "activation": run.loss_fn.activation, "stride": run.stride,
+        "classes": list(cfg["classes"]), "activation": run.loss_fn.activation, "stride": run.stride,
         "normalization": dict(cfg["normalize"]), "window": list(infer_window(cfg)), "voxel_spacing": run.spacing,
         "thresholds": best["thresholds"], "validation": best, "epoch": best["epoch"], "fold": run.fold,
         "input_multiple": run.model.input_multiple,
@@ -221,9 +225,11 @@ def save_resume_state(run: FoldRun, epoch: int) -> None:
                             "torch_rng": torch.get_rng_state()}, run.paths.last)
 
 
-def train_fold(cfg: dict, fold: int, data_root: str | Path, out_dir: str | Path, resume: bool = False,
+def train_fold(cfg: dict, fold: int, data_root, out_dir: str | Path, resume: bool = False,
                progress: bool = True) -> dict:
+    """Train fold ``fold`` of ``data_root`` (a directory, a copick config, or a DataSource) into ``out_dir``."""
     run = setup(cfg, fold, data_root, out_dir, resume)
+    cfg = run.cfg
     tc = cfg["train"]
     t_start = time.monotonic()
     time_limit = tc["time_limit_min"] * 60 if tc["time_limit_min"] else None

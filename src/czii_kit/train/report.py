@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-from czii_kit.particles import CLASS_NAMES
 
 
 def summary(result: dict) -> str:
@@ -11,8 +10,9 @@ def summary(result: dict) -> str:
     lines = ["", f"fold {paths.fold}: trained on {', '.join(result['train_runs'])}"
              + (f"; validated on {', '.join(result['val_runs'])}" if result["val_runs"] else "; no validation run")]
     if best.get("per_class"):
-        table = pd.DataFrame(best["per_class"]).set_index("particle_type").reindex(list(CLASS_NAMES))
-        table["threshold"] = [best["thresholds"][c] for c in CLASS_NAMES]
+        classes = list(best["thresholds"])
+        table = pd.DataFrame(best["per_class"]).set_index("particle_type").reindex(classes)
+        table["threshold"] = [best["thresholds"][c] for c in classes]
         cols = ["weight", "threshold", "tp", "fp", "fn", "precision", "recall", "f4"]
         lines += [f"best epoch {best['epoch']}: F4 = {best['score']:.4f}", table[cols].to_string(float_format="%.3f")]
     lines += ["files:", f"  checkpoint  {paths.best}", f"  resume      {paths.last}", f"  log         {paths.log}",

@@ -17,14 +17,13 @@ import pandas as pd
 import torch
 
 from czii_kit import checkpoints
-from czii_kit.config import dump_config, save_config
-from czii_kit.data import io, layout
+from czii_kit.config import dump_config, save_config, with_particle_set
 from czii_kit.data.folds import split_runs
+from czii_kit.data.source import DataSource, open_data
 from czii_kit.errors import ConfigError
 from czii_kit.infer.engines import resolve_device
 from czii_kit.infer.kinds import Member
 from czii_kit.infer.pipeline import Predictor, finalize
-from czii_kit.particles import CLASS_NAMES
 from czii_kit.train.experiment import (FoldPaths, fold_seed, guard_output, no_validation, seed_everything,
                                        threshold_grid, validation_summary, write_log)
 from czii_kit.yolo.detector import build_detection_model, torch_runner
@@ -103,29 +102,29 @@ def best_epoch(results: pd.DataFrame) -> int:
     return int(results["epoch"].iloc[int(results[FITNESS].to_numpy().argmax())])
 
 
-def model_fields(weights: dict) -> dict:
+def model_fields(weights: dict, classes: list[str]) -> dict:
     """The checkpoint fields ``build_detection_model`` needs."""
-    return {"model": {"name": "yolo", "args": {"yaml": weights["yaml"], "nc": len(CLASS_NAMES)}},
-            "state_dict": weights["state_dict"], "classes": list(CLASS_NAMES)}
+    return {"model": {"name": "yolo", "args": {"yaml": weights["yaml"], "nc": len(classes)}},
+            "state_dict": weights["state_dict"], "classes": list(classes)}
 
 
 def checkpoint_payload(cfg: dict, weights: dict, validation: dict, fold: int, spacing: float) -> dict:
     imgsz = int(cfg["yolo"]["imgsz"])
-    return {**model_fields(weights), "config": cfg, "config_yaml": dump_config(cfg),
+    return {**model_fields(weights, list(cfg["classes"])), "config": cfg, "config_yaml": dump_config(cfg),
             "activation": "none", "stride": 1, "normalization": dict(NORMALIZATION),
             "window": [imgsz, imgsz], "voxel_spacing": spacing, "thresholds": validation["thresholds"],
             "validation": validation, "epoch": validation["epoch"], "fold": fold, "input_multiple": 32}
 
 
-def validate_3d(ckpt: Mapping, cfg: dict, root, val_runs: list[str], device: torch.device) -> dict:
+def validate_3d(ckpt: Mapping, cfg: dict, data: DataSource, val_runs: list[str], device: torch.device) -> dict:
     """The prediction pipeline with this detector alone on the held-out runs (raw candidates, ``finalize``
     without thresholds), then per-class thresholds tuned with the exact metric."""
     member = Member(torch_runner(build_detection_model(ckpt), device), 1.0, "validation", {**ckpt, "config": cfg})
     predictor = Predictor(cfg, {"yolo": [member]})
     floor = float(threshold_grid(cfg)[0])
-    cands = [finalize(predictor.raw_candidates(io.read_run(root, run, "train", cfg["data"]), floor), cfg)
+    cands = [finalize(predictor.raw_candidates(data.read_run(run, "train", cfg["data"]), floor), cfg)
              for run in val_runs]
-    solution = pd.concat([io.read_picks(root, run) for run in val_runs], ignore_index=True)
+    solution = pd.concat([data.read_picks(run, cfg["data"]) for run in val_runs], ignore_index=True)
     return validation_summary(solution, pd.concat(cands, ignore_index=True), cfg, val_runs)
 
 
@@ -150,22 +149,24 @@ def train_yolo_fold(cfg: dict, fold: int, data_root: str | Path, out_dir: str | 
                     progress: bool = True) -> dict:
     """Train YOLO on fold ``fold``; writes out_dir/fold{K}.pt; returns {paths, best, log, train_runs, val_runs}."""
     check_yolo_config(cfg)
+    data = open_data(data_root)
+    cfg = with_particle_set(cfg, data.particles)
     paths = YoloFoldPaths(Path(out_dir), fold)
     guard_output(paths, cfg, resume)
     seed_everything(fold_seed(cfg, fold))
     device = resolve_device(cfg["train"]["device"])
-    train_runs, val_runs = split_runs(layout.list_runs(data_root, "train"), fold, cfg["data"]["fold_file"])
+    train_runs, val_runs = split_runs(data.list_runs("train"), fold, cfg["data"]["fold_file"])
     if (paths.dataset / "data.yaml").exists():
         data_yaml = paths.dataset / "data.yaml"
     else:
-        data_yaml, _, _ = write_dataset(data_root, paths.dataset, fold, cfg["data"], every=int(cfg["yolo"]["every"]),
+        data_yaml, _, _ = write_dataset(data, paths.dataset, fold, cfg["data"], every=int(cfg["yolo"]["every"]),
                                         min_diameter=float(cfg["yolo"]["min_box"]), progress=progress)
     save_config(cfg, paths.config)
     best_pt = fit(cfg, data_yaml, paths, device, resume, progress)
     weights = exported_weights(best_pt)
-    spacing = io.run_spacing(data_root, train_runs[0], "train", cfg["data"])
-    fields = {**model_fields(weights), "voxel_spacing": spacing}
-    validation = validate_3d(fields, cfg, data_root, val_runs, device) if val_runs else no_validation(cfg)
+    spacing = data.run_geometry(train_runs[0], "train", cfg["data"])[1]
+    fields = {**model_fields(weights, list(cfg["classes"])), "voxel_spacing": spacing}
+    validation = validate_3d(fields, cfg, data, val_runs, device) if val_runs else no_validation(cfg)
     results = read_results(paths.run_dir)
     best = {**validation, "epoch": best_epoch(results)}
     checkpoints.save_checkpoint(checkpoint_payload(cfg, weights, best, fold, spacing), paths.best)

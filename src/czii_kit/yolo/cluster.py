@@ -19,7 +19,7 @@ from scipy.spatial import cKDTree
 
 from czii_kit.config import exact_section
 from czii_kit.errors import DataError
-from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING, particle, voxel_to_angstrom
+from czii_kit.particles import CZII, VOXEL_SPACING, ParticleSet, voxel_to_angstrom
 from czii_kit.post.peaks import class_value, detections_frame, empty_detections
 
 SLICE_COLUMNS = ["z", "y", "x", "conf", "class_id"]  # voxel units; z is the slice index
@@ -53,12 +53,12 @@ def top_k_mean(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(sorted_labels[top], values[order][top], n) / np.bincount(sorted_labels[top], minlength=n)
 
 
-def cluster_class(zyx: np.ndarray, conf: np.ndarray, name: str, link_frac: float, max_gap: int,
+def cluster_class(zyx: np.ndarray, conf: np.ndarray, radius: float, link_frac: float, max_gap: int,
                   min_size: int, topk: int, spacing: float = VOXEL_SPACING) -> tuple[np.ndarray, np.ndarray]:
-    """(M, 3) voxel (z, y, x) centres and (M,) scores of one class's particles."""
+    """(M, 3) voxel (z, y, x) centres and (M,) scores of one class's particles (``radius`` in Å)."""
     if len(zyx) == 0:
         return np.empty((0, 3)), np.empty(0)
-    labels = link_components(zyx, link_frac * particle(name).radius / spacing, max_gap)
+    labels = link_components(zyx, link_frac * radius / spacing, max_gap)
     sizes = np.bincount(labels)
     weights = np.maximum(conf, np.finfo(np.float64).tiny)
     total = np.bincount(labels, weights)
@@ -74,7 +74,7 @@ def check_cluster_config(cfg: Mapping) -> dict:
 
 
 def slices_to_points(slices: pd.DataFrame, experiment: str, cfg: Mapping,
-                     spacing: float = VOXEL_SPACING) -> pd.DataFrame:
+                     spacing: float = VOXEL_SPACING, particles: ParticleSet = CZII) -> pd.DataFrame:
     """Slice detections of one tomogram -> detections frame (experiment, particle_type, x, y, z Å, score)."""
     check_slice_detections(slices)
     cfg = check_cluster_config(cfg)
@@ -82,10 +82,10 @@ def slices_to_points(slices: pd.DataFrame, experiment: str, cfg: Mapping,
     conf_all = slices["conf"].to_numpy(dtype=np.float64)
     class_ids = slices["class_id"].to_numpy(dtype=np.int64)
     frames = [empty_detections()]
-    for index, name in enumerate(CLASS_NAMES):
+    for index, name in enumerate(particles.names):
         rows = class_ids == index
         centres, scores = cluster_class(
-            zyx_all[rows], conf_all[rows], name,
+            zyx_all[rows], conf_all[rows], particles[name].radius,
             link_frac=float(class_value(cfg["link_frac"], name, "yolo.cluster.link_frac")),
             max_gap=int(class_value(cfg["max_gap"], name, "yolo.cluster.max_gap")),
             min_size=int(class_value(cfg["min_size"], name, "yolo.cluster.min_size")),

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from czii_kit.errors import CheckpointError, ConfigError
-from czii_kit.particles import VOXEL_SPACING
+from czii_kit.particles import CZII, VOXEL_SPACING, ParticleSet
 from czii_kit.yolo.cluster import SLICE_COLUMNS, slices_to_points
 from czii_kit.yolo.slices import normalize_to_uint8, pixel_to_voxel
 
@@ -141,11 +141,11 @@ def yolo_settings(cfg: Mapping) -> dict:
 
 
 def yolo_points(runner: Runner, volume: np.ndarray, experiment: str, cfg: Mapping, floor: float = 0.0,
-                spacing: float = VOXEL_SPACING, progress: bool = False) -> pd.DataFrame:
+                spacing: float = VOXEL_SPACING, particles: ParticleSet = CZII, progress: bool = False) -> pd.DataFrame:
     """Raw tomogram -> 3D detections (experiment, particle_type, x, y, z Å, score) with score >= floor."""
     settings = yolo_settings(cfg)
     slices = detect_slices(runner, normalize_to_uint8(volume), settings["imgsz"], conf=settings["conf"],
                            iou=settings["iou"], batch_size=settings["infer_batch"], max_det=settings["max_det"],
                            progress=progress)
-    points = slices_to_points(slices, experiment, settings["cluster"], spacing)
+    points = slices_to_points(slices, experiment, settings["cluster"], spacing, particles)
     return points[points["score"] >= floor].reset_index(drop=True)

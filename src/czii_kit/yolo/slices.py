@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
+from czii_kit.data.folds import split_runs
+from czii_kit.data.io import points_from_picks
+from czii_kit.data.source import DataSource, open_data
 from czii_kit.errors import ConfigError, DataError
-from czii_kit.particles import PARTICLES, VOXEL_SPACING
-
-RADIUS = np.array([p.radius for p in PARTICLES])  # Å per class index, CLASS_NAMES order
+from czii_kit.particles import CZII, VOXEL_SPACING, ParticleSet
+from czii_kit.utils.atomic import write_text_atomic
 
 
 def normalize_to_uint8(volume: np.ndarray, low: float = 0.5, high: float = 99.5, subsample: int = 4) -> np.ndarray:
@@ -41,7 +43,7 @@ def pixel_to_voxel(coordinate: np.ndarray | float) -> np.ndarray:
 
 
 def slice_boxes(points_zyx: np.ndarray, labels: np.ndarray, z: int, shape_yx: tuple[int, int],
-                min_diameter: float = 0.0, spacing: float = VOXEL_SPACING) -> np.ndarray:
+                min_diameter: float = 0.0, spacing: float = VOXEL_SPACING, particles: ParticleSet = CZII) -> np.ndarray:
     """(K, 5) YOLO rows (class, x_centre, y_centre, width, height), normalized to [0, 1], for slice z.
 
     One square box per particle whose sphere cuts the slice, side = the disc diameter, clipped
@@ -50,7 +52,8 @@ def slice_boxes(points_zyx: np.ndarray, labels: np.ndarray, z: int, shape_yx: tu
     points_zyx = np.asarray(points_zyx, dtype=np.float64).reshape(-1, 3)
     labels = np.asarray(labels, dtype=np.int64)
     height, width = shape_yx
-    diameter = cross_section_diameter(RADIUS[labels] / spacing, points_zyx[:, 0] - z)
+    radius = np.array([p.radius for p in particles])  # Å per class index
+    diameter = cross_section_diameter(radius[labels] / spacing, points_zyx[:, 0] - z)
     keep = (diameter > 0) & (diameter >= min_diameter)
     x = voxel_to_pixel(points_zyx[keep, 2])
     y = voxel_to_pixel(points_zyx[keep, 1])
@@ -75,58 +78,52 @@ def slice_indices(depth: int, every: int = 1) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- dataset folder
-def write_split(root, runs: list[str], split: str, out: Path, data_cfg, every: int = 1,
+def write_split(data: DataSource, runs: list[str], split: str, out: Path, data_cfg, every: int = 1,
                 min_diameter: float = 0.0, progress: bool = True) -> int:
     """PNG slices and label files of ``runs`` under out/images/<split> and out/labels/<split>; returns #images."""
     from PIL import Image
     from tqdm.auto import tqdm
-
-    from czii_kit.data import io
 
     images, labels = out / "images" / split, out / "labels" / split
     images.mkdir(parents=True, exist_ok=True)
     labels.mkdir(parents=True, exist_ok=True)
     count = 0
     for run in tqdm(runs, desc=f"yolo {split} slices", disable=not progress, leave=False):
-        tomogram = io.read_run(root, run, "train", data_cfg)
+        tomogram = data.read_run(run, "train", data_cfg)
         volume = normalize_to_uint8(tomogram.volume)
-        points, classes = io.points_from_picks(io.read_picks(root, run), tomogram.spacing)
+        points, classes = points_from_picks(data.read_picks(run, data_cfg), tomogram.spacing, data.particles)
         for z in slice_indices(volume.shape[0], every):
             stem = f"{run}_z{z:04d}"
             Image.fromarray(volume[z]).save(images / f"{stem}.png")
-            boxes = slice_boxes(points, classes, int(z), volume.shape[1:], min_diameter, tomogram.spacing)
+            boxes = slice_boxes(points, classes, int(z), volume.shape[1:], min_diameter, tomogram.spacing,
+                                data.particles)
             (labels / f"{stem}.txt").write_text(format_labels(boxes))
             count += 1
     return count
 
 
-def write_data_yaml(out: Path, has_val: bool) -> Path:
+def write_data_yaml(out: Path, has_val: bool, particles: ParticleSet) -> Path:
     """ultralytics' dataset description; without held-out runs the train images double as val."""
     import yaml
 
-    from czii_kit.particles import CLASS_NAMES
-    from czii_kit.utils.atomic import write_text_atomic
-
     doc = {"path": str(out.resolve()), "train": "images/train", "val": "images/val" if has_val else "images/train",
-           "names": dict(enumerate(CLASS_NAMES))}
+           "names": dict(enumerate(particles.names))}
     path = out / "data.yaml"
     write_text_atomic(path, yaml.safe_dump(doc, sort_keys=False))
     return path
 
 
-def write_dataset(root, out, fold: int, data_cfg, every: int = 1, min_diameter: float = 0.0,
+def write_dataset(data, out, fold: int, data_cfg, every: int = 1, min_diameter: float = 0.0,
                   progress: bool = True) -> tuple[Path, list[str], list[str]]:
     """Slices of fold ``fold``'s train and held-out runs (the U-Net's split, ``data.fold_file``), read with
     ``data.recon`` and ``data.level``; returns (data.yaml, train runs, val runs)."""
-    from czii_kit.data import layout
-    from czii_kit.data.folds import split_runs
-
+    data = open_data(data)
     out = Path(out)
     if (out / "data.yaml").exists():
         raise DataError(f"{out} already holds a YOLO dataset ({out / 'data.yaml'}); "
                         "delete that folder or pick another --out")
-    train_runs, val_runs = split_runs(layout.list_runs(root, "train"), fold, data_cfg["fold_file"])
-    write_split(root, train_runs, "train", out, data_cfg, every, min_diameter, progress)
+    train_runs, val_runs = split_runs(data.list_runs("train"), fold, data_cfg["fold_file"])
+    write_split(data, train_runs, "train", out, data_cfg, every, min_diameter, progress)
     if val_runs:
-        write_split(root, val_runs, "val", out, data_cfg, every, min_diameter, progress)
-    return write_data_yaml(out, bool(val_runs)), train_runs, val_runs
+        write_split(data, val_runs, "val", out, data_cfg, every, min_diameter, progress)
+    return write_data_yaml(out, bool(val_runs), data.particles), train_runs, val_runs

@@ -1,0 +1,102 @@
+"""Where the data comes from: the Kaggle competition directory, or any copick project.
+
+Every tool's ``--data`` goes through ``open_data``: a directory is read with the kit's own reader
+(``KaggleDirectory``: the competition layout, CZII classes), a copick config JSON through the copick
+library (``czii_kit.data.copick.CopickProject``: any runs, tomogram types, voxel spacings, picks and
+particle set). Both hand out the same things, so training, evaluation and prediction never care which.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from czii_kit.data import io, layout
+from czii_kit.errors import DataError
+from czii_kit.particles import CZII, ParticleSet
+from czii_kit.submission import read_solution, select_runs, solution_from_picks
+
+
+class DataSource(ABC):
+    """Runs, tomograms (with their true voxel size), picks and the particle set of a dataset."""
+
+    particles: ParticleSet
+    location: str  # what the user passed, for messages
+
+    @abstractmethod
+    def list_runs(self, split: str) -> list[str]:
+        """Sorted run names of a split (the order folds are numbered in)."""
+
+    @abstractmethod
+    def read_run(self, run: str, split: str, data_cfg: Mapping, recon: str | None = None) -> io.Tomogram:
+        """One reconstruction (``data.recon``, or ``recon``) at ``data.level``, with its voxel size."""
+
+    @abstractmethod
+    def run_geometry(self, run: str, split: str, data_cfg: Mapping,
+                     recon: str | None = None) -> tuple[tuple[int, ...], float]:
+        """((z, y, x) shape, Å per voxel) of what ``read_run`` would read, from metadata only."""
+
+    @abstractmethod
+    def read_picks(self, run: str, data_cfg: Mapping | None = None) -> pd.DataFrame:
+        """Ground-truth picks of a run (experiment, particle_type, x, y, z Å)."""
+
+    def solution(self, split: str, runs: Sequence[str] | None = None, data_cfg: Mapping | None = None) -> pd.DataFrame:
+        """Ground truth of a split for scoring: every run's picks."""
+        runs = list(runs) if runs is not None else self.list_runs(split)
+        frames = [self.read_picks(run, data_cfg) for run in runs]
+        return solution_from_picks(pd.concat(frames, ignore_index=True) if frames else
+                                   pd.DataFrame(columns=io.PICK_COLUMNS))
+
+    def __str__(self) -> str:
+        return self.location
+
+
+class KaggleDirectory(DataSource):
+    """The competition directory: ROOT/{train,test}/static/ExperimentRuns/<run>/VoxelSpacing10.000/<recon>.zarr
+    and ROOT/train/overlay/ExperimentRuns/<run>/Picks/<particle>.json; the six CZII classes."""
+
+    def __init__(self, root: str | Path, particles: ParticleSet = CZII) -> None:
+        self.root = layout.check_root(root)
+        self.location = str(self.root)
+        self.particles = particles
+
+    def list_runs(self, split: str) -> list[str]:
+        return layout.list_runs(self.root, split)
+
+    def read_run(self, run, split, data_cfg, recon=None) -> io.Tomogram:
+        return io.read_run(self.root, run, split, data_cfg, recon)
+
+    def run_geometry(self, run, split, data_cfg, recon=None) -> tuple[tuple[int, ...], float]:
+        return io.run_geometry(self.root, run, split, data_cfg, recon)
+
+    def read_picks(self, run, data_cfg=None) -> pd.DataFrame:
+        return io.read_picks(self.root, run, self.particles)
+
+    def solution(self, split, runs=None, data_cfg=None) -> pd.DataFrame:
+        """Train: the picks; test: ROOT/solution.csv (written by the synthetic generator only)."""
+        if split == "train":
+            return super().solution(split, runs, data_cfg)
+        path = self.root / layout.SOLUTION_CSV
+        if not path.is_file():
+            raise DataError(f"no test ground truth at {path}: test labels exist only for synthetic data "
+                            "(tools/make_synthetic.py writes solution.csv); for real data score train runs with "
+                            "--split train")
+        return select_runs(read_solution(path), list(runs) if runs else None, str(path))
+
+
+def open_data(data: str | Path | DataSource) -> DataSource:
+    """A directory -> the Kaggle layout; a copick config JSON -> that copick project (``pip install
+    'czii-kit[copick]'``); a DataSource -> itself."""
+    if isinstance(data, DataSource):
+        return data
+    path = Path(data)
+    if path.is_file() and path.suffix.lower() == ".json":
+        from czii_kit.data.copick import CopickProject
+
+        return CopickProject(path)
+    if path.is_file():
+        raise DataError(f"--data {path} is a file but not a copick config (.json); pass the competition directory "
+                        "or a copick project's config JSON")
+    return KaggleDirectory(path)
