@@ -26,7 +26,7 @@ from czii_kit.infer.pipeline import inference_config
 from czii_kit.infer.split import SplitResult, available_devices, predict_split
 from czii_kit.particles import ParticleSet
 from czii_kit.submission import write_submission
-from czii_kit.tuning import Tuning, check_sources, load_tuning
+from czii_kit.tuning import DEFAULT_THRESHOLDS, Tuning, check_sources, load_tuning
 
 
 @dataclass
@@ -98,6 +98,23 @@ def select_runs(data: DataSource, split: str, runs: Sequence[str] | None) -> lis
     return list(runs)
 
 
+def threshold_warning(ckpts: Sequence[dict]) -> str | None:
+    """A loud line when a checkpoint only has the config's default thresholds (a full-data model trained without
+    ``--thresholds-from``): they are a guess, worth about 0.07 F4 less than thresholds tuned by cross-validation."""
+    guessed = [c["path"] for c in ckpts if c["validation"].get("thresholds_from") == DEFAULT_THRESHOLDS]
+    if not guessed:
+        return None
+    return (f"WARNING: {', '.join(guessed)} carry the config's default thresholds, not tuned ones (trained on every "
+            "run without --thresholds-from). Tune them on the fold models with tools/evaluate.py and pass "
+            "--thresholds-from REPORT here (or to tools/train_fold.py --fold -1)")
+
+
+def stored_tuning(ckpts: Sequence[dict]) -> dict | None:
+    """Per-class source weights full-data checkpoints carry from their thresholds file (all the same), else None."""
+    weights = [c["validation"].get("source_weights") for c in ckpts]
+    return weights[0] if weights and weights[0] and all(w == weights[0] for w in weights) else None
+
+
 def check_classes(particles: ParticleSet, data: DataSource) -> None:
     """The checkpoints predict the data's classes (a copick project's pickable particles, or the CZII six)."""
     if set(particles.names) != set(data.particles.names):
@@ -162,6 +179,8 @@ def predict_submission(*, weights: Sequence[str | Path], data: str | Path | Data
         check_sources(tuning, group_by_kind(ckpts))
     base = tuning.thresholds if tuning else mean_thresholds(ckpts, particles)
     final_thresholds = parse_thresholds(thresholds, base, particles)
+    source_weights = tuning.source_weights if tuning else stored_tuning(ckpts)
+    warning = None if (tuning or thresholds) else threshold_warning(ckpts)
     group_by_kind(ckpts, member_weights)  # checks the member weights before any work
     run_names = select_runs(data, split, runs)
     geometry = check_runs(data, split, run_names, ckpts, cfg["data"])
@@ -170,12 +189,14 @@ def predict_submission(*, weights: Sequence[str | Path], data: str | Path | Data
         check_star_folder(star_out, run_names, overwrite)
     devices = available_devices(cfg["infer"]["device"])
     solution = data.solution(split, run_names, cfg["data"]) if score else None
+    if warning:
+        report(warning)
     report(f"{len(ckpts)} checkpoint(s), engine {cfg['infer']['engine']}, TTA {cfg['infer']['tta']}, "
            f"{len(run_names)} run(s) of {data} on {', '.join(devices)}"
            + (f", thresholds from {tuning.path}" if tuning else ""))
     t0 = time.monotonic()
     result = predict_split(data, split, run_names, ckpts, cfg, final_thresholds, devices,
-                           member_weights=member_weights, source_weights=tuning.source_weights if tuning else None,
+                           member_weights=member_weights, source_weights=source_weights,
                            time_budget_h=time_budget_h, progress=progress, report=report,
                            files=EngineFiles(Path(engine_cache), tuple(Path(p) for p in prebuilt_engines)))
     for line in result.decisions:

@@ -26,6 +26,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--folds", help="comma list of folds to pack from each experiment (default: all)")
     p.add_argument("--wheels", help="folder of dependency wheels Kaggle lacks (the tool prints how to make it)")
     p.add_argument("--onnx", action="store_true", help="also pack each checkpoint's ONNX export (tools/export.py)")
+    p.add_argument("--thresholds-from", metavar="REPORT",
+                   help="pack thresholds.json from tools/evaluate.py (cross-validated thresholds and source weights); "
+                        "the notebook predicts with them")
     p.add_argument("--force", action="store_true", help="replace a different pack already at --out")
     p.add_argument("--kaggle-python", default=KAGGLE_PYTHON,
                    help=f"Python MAJOR.MINOR of the Kaggle image the wheels are for (default {KAGGLE_PYTHON}; check "
@@ -100,7 +103,7 @@ def main(argv=None) -> int:
                           platforms=tuple(args.kaggle_platform or KAGGLE_PLATFORMS), tensorrt=args.tensorrt_version)
     result = pack_dataset(args.weights, args.out, args.slug, user, title=args.title, folds=parse_folds(args.folds),
                           wheels=args.wheels, onnx=args.onnx, force=args.force, progress=not args.no_progress,
-                          target=target)
+                          target=target, thresholds_from=args.thresholds_from)
     print_summary(result)
     if user == PLACEHOLDER_USER:
         print(f"note: no --user and no $KAGGLE_USERNAME: dataset-metadata.json says {PLACEHOLDER_USER!r}; "

@@ -1,4 +1,5 @@
-"""python tools/train_fold.py --fold K [--data ROOT] [--config NAME] [--out DIR] [--set k=v ...] [--resume]"""
+"""python tools/train_fold.py --fold K [--data ROOT] [--config NAME] [--out DIR] [--set k=v ...] [--resume]
+                             [--thresholds-from REPORT]   (fold -1: thresholds tuned by cross-validation)"""
 from __future__ import annotations
 
 import argparse
@@ -11,12 +12,15 @@ from czii_kit.config import load_config, resolve_config_path
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train one leave-one-tomogram-out fold and write weights/EXP/fold{K}.pt")
     p.add_argument("--fold", type=int, required=True, help="held-out run index in the sorted train runs; -1 = all runs")
-    p.add_argument("--data", help="competition directory (default: built-in synthetic dataset)")
+    p.add_argument("--data", help="competition directory or copick config JSON (default: built-in synthetic dataset)")
     p.add_argument("--config", help="configs/NAME.yaml or a path (default: cpu_quick without GPU, unet_r34 with one)")
     p.add_argument("--out", help="experiment directory (default: weights/<config name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from fold{K}_last.pt")
+    p.add_argument("--thresholds-from", metavar="REPORT",
+                   help="with --fold -1: thresholds.json (or its report folder) from tools/evaluate.py over the fold "
+                        "models; the full-data checkpoint stores those cross-validated thresholds")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     return p.parse_args(argv)
 
@@ -36,6 +40,7 @@ def main(argv=None) -> int:
     from czii_kit.train.report import summary
 
     train = trainer_for(cfg)  # the 2D slice detector has its own trainer, same outputs
-    result = train(cfg, args.fold, root, out, resume=args.resume, progress=not args.no_progress)
+    result = train(cfg, args.fold, root, out, resume=args.resume, progress=not args.no_progress,
+                   thresholds_from=args.thresholds_from)
     print(summary(result))
     return 0

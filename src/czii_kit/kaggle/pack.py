@@ -573,9 +573,12 @@ class PackResult:
 
 def pack_dataset(weights: Sequence[str | Path], out: str | Path, slug: str, user: str, title: str | None = None,
                  folds: Sequence[int] | None = None, wheels: str | Path | None = None, onnx: bool = False,
-                 force: bool = False, progress: bool = True, target: KaggleTarget | None = None) -> PackResult:
-    """Pack the selected checkpoints, configs and wheels into out, ready for `kaggle datasets create`."""
+                 force: bool = False, progress: bool = True, target: KaggleTarget | None = None,
+                 thresholds_from: str | Path | None = None) -> PackResult:
+    """Pack the selected checkpoints, configs and wheels (and tools/evaluate.py's thresholds.json) into out,
+    ready for `kaggle datasets create`."""
     from czii_kit.infer.kinds import kind_of, load_checkpoints
+    from czii_kit.tuning import TUNING_FILE, load_tuning
 
     target = target or KaggleTarget()
     metadata = dataset_metadata(user, slug, title or slug)
@@ -583,6 +586,7 @@ def pack_dataset(weights: Sequence[str | Path], out: str | Path, slug: str, user
     old = _existing_pack(out, force)
     ckpts = load_checkpoints(list(weights), list(folds) if folds is not None else None)
     _require_unique(ckpts)
+    tuning = load_tuning(thresholds_from, list(ckpts[0]["classes"])) if thresholds_from else None
     experiments = _experiment_dirs(ckpts)
     exports = {c["path"]: packed_onnx(c) if onnx else [] for c in ckpts}
     yolo = any(kind_of(c).name == "yolo" for c in ckpts)
@@ -596,6 +600,8 @@ def pack_dataset(weights: Sequence[str | Path], out: str | Path, slug: str, user
         checkpoints = _copy_experiments(ckpts, experiments, exports, tmp)
         _copy_configs(tmp / CONFIGS)
         shutil.copy2(preflight.__file__, tmp / PREFLIGHT)  # the notebook runs it before czii-kit is installed
+        if tuning is not None:
+            shutil.copy2(tuning.path, tmp / TUNING_FILE)  # cross-validated thresholds: the notebook passes them on
         (tmp / WHEELS).mkdir()
         packed_wheels = [build_project_wheel(tmp / WHEELS)]
         packed_wheels += [tmp / WHEELS / p.name for p in copy_wheelhouse(wheelhouse, tmp / WHEELS)]
@@ -628,6 +634,13 @@ class Pack:
     @property
     def config_dir(self) -> Path:
         return self.root / CONFIGS
+
+    @property
+    def thresholds(self) -> Path | None:
+        """The packed thresholds.json (tools/pack_kaggle_dataset.py --thresholds-from), if any."""
+        from czii_kit.tuning import TUNING_FILE
+
+        return self.root / TUNING_FILE if any(f["path"] == TUNING_FILE for f in self.manifest["files"]) else None
 
     def describe(self) -> str:
         lines = [f"pack {self.manifest['dataset']} (czii-kit {self.manifest['czii_kit_version']}): "

@@ -11,8 +11,9 @@ import pandas as pd
 import torch
 
 from czii_kit.config import class_dict, particle_set, with_new_defaults, with_particle_set
-from czii_kit.errors import CheckpointError
+from czii_kit.errors import CheckpointError, ConfigError
 from czii_kit.metric import tuned_score
+from czii_kit.tuning import DEFAULT_THRESHOLDS, Tuning, load_tuning
 from czii_kit.utils.atomic import atomic_path
 
 
@@ -103,6 +104,23 @@ def validation_summary(solution: pd.DataFrame, cand: pd.DataFrame, cfg: dict, ru
             "runs": list(runs)}
 
 
-def no_validation(cfg: dict) -> dict:
-    """What a fold without a held-out run (fold -1) stores: the config's thresholds, no score."""
-    return {"score": float("nan"), "thresholds": class_dict(cfg, "threshold"), "per_class": [], "runs": []}
+def no_validation(cfg: dict, tuning: Tuning | None = None) -> dict:
+    """What a fold without a held-out run (fold -1) stores: the thresholds tuned by cross-validation
+    (``tools/evaluate.py``'s thresholds.json) when given, else the config's defaults, marked as such
+    (prediction warns loudly about those)."""
+    if tuning is None:
+        return {"score": float("nan"), "thresholds": class_dict(cfg, "threshold"), "per_class": [], "runs": [],
+                "thresholds_from": DEFAULT_THRESHOLDS}
+    return {"score": float("nan"), "thresholds": dict(tuning.thresholds), "per_class": [], "runs": [],
+            "thresholds_from": str(tuning.path), "cv_score": tuning.meta.get("score"),
+            "source_weights": tuning.source_weights}
+
+
+def thresholds_for(cfg: dict, fold: int, thresholds_from) -> Tuning | None:
+    """The thresholds file a full-data model (fold -1) takes, checked before any training."""
+    if thresholds_from is None:
+        return None
+    if fold != -1:
+        raise ConfigError(f"--thresholds-from is for --fold -1 (a model trained on every run, with no held-out run to "
+                          f"tune on); fold {fold} tunes its thresholds on its held-out run")
+    return load_tuning(thresholds_from, list(cfg["classes"]))

@@ -33,7 +33,8 @@ from czii_kit.models import ProbabilityModel, build_model
 from czii_kit.train.data import RunData, common_spacing, load_runs
 from czii_kit.train.ema import ModelEMA
 from czii_kit.train.experiment import (FoldPaths, fold_seed, guard_output, no_validation, seed_everything,
-                                       threshold_grid, validation_summary, write_log)
+                                       threshold_grid, thresholds_for, validation_summary, write_log)
+from czii_kit.tuning import Tuning
 from czii_kit.utils.cpu import keep_freed_memory
 
 
@@ -60,6 +61,7 @@ class FoldRun:
     start_epoch: int = 0
     log_rows: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"score": -1.0})
+    tuning: Tuning | None = None  # cross-validated thresholds for a full-data model (fold -1)
 
     @property
     def val_names(self) -> list[str]:
@@ -102,12 +104,13 @@ def _check_geometry(model: torch.nn.Module, spec: TargetSpec, cfg: dict) -> None
             raise ConfigError(f"{name} {list(shape)} must be a multiple of {model.input_multiple} for this model")
 
 
-def setup(cfg: dict, fold: int, data_root, out_dir, resume: bool = False) -> FoldRun:
+def setup(cfg: dict, fold: int, data_root, out_dir, resume: bool = False, thresholds_from=None) -> FoldRun:
     """Everything before the first step; every check of config and data happens here. The classes are the data's
     (written into the config with their radius and weight)."""
     data = open_data(data_root)
     cfg = with_particle_set(cfg, data.particles)
     particles = particle_set(cfg)
+    tuning = thresholds_for(cfg, fold, thresholds_from)
     paths = FoldPaths(Path(out_dir), fold)
     guard_output(paths, cfg, resume)
     seed = fold_seed(cfg, fold)
@@ -142,7 +145,8 @@ def setup(cfg: dict, fold: int, data_root, out_dir, resume: bool = False) -> Fol
         optimizer, lambda s: cosine_lr(s, total_steps, tc["warmup_epochs"] * len(loader)))
     use_amp = bool(tc["amp"]) and device.type == "cuda"
     run = FoldRun(cfg, fold, paths, device, use_amp, train_names, val_runs, spacing, model, ema, loss_fn,
-                  spec.stride, loader, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=use_amp))
+                  spec.stride, loader, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=use_amp),
+                  tuning=tuning)
     if resume and paths.last.exists():
         _resume(run)
     paths.out.mkdir(parents=True, exist_ok=True)
@@ -226,9 +230,10 @@ def save_resume_state(run: FoldRun, epoch: int) -> None:
 
 
 def train_fold(cfg: dict, fold: int, data_root, out_dir: str | Path, resume: bool = False,
-               progress: bool = True) -> dict:
-    """Train fold ``fold`` of ``data_root`` (a directory, a copick config, or a DataSource) into ``out_dir``."""
-    run = setup(cfg, fold, data_root, out_dir, resume)
+               progress: bool = True, thresholds_from=None) -> dict:
+    """Train fold ``fold`` of ``data_root`` (a directory, a copick config, or a DataSource) into ``out_dir``.
+    ``thresholds_from`` (fold -1 only): tools/evaluate.py's thresholds.json, stored in the checkpoint."""
+    run = setup(cfg, fold, data_root, out_dir, resume, thresholds_from)
     cfg = run.cfg
     tc = cfg["train"]
     t_start = time.monotonic()
@@ -246,7 +251,7 @@ def train_fold(cfg: dict, fold: int, data_root, out_dir: str | Path, resume: boo
                 run.best = {**result, "epoch": epoch + 1}
                 save_best(run, run.best)
         elif not run.val_runs and last_epoch:
-            run.best = {**no_validation(cfg), "epoch": epoch + 1}
+            run.best = {**no_validation(cfg, run.tuning), "epoch": epoch + 1}
             save_best(run, run.best)
         run.log_rows.append(row)
         write_log(run.paths, run.log_rows)

@@ -25,7 +25,7 @@ from czii_kit.infer.engines import resolve_device
 from czii_kit.infer.kinds import Member
 from czii_kit.infer.pipeline import Predictor, finalize
 from czii_kit.train.experiment import (FoldPaths, fold_seed, guard_output, no_validation, seed_everything,
-                                       threshold_grid, validation_summary, write_log)
+                                       threshold_grid, thresholds_for, validation_summary, write_log)
 from czii_kit.yolo.detector import build_detection_model, torch_runner
 from czii_kit.yolo.offline import import_ultralytics
 from czii_kit.yolo.slices import write_dataset
@@ -146,11 +146,12 @@ def check_yolo_config(cfg: Mapping) -> None:
 
 
 def train_yolo_fold(cfg: dict, fold: int, data_root: str | Path, out_dir: str | Path, resume: bool = False,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, thresholds_from=None) -> dict:
     """Train YOLO on fold ``fold``; writes out_dir/fold{K}.pt; returns {paths, best, log, train_runs, val_runs}."""
     check_yolo_config(cfg)
     data = open_data(data_root)
     cfg = with_particle_set(cfg, data.particles)
+    tuning = thresholds_for(cfg, fold, thresholds_from)
     paths = YoloFoldPaths(Path(out_dir), fold)
     guard_output(paths, cfg, resume)
     seed_everything(fold_seed(cfg, fold))
@@ -166,7 +167,7 @@ def train_yolo_fold(cfg: dict, fold: int, data_root: str | Path, out_dir: str | 
     weights = exported_weights(best_pt)
     spacing = data.run_geometry(train_runs[0], "train", cfg["data"])[1]
     fields = {**model_fields(weights, list(cfg["classes"])), "voxel_spacing": spacing}
-    validation = validate_3d(fields, cfg, data, val_runs, device) if val_runs else no_validation(cfg)
+    validation = validate_3d(fields, cfg, data, val_runs, device) if val_runs else no_validation(cfg, tuning)
     results = read_results(paths.run_dir)
     best = {**validation, "epoch": best_epoch(results)}
     checkpoints.save_checkpoint(checkpoint_payload(cfg, weights, best, fold, spacing), paths.best)
