@@ -158,3 +158,35 @@ def test_augment_config_from_dict():
 def test_augment_config_errors(config, fragment):
     with pytest.raises(ConfigError, match=fragment):
         AugmentConfig.from_config(config)
+
+
+@pytest.mark.parametrize("angle, scale", [(0.0, 1.0), (37.0, 1.0), (-120.0, 0.92), (90.0, 1.1)])
+def test_free_rotation_about_z_and_zoom_move_image_and_points_together(angle, scale):
+    from czii_kit.data.augment import Affine
+
+    volume = np.zeros((40, 90, 90), np.float32)
+    marks = [(20, 30, 50), (12, 55, 40), (28, 45, 45)]
+    for z, y, x in marks:
+        volume[z - 1:z + 2, y - 1:y + 2, x - 1:x + 2] = 1.0  # small cubes: trilinear sampling keeps their centre
+    affine, origin, patch = Affine(angle, scale), (6, 13, 13), (28, 64, 64)
+    image = affine.crop(volume, origin, patch)
+    assert image.shape == patch and image.dtype == np.float32
+    for (z, y, x), moved in zip(marks, affine.points(marks, origin, patch)):
+        index = np.round(moved).astype(int)
+        assert image[tuple(index)] > 0.5, (angle, scale, moved)  # the mark is where its point went
+        assert moved[0] == pytest.approx(patch[0] / 2 - 0.5 + scale * (z - origin[0] - (patch[0] - 1) / 2))
+    if angle == 0.0 and scale == 1.0:  # the identity is the plain crop
+        np.testing.assert_array_equal(image, volume[6:34, 13:77, 13:77])
+
+
+def test_random_affine_draws_nothing_when_off_and_stays_in_range():
+    from czii_kit.data.augment import random_affine
+
+    rng = np.random.default_rng(0)
+    assert random_affine(rng, 0.0, 0.0).is_identity and rng.random() == np.random.default_rng(0).random()
+    draws = [random_affine(rng, 30.0, 0.1) for _ in range(200)]
+    assert all(-30 <= d.angle_deg <= 30 and 0.9 <= d.scale <= 1.1 for d in draws)
+    with pytest.raises(ConfigError, match="rotate_z"):
+        AugmentConfig(rotate_z=400)
+    with pytest.raises(ConfigError, match="scale_jitter"):
+        AugmentConfig(scale_jitter=0.7)

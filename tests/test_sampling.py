@@ -266,3 +266,33 @@ def test_dataset_config_errors():
         PatchDataset([vol], [points], [labels], PATCH, {"sigma": 1})
     ds = PatchDataset([vol], [points], [labels], PATCH, {"kind": "sphere", "stride": 2}, length=1)
     assert ds[0][1].shape == (6, 8, 16, 16)
+
+
+def test_lookalikes_are_strong_dark_blobs_away_from_every_pick():
+    from czii_kit.data.lookalikes import lookalike_centres
+
+    volume = np.zeros((30, 60, 60), np.float32)
+    zz, yy, xx = np.indices(volume.shape)
+    for centre in [(15, 15, 15), (15, 45, 45), (15, 15, 45)]:  # three dark balls of radius 4
+        volume[(zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= 16] = -1.0
+    picked = np.array([[15.0, 15.0, 15.0]])  # one of them is a labelled particle
+    found = lookalike_centres(volume, picked, radius_vox=4.0, n=5)
+    assert sorted(map(tuple, found.tolist())) == [(15, 15, 45), (15, 45, 45)]
+    assert len(lookalike_centres(volume, picked, 4.0, n=1)) == 1
+    assert len(lookalike_centres(volume, picked, 4.0, n=0)) == 0
+
+
+def test_hard_negative_patches_hold_their_lookalike_and_leave_the_default_stream_alone():
+    shapes, points, labels = [(20, 40, 40)], [np.array([[10.0, 10, 10]])], [[0]]
+    hard = [np.array([[10, 30, 30]])]
+    sampler = PatchSampler(shapes, points, labels, PATCH, positive_fraction=0.0, hard_negatives=hard,
+                           hard_negative_fraction=1.0, seed=0)
+    for _ in range(50):
+        run, origin = sampler.sample()
+        assert np.all(origin <= hard[0][0]) and np.all(hard[0][0] < origin + np.array(PATCH))
+    plain = PatchSampler(shapes, points, labels, PATCH, positive_fraction=0.5, seed=3)
+    off = PatchSampler(shapes, points, labels, PATCH, positive_fraction=0.5, seed=3, hard_negatives=hard,
+                       hard_negative_fraction=0.0)
+    assert [tuple(plain.sample()[1]) for _ in range(20)] == [tuple(off.sample()[1]) for _ in range(20)]
+    with pytest.raises(ConfigError, match="hard_negative_fraction"):
+        PatchSampler(shapes, points, labels, PATCH, positive_fraction=0.8, hard_negative_fraction=0.3)

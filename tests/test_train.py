@@ -141,3 +141,13 @@ def test_zero_particle_validation_run(synthetic_root, tmp_path):
         f.write_text(json.dumps(doc))
     with pytest.raises(DataError, match=f"validation run {val_run} has zero particles"):
         loop.train_fold(tiny_cfg(root), 0, root, tmp_path / "w", progress=False)
+
+
+def test_the_recipe_switches_train(synthetic_root, tmp_path):
+    """Free z rotation with zoom, mixup and look-alike hard negatives, in one short run."""
+    cfg = tiny_cfg(synthetic_root, "train.epochs=1", "augment.rotate_z=180", "augment.scale_jitter=0.1",
+                   "augment.mixup=0.5", "train.hard_negative_fraction=0.2", "train.positive_fraction=0.6")
+    result = loop.train_fold(cfg, 0, synthetic_root, tmp_path / "recipe", progress=False)
+    assert np.isfinite(result["log"]["train_loss"]).all()
+    ckpt = ckpt_io.load_checkpoint(tmp_path / "recipe" / "fold0.pt")
+    assert ckpt["config"]["augment"]["rotate_z"] == 180 and ckpt["config"]["train"]["hard_negative_fraction"] == 0.2

@@ -3,7 +3,9 @@
 Positives pick a class by ``class_weights`` among the classes present (weight 0: never), then one
 particle of that class uniformly over all runs, and put it at a uniform position inside the patch
 at least ``margin`` voxels from the patch border (less only where the volume border forces it).
-Negatives are uniform over all patch positions of all runs.
+Hard negatives (``hard_negative_fraction`` of the patches, when given) are centred like positives on
+look-alikes (``czii_kit.data.lookalikes``); the remaining negatives are uniform over all patch positions
+of all runs.
 """
 from __future__ import annotations
 
@@ -23,12 +25,17 @@ class PatchSampler:
 
     def __init__(self, shapes: Sequence[Sequence[int]], points: Sequence[np.ndarray], labels: Sequence[np.ndarray],
                  patch_size: Sequence[int], positive_fraction: float = 0.7,
-                 class_weights: Sequence[float] | None = None, seed: int = 0, margin: int = DEFAULT_MARGIN):
+                 class_weights: Sequence[float] | None = None, seed: int = 0, margin: int = DEFAULT_MARGIN,
+                 hard_negatives: Sequence[np.ndarray] | None = None, hard_negative_fraction: float = 0.0):
         if not len(shapes) == len(points) == len(labels) or not shapes:
             raise ConfigError(f"need one shape, points array and labels array per run and at least one run; got "
                               f"{len(shapes)} shapes, {len(points)} points, {len(labels)} labels")
         if not 0.0 <= positive_fraction <= 1.0:
             raise ConfigError(f"positive_fraction must be in [0, 1], got {positive_fraction!r}")
+        if not (0.0 <= hard_negative_fraction and positive_fraction + hard_negative_fraction <= 1.0):
+            raise ConfigError(f"hard_negative_fraction must be >= 0 with positive_fraction + hard_negative_fraction "
+                              f"<= 1, got {hard_negative_fraction!r} (+ {positive_fraction!r})")
+        self.hard_negative_fraction = float(hard_negative_fraction)
         self.shapes = np.array([tuple(int(n) for n in s) for s in shapes], dtype=np.int64).reshape(-1, 3)
         self.patch_size = _check_patch_size(patch_size, self.shapes)
         self.positive_fraction = float(positive_fraction)
@@ -37,6 +44,7 @@ class PatchSampler:
         self.n_classes = len(class_weights) if class_weights is not None else len(CZII)
         self._index_particles(points, labels)
         self.class_probs = self._class_probabilities(class_weights)
+        self._index_hard_negatives(hard_negatives)
 
     def _index_particles(self, points: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> None:
         """Flatten all runs' particles into (run, index in run, centre voxel) arrays, grouped by class."""
@@ -67,13 +75,31 @@ class PatchSampler:
             return eligible
         return eligible / eligible.sum()
 
+    def _index_hard_negatives(self, hard_negatives: Sequence[np.ndarray] | None) -> None:
+        hard = [np.zeros((0, 3))] * len(self.shapes) if hard_negatives is None else list(hard_negatives)
+        if len(hard) != len(self.shapes):
+            raise ConfigError(f"need one hard-negative array per run, got {len(hard)} for {len(self.shapes)} runs")
+        self.hard_run = np.concatenate([np.full(len(h), r) for r, h in enumerate(hard)]).astype(np.int64)
+        self.hard_centre = np.concatenate([np.asarray(h, dtype=np.int64).reshape(-1, 3) for h in hard])
+
     def sample(self, rng: np.random.Generator | None = None) -> tuple[int, np.ndarray]:
-        """A positive patch with probability ``positive_fraction``, else a uniform one."""
+        """A positive patch with probability ``positive_fraction``, a hard negative with probability
+        ``hard_negative_fraction`` (when there are any), else a uniform one."""
         rng = self.rng if rng is None else rng
-        if rng.random() < self.positive_fraction:
+        u = rng.random()
+        if u < self.positive_fraction:
             run, origin, _ = self.sample_positive(rng)
             return run, origin
+        if u < self.positive_fraction + self.hard_negative_fraction and len(self.hard_run):
+            return self.sample_hard_negative(rng)
         return self.sample_negative(rng)
+
+    def sample_hard_negative(self, rng: np.random.Generator) -> tuple[int, np.ndarray]:
+        """A look-alike at a uniform position inside the patch, as for positives."""
+        k = rng.integers(len(self.hard_run))
+        run = int(self.hard_run[k])
+        offset = rng.integers(self.margin, self.patch_size - self.margin)
+        return run, np.clip(self.hard_centre[k] - offset, 0, self.shapes[run] - self.patch_size)
 
     def sample_positive(self, rng: np.random.Generator) -> tuple[int, np.ndarray, int]:
         """(run, origin, index of the chosen particle within that run's points)."""

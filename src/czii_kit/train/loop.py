@@ -22,6 +22,7 @@ from czii_kit.config import class_values, dump_config, particle_set, save_config
 from czii_kit.data import io
 from czii_kit.data.dataset import PatchDataset
 from czii_kit.data.folds import split_runs
+from czii_kit.data.lookalikes import lookalike_centres
 from czii_kit.data.source import open_data
 from czii_kit.data.targets import TargetSpec
 from czii_kit.errors import ConfigError, DataError
@@ -135,7 +136,9 @@ def setup(cfg: dict, fold: int, data_root, out_dir, resume: bool = False, thresh
         [r.volume for r in train_data], [r.points for r in train_data], [r.labels for r in train_data],
         patch_size=tuple(tc["patch_size"]), target_spec=spec,
         positive_fraction=tc["positive_fraction"], class_weights=class_values(cfg, "sample_weight"),
-        augment=cfg["augment"], length=tc["samples_per_epoch"], seed=seed)
+        augment=cfg["augment"], length=tc["samples_per_epoch"], seed=seed,
+        hard_negatives=hard_negatives(train_data, particles, tc["hard_negative_fraction"]),
+        hard_negative_fraction=tc["hard_negative_fraction"])
     loader = torch.utils.data.DataLoader(dataset, batch_size=tc["batch_size"], shuffle=False,
                                          num_workers=tc["num_workers"], drop_last=True,
                                          persistent_workers=tc["num_workers"] > 0)
@@ -152,6 +155,14 @@ def setup(cfg: dict, fold: int, data_root, out_dir, resume: bool = False, thresh
     paths.out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, paths.config)
     return run
+
+
+def hard_negatives(runs: list[RunData], particles, fraction: float) -> list[np.ndarray] | None:
+    """Look-alike centres per run (as many as it has particles), at the particle set's typical size; None when off."""
+    if fraction <= 0:
+        return None
+    radius = float(np.exp(np.mean(np.log([p.radius for p in particles]))))
+    return [lookalike_centres(r.volume, r.points, radius / r.spacing, len(r.points)) for r in runs]
 
 
 def _resume(run: FoldRun) -> None:
