@@ -1,0 +1,39 @@
+"""python tools/ablate.py --study configs/studies/hard_classes.yaml --test-data DIR --out reports/NAME [--data ROOT]
+
+Trains every arm of a study with every seed on the study's fold of --data, scores each model on --test-data
+(its test split, with the thresholds it tuned on its own validation run) and writes results.csv (resumable)
+and ablation.md (mean ± spread per class and overall; a verdict per arm against the baseline).
+"""
+from __future__ import annotations
+
+import argparse
+
+from czii_kit.cli.common import exit_on_user_error, resolve_data
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Recipe ablation over seeds, scored on a held-out test set")
+    p.add_argument("--study", required=True, help="study YAML: config, fold, seeds, arms {name: [key=value, ...]}")
+    p.add_argument("--test-data", required=True, help="dataset whose test split (with ground truth) scores the models")
+    p.add_argument("--data", help="training data (default: the built-in synthetic dataset)")
+    p.add_argument("--out", required=True, help="study folder (results.csv, ablation.md, weights/)")
+    p.add_argument("--baseline", default="baseline", help="the arm the others are compared with")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv=None) -> int:
+    from czii_kit.data.source import open_data
+    from czii_kit.errors import ConfigError
+    from czii_kit.study import load_study, run_study, write_report
+
+    args = parse_args(argv)
+    study = load_study(args.study)
+    if args.baseline not in study["arms"]:
+        raise ConfigError(f"--baseline {args.baseline!r} is not an arm of {args.study} ({', '.join(study['arms'])})")
+    test = open_data(args.test_data)
+    test.solution("test")  # the test split must have ground truth: checked before any training
+    results = run_study(study, resolve_data(args.data), test, args.out, progress=not args.no_progress)
+    print(f"wrote {write_report(results, args.out, list(test.particles.names), args.baseline)}")
+    return 0

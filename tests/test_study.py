@@ -1,0 +1,51 @@
+"""Recipe ablations: arms x seeds trained, scored on a held-out test set, summarized with their spread."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import TINY_TRAIN_OVERRIDES
+from czii_kit.errors import ConfigError
+from czii_kit.study import load_study, run_study, summarize, verdicts, write_report
+
+
+def results(rows) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["arm", "seed", "score", "f4_a"])
+
+
+def test_summary_and_verdicts_use_the_seed_spread():
+    table = results([("base", 0, 0.50, 0.2), ("base", 1, 0.52, 0.4), ("base", 2, 0.54, 0.6),
+                     ("big", 0, 0.70, 0.3), ("big", 1, 0.71, 0.5), ("big", 2, 0.72, 0.7)])
+    summary = summarize(table, ["a"]).set_index("arm")
+    assert summary.loc["base", "score"] == "0.520 ± 0.020" and summary.loc["big", "seeds"] == 3
+    assert verdicts(table, "base", ["a"]) == {"big": {"score": "better", "f4_a": "noise"}}  # +0.1 F4 < spread 0.2
+
+
+def test_a_study_needs_three_seeds_and_valid_keys(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"config": "cpu_quick", "seeds": [0, 1], "arms": {"base": []}}))
+    with pytest.raises(ConfigError, match="at least three seeds"):
+        load_study(path)
+    path.write_text(yaml.safe_dump({"seeds": [0, 1, 2], "arms": {"typo": ["loss.args.pos_weihgt=2", "trian.lr=1"]}}))
+    with pytest.raises(ConfigError, match="unknown config key 'trian'"):
+        load_study(path)
+
+
+def test_a_study_runs_resumes_and_reports(synthetic_root, tmp_path, monkeypatch):
+    tiny = [*TINY_TRAIN_OVERRIDES, "train.epochs=1", "train.samples_per_epoch=4"]
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"config": "cpu_quick", "fold": 0, "seeds": [0, 1, 2],
+                                    "arms": {"baseline": tiny, "mixup": [*tiny, "augment.mixup=0.5"]}}))
+    study = load_study(path)
+    study["arms"] = {"baseline": study["arms"]["baseline"]}  # one arm keeps the test short
+    done = run_study(study, synthetic_root, synthetic_root, tmp_path / "out", progress=False)
+    assert sorted(done["seed"]) == [0, 1, 2] and done["score"].between(0, 1).all()
+    assert (tmp_path / "out" / "weights" / "baseline-seed2" / "fold0.pt").is_file()
+    import czii_kit.train as train_package
+
+    monkeypatch.setattr(train_package, "trainer_for", lambda cfg: pytest.fail("a finished arm was trained again"))
+    again = run_study(study, synthetic_root, synthetic_root, tmp_path / "out", progress=False)
+    pd.testing.assert_frame_equal(again, pd.read_csv(tmp_path / "out" / "results.csv"))
+    report = write_report(again, tmp_path / "out", ["ribosome"], "baseline").read_text()
+    assert "| baseline | 3 |" in report
