@@ -222,4 +222,9 @@ def test_a_fold_ensemble_folded_into_one_graph_predicts_like_its_torch_members(s
                        "--set", "infer.fold_ensemble=true") == 0
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*ensemble*"))  # the packed graph
     a, b = read_submission(members), read_submission(folded)
-    assert len(a) == len(b) > 0 and np.abs(a[["x", "y", "z"]].to_numpy() - b[["x", "y", "z"]].to_numpy()).max() < 1.0
+    # rows with tied scores may swap places between engines: compare as sets, class by class
+    assert len(a) == len(b) > 0
+    for (name, rows_a), (_, rows_b) in zip(a.groupby("particle_type"), b.groupby("particle_type")):
+        xyz_a, xyz_b = rows_a[["x", "y", "z"]].to_numpy(), rows_b[["x", "y", "z"]].to_numpy()
+        distances = np.linalg.norm(xyz_a[:, None] - xyz_b[None], axis=-1)
+        assert len(xyz_a) == len(xyz_b) and distances.min(axis=1).max() < 1.0 and distances.min(axis=0).max() < 1.0, name
