@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -61,3 +62,22 @@ def test_peer_peaks_find_what_the_kit_finds_on_separated_peaks():
     assert [len(f) for f in found] == [1, 1, 1, 0, 0, 0]
     assert [tuple(f[0].tolist()) for f in found[:3]] == centres
     assert len(kit) == 3 and math.isclose(kit["score"].min(), 0.9, rel_tol=1e-6)
+
+
+def test_window_sweep_scores_every_cell_through_the_pipeline(synthetic_root, tiny_experiment, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_windows.py"
+    spec = importlib.util.spec_from_file_location("bench_windows", tool)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--weights", str(tiny_experiment), "--data", str(synthetic_root), "--windows", "16x32x32",
+                       "32x64x64", "--overlaps", "0.25", "0"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("window")]
+    assert len(lines) == 4
+    for line in lines:  # thresholds tuned on the split itself can only match or beat the model's own
+        own, tuned = (float(x) for x in re.findall(r"F4 ([\d.]+) \(own thresholds\)\s+([\d.]+) \(tuned\)", line)[0])
+        assert 0 <= own <= tuned + 1e-9 <= 1 + 1e-9
+    assert bench.main(["--weights", str(tiny_experiment), "--data", str(synthetic_root), "--windows", "16x32"]) == 2
+    assert "ZxYxX" in capsys.readouterr().err

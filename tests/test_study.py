@@ -11,7 +11,7 @@ from czii_kit.study import load_study, run_study, summarize, verdicts, write_rep
 
 
 def results(rows) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["arm", "seed", "score", "f4_a"])
+    return pd.DataFrame(rows, columns=["arm", "seed", "score", "f4_a"]).assign(score_tuned=0.9, tuned_f4_a=0.9)
 
 
 def test_summary_and_verdicts_use_the_seed_spread():
@@ -20,6 +20,8 @@ def test_summary_and_verdicts_use_the_seed_spread():
     summary = summarize(table, ["a"]).set_index("arm")
     assert summary.loc["base", "score"] == "0.520 ± 0.020" and summary.loc["big", "seeds"] == 3
     assert verdicts(table, "base", ["a"]) == {"big": {"score": "better", "f4_a": "noise"}}  # +0.1 F4 < spread 0.2
+    assert summarize(table, ["a"], tuned=True).set_index("arm").loc["big", "score_tuned"] == "0.900 ± 0.000"
+    assert verdicts(table, "base", ["a"], tuned=True) == {"big": {"score_tuned": "noise", "f4_a": "noise"}}
 
 
 def test_a_study_needs_three_seeds_and_valid_keys(tmp_path):
@@ -38,14 +40,17 @@ def test_a_study_runs_resumes_and_reports(synthetic_root, tmp_path, monkeypatch)
     path.write_text(yaml.safe_dump({"config": "cpu_quick", "fold": 0, "seeds": [0, 1, 2],
                                     "arms": {"baseline": tiny, "mixup": [*tiny, "augment.mixup=0.5"]}}))
     study = load_study(path)
-    study["arms"] = {"baseline": study["arms"]["baseline"]}  # one arm keeps the test short
-    done = run_study(study, synthetic_root, synthetic_root, tmp_path / "out", progress=False)
-    assert sorted(done["seed"]) == [0, 1, 2] and done["score"].between(0, 1).all()
+    done = run_study(study, synthetic_root, synthetic_root, tmp_path / "out", arms=["baseline"],  # one arm: short
+                     progress=False)
+    assert set(done["arm"]) == {"baseline"} and sorted(done["seed"]) == [0, 1, 2] and done["score"].between(0, 1).all()
+    # thresholds tuned exactly on the test set can only do better than the model's own, class by class
+    assert (done["score_tuned"] >= done["score"] - 1e-9).all()
+    assert (done["tuned_f4_ribosome"] >= done["f4_ribosome"] - 1e-9).all()
     assert (tmp_path / "out" / "weights" / "baseline-seed2" / "fold0.pt").is_file()
     import czii_kit.train as train_package
 
     monkeypatch.setattr(train_package, "trainer_for", lambda cfg: pytest.fail("a finished arm was trained again"))
-    again = run_study(study, synthetic_root, synthetic_root, tmp_path / "out", progress=False)
+    again = run_study(study, synthetic_root, synthetic_root, tmp_path / "out", arms=["baseline"], progress=False)
     pd.testing.assert_frame_equal(again, pd.read_csv(tmp_path / "out" / "results.csv"))
     report = write_report(again, tmp_path / "out", ["ribosome"], "baseline").read_text()
     assert "| baseline | 3 |" in report

@@ -18,6 +18,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", help="training data (default: the built-in synthetic dataset)")
     p.add_argument("--out", required=True, help="study folder (results.csv, ablation.md, weights/)")
     p.add_argument("--baseline", default="baseline", help="the arm the others are compared with")
+    p.add_argument("--arms", nargs="+", metavar="ARM", help="train only these arms now (the report covers every "
+                                                             "arm in results.csv; default: all)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -32,8 +34,11 @@ def main(argv=None) -> int:
     study = load_study(args.study)
     if args.baseline not in study["arms"]:
         raise ConfigError(f"--baseline {args.baseline!r} is not an arm of {args.study} ({', '.join(study['arms'])})")
+    unknown = sorted(set(args.arms or ()) - set(study["arms"]))
+    if unknown:
+        raise ConfigError(f"--arms {', '.join(unknown)}: not in {args.study} ({', '.join(study['arms'])})")
     test = open_data(args.test_data)
     test.solution("test")  # the test split must have ground truth: checked before any training
-    results = run_study(study, resolve_data(args.data), test, args.out, progress=not args.no_progress)
+    results = run_study(study, resolve_data(args.data), test, args.out, args.arms, progress=not args.no_progress)
     print(f"wrote {write_report(results, args.out, list(test.particles.names), args.baseline)}")
     return 0
