@@ -4,7 +4,8 @@ runs) with its stages, peak finding against a plain maximum filter, memory; opti
 
     python tools/bench_infer.py --weights weights/cpu_quick                       # 1 member, the config's TTA
     python tools/bench_infer.py --weights weights/cpu_quick --members 4 --tta flips --shape 128 320 320
-    python tools/bench_infer.py --weights weights/cpu_quick --peer --window 64 128 128   # vs MONAI, same window
+    python tools/bench_infer.py --weights weights/cpu_quick --peer                # vs MONAI, same window/overlap
+    python tools/bench_infer.py --weights weights/cpu_quick --peer --peer-window 64 128 128 --peer-overlap 0.25
     python tools/bench_infer.py --config cpu_quick                                # an untrained model of a config
 
 The tomogram is a synthetic run (184x630x630 by default), generated on the fly. "limit" is the tomogram's
@@ -59,6 +60,7 @@ def parse_args():
     p.add_argument("--engine-cache", default="build/engines")
     p.add_argument("--peer", action="store_true", help="also run the MONAI peer (pip install monai)")
     p.add_argument("--peer-window", type=int, nargs=3, metavar=("Z", "Y", "X"), help="default: the kit's window")
+    p.add_argument("--peer-overlap", type=float, help="default: the kit's overlap")
     p.add_argument("--no-reference", action="store_true", help="skip the slow scipy maximum_filter comparison")
     return p.parse_args()
 
@@ -129,15 +131,17 @@ def main() -> None:
         if args.engine != "torch":
             raise SystemExit("--peer compares torch models: use --engine torch")
         peer_window = tuple(args.peer_window or engine.window)
+        peer_overlap = cfg["infer"]["overlap"] if args.peer_overlap is None else args.peer_overlap
         models = [m.runner.model for m in members]
         volume = predictor_volume(tomogram, members[0].ckpt)
-        prob, t_peer_windows = timed(peer_probabilities, models, volume, peer_window, cfg["infer"]["overlap"],
+        prob, t_peer_windows = timed(peer_probabilities, models, volume, peer_window, peer_overlap,
                                      cfg["infer"]["batch_size"], tta)
         _, t_peer_peaks = timed(peer_peaks, prob, floor, engine.stride, cfg["peaks"]["kernel_frac"])
         t_peer = t_peer_windows + t_peer_peaks
-        print(f"peer (MONAI sliding_window_inference, gaussian, window {peer_window}, per member and pass; "
+        print(f"peer (MONAI sliding_window_inference, gaussian, window {peer_window}, "
+              f"overlap {peer_overlap}, per member and pass; "
               f"max_pool3d peaks): {t_peer:.1f} s -> kit {t_peer / total:.2f}x faster")
-        if peer_window == tuple(engine.window):
+        if peer_window == tuple(engine.window) and peer_overlap == cfg["infer"]["overlap"]:
             kit = predict_volume([m.runner for m in members], volume, tta=tta, overlap=cfg["infer"]["overlap"],
                                  batch_size=cfg["infer"]["batch_size"], blend=cfg["infer"]["blend"])
             print(f"  max abs difference of the probability volumes at equal windows: "

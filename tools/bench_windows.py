@@ -2,7 +2,7 @@
 """Sliding-window settings by measurement: F4 and seconds per tomogram over windows x overlaps.
 
     python tools/bench_windows.py --weights weights/cpu_quick --data data/eval_default \
-        --windows 64x128x128 96x192x192 128x256x256 --overlaps 0.25 0.125 0
+        --windows 64x128x128 96x160x160 96x224x224 --overlaps 0.25 0.125 0
 
 Every cell runs the one prediction pipeline (czii_kit.study.score_held_out, no TTA) on the split
 and reports two F4s: with the checkpoints' own thresholds (what a submission gets) and with thresholds
@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", nargs="+", required=True)
     p.add_argument("--data", help="competition directory or copick config (default: the built-in dataset)")
     p.add_argument("--split", default="test", help="a split with a solution (default %(default)s)")
-    p.add_argument("--windows", nargs="+", default=["64x128x128", "96x192x192", "128x256x256"])
+    p.add_argument("--windows", nargs="+", default=["64x128x128", "96x160x160", "96x224x224"])
     p.add_argument("--overlaps", nargs="+", type=float, default=[0.25, 0.125, 0.0])
     p.add_argument("--device", default="cpu")
     return p.parse_args(argv)
