@@ -21,7 +21,6 @@ Torch-free on purpose: the metric runs in light processes (tools, notebooks).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -240,12 +239,6 @@ def best_thresholds(solution: pd.DataFrame, candidates: pd.DataFrame, grid: np.n
     return best, table
 
 
-def above_thresholds(candidates: pd.DataFrame, thresholds: Mapping[str, float]) -> pd.DataFrame:
-    """Candidates scoring >= their class's threshold (a class without one is dropped)."""
-    limit = candidates["particle_type"].map(thresholds).to_numpy(float)
-    return candidates[candidates["score"].to_numpy(float) >= limit]
-
-
 def tuned_score(solution: pd.DataFrame, candidates: pd.DataFrame, grid: np.ndarray | None = None,
                 fallback: dict[str, float] | None = None,
                 particles: ParticleSet = CZII) -> tuple[dict[str, float], pd.DataFrame, float]:
@@ -255,16 +248,7 @@ def tuned_score(solution: pd.DataFrame, candidates: pd.DataFrame, grid: np.ndarr
     """
     tuned, _ = best_thresholds(solution, candidates, grid, particles)
     thresholds = {c: float(tuned.get(c, (fallback or {}).get(c, np.inf))) for c in particles.names}
-    kept = above_thresholds(candidates, thresholds)
+    limit = candidates["particle_type"].map(thresholds).to_numpy(float)  # float even when empty (pandas 3)
+    kept = candidates[candidates["score"].to_numpy(float) >= limit]
     table = score_table(solution, kept, particles)
     return thresholds, table, table_score(table)
-
-
-def fixed_and_tuned(solution: pd.DataFrame, candidates: pd.DataFrame, thresholds: Mapping[str, float],
-                    particles: ParticleSet = CZII) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Score table at the given thresholds (what a submission gets) and with thresholds tuned on ``solution``
-    itself (the quality of the scores, free of threshold luck). ``candidates`` must reach below both."""
-    kept = above_thresholds(candidates, thresholds)
-    _, tuned, _ = tuned_score(solution, candidates, particles=particles)
-    return score_table(solution, kept, particles), tuned
-

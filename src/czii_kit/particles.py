@@ -85,10 +85,6 @@ class ParticleSet:
     def radius(self) -> dict[str, float]:
         return {p.name: p.radius for p in self.particles}
 
-    @property
-    def weight(self) -> dict[str, float]:
-        return {p.name: p.weight for p in self.particles}
-
     def __len__(self) -> int:
         return len(self.particles)
 
@@ -104,11 +100,6 @@ class ParticleSet:
                 return p
         raise KeyError(f"unknown particle type {name!r}; expected one of {', '.join(self.names)}")
 
-    def index(self, name: str) -> int:
-        return self.names.index(self[name].name)
-
-    def describe(self) -> str:
-        return ", ".join(f"{p.name} (r {p.radius:g} Å, w {p.weight:g})" for p in self.particles)
 
     @classmethod
     def from_config(cls, cfg) -> ParticleSet:

@@ -19,7 +19,8 @@ import yaml
 from czii_kit.config import load_config, particle_set
 from czii_kit.data.source import open_data
 from czii_kit.errors import ConfigError
-from czii_kit.metric import fixed_and_tuned, table_score
+from czii_kit.metric import score_table, table_score, tuned_score
+from czii_kit.post.pipeline import apply_thresholds
 from czii_kit.utils.atomic import write_text_atomic
 
 RESULTS = "results.csv"
@@ -49,7 +50,7 @@ def load_study(path: str | Path) -> dict:
 
 @dataclass
 class HeldOutScore:
-    """One prediction of a test split, scored twice (see ``metric.fixed_and_tuned``)."""
+    """One prediction of a test split, scored twice: at given thresholds and at thresholds tuned on the split."""
 
     fixed: pd.DataFrame  # per-class table at the checkpoints' own thresholds: what a submission gets
     tuned: pd.DataFrame  # with thresholds tuned on the test split itself: the probability maps' quality
@@ -78,7 +79,9 @@ def score_held_out(weights: Sequence[str | Path], data, split: str = "test", ove
         report = predict_submission(weights=weights, data=data, split=split, out=out or Path(tmp) / "submission.csv",
                                     device=device, tta=tta, thresholds={c: min(floor, t) for c, t in own.items()},
                                     overrides=overrides, progress=False, report=lambda line: None)
-    fixed, tuned = fixed_and_tuned(solution, report.result.detections, own, particles)
+    candidates = report.result.detections
+    fixed = score_table(solution, apply_thresholds(candidates, own, particles), particles)
+    _, tuned, _ = tuned_score(solution, candidates, particles=particles)
     return HeldOutScore(fixed, tuned, sum(report.result.seconds.values()) / len(report.result.seconds))
 
 

@@ -27,6 +27,7 @@ from czii_kit.data.synth.scene import Scene, sample_scene
 from czii_kit.data.synth.tiltseries import Acquisition, sample_acquisition
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING, voxel_to_angstrom
+from czii_kit.submission import solution_from_picks
 
 GENERATOR = "czii_kit.data.synth/2"  # bump when the output for a given config changes (cache key)
 
@@ -90,16 +91,12 @@ def _publish(tmp: Path, out: Path) -> None:
         raise DataError(f"could not move the finished dataset to {out} ({e}); did another process create it?") from e
 
 
-def _with_id(df: pd.DataFrame) -> pd.DataFrame:
-    return df.reset_index(drop=True).rename_axis("id").reset_index()
-
-
 def _sample_submission(test_runs: list[str], shape, seed: int) -> pd.DataFrame:
     """One made-up row per class and test run, like Kaggle's sample_submission.csv."""
     rng = np.random.default_rng([seed, 7])
     rows = [(run, name, *voxel_to_angstrom(rng.uniform(0, np.array(shape) - 1))[0])
             for run in test_runs for name in CLASS_NAMES]
-    return _with_id(pd.DataFrame(rows, columns=io.PICK_COLUMNS))
+    return solution_from_picks(pd.DataFrame(rows, columns=io.PICK_COLUMNS))
 
 
 def _write_run(root: Path, split: str, name: str, volumes: dict[str, np.ndarray], picks: pd.DataFrame) -> None:
@@ -145,7 +142,7 @@ def make_dataset(out: str | Path, n_train: int = 4, n_test: int = 2, shape=(96, 
                 solution.append(picks)
             runs_info[name] = _run_info(split, scene, acquisition)
         solution_df = pd.concat(solution) if solution else pd.DataFrame(columns=io.PICK_COLUMNS)
-        _with_id(solution_df).to_csv(tmp / layout.SOLUTION_CSV, index=False)
+        solution_from_picks(solution_df).to_csv(tmp / layout.SOLUTION_CSV, index=False)
         _sample_submission(run_names("test", n_test), cfg.shape, seed).to_csv(tmp / "sample_submission.csv",
                                                                               index=False)
         meta = {"generator": GENERATOR, "version": __version__, "seed": seed, "recons": list(recons),

@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle
 
+from czii_kit.utils.atomic import atomic_path
 from czii_kit.viz import CLASS_COLORS, busiest_slice, picks_in_slice
 
 
@@ -35,5 +36,6 @@ def save_recons_preview(path: str | Path, volumes: dict[str, np.ndarray], picks:
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(f"{title} z = {z}".strip(), fontsize=10)
     path = Path(path)
-    fig.savefig(path, format="png", bbox_inches="tight")
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
     return path
