@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from czii_kit.errors import ConfigError
-from czii_kit.losses import LOSSES, build_loss
+from czii_kit.losses import LOSSES, DeepSupervision, build_loss
 
 N_CLASSES = 6
 BIG = 30.0  # logit margin that makes softmax/sigmoid outputs hard to within e-13
@@ -245,3 +245,28 @@ def test_bad_values_are_named(name, args, bad):
 def test_shape_mismatch_says_to_use_the_output_stride():
     with pytest.raises(ConfigError, match="output_stride"):
         build_loss("bce")(torch.zeros(1, 7, 4, 4, 4), torch.zeros(1, 6, 8, 8, 8))
+
+
+# ---------------------------------------------------------------- deep supervision
+
+
+def test_deep_supervision_scores_coarse_outputs_against_the_pooled_target():
+    loss = DeepSupervision(build_loss("weighted_ce"))
+    target = torch.zeros(1, N_CLASSES, 4, 4, 4)
+    target[0, 2, 1, 2, 3] = 1.0  # one particle voxel: pooled by 2 it lands in coarse voxel (0, 1, 1)
+    right = torch.full((1, N_CLASSES + 1, 2, 2, 2), -BIG)
+    right[:, 0] = BIG
+    right[0, :, 0, 1, 1] = -BIG
+    right[0, 3, 0, 1, 1] = BIG
+    main = torch.zeros(1, N_CLASSES + 1, 4, 4, 4)
+    assert loss(main, target).item() == build_loss("weighted_ce")(main, target).item()  # a tensor: the plain loss
+    wrong = right.roll(1, dims=-1)
+    assert loss((main, (right,)), target) < loss((main, (wrong,)), target)
+    assert loss((main, (right,)), target).item() == pytest.approx(loss(main, target).item() / 1.5, rel=1e-5)
+    coarser = torch.full((1, N_CLASSES + 1, 1, 1, 1), -BIG)
+    coarser[0, 3] = BIG  # the particle's class wins the single coarsest voxel too
+    assert loss((main, (right, coarser)), target).item() == pytest.approx(loss(main, target).item() / 1.75, rel=1e-5)
+    assert loss((main, (right, coarser.roll(1, dims=1))), target) > loss((main, (right, coarser)), target)
+    with pytest.raises(ConfigError, match="integer factor"):
+        loss((main, (torch.zeros(1, N_CLASSES + 1, 2, 3, 2),)), target)
+    assert loss.activation == "softmax"

@@ -38,7 +38,8 @@ def test_unknown_argument_is_named():
 
 
 @pytest.mark.parametrize("args, bad", [({"filters": [16]}, "filters"), ({"output_stride": 4}, "output_stride"),
-                                       ({"dropout": 1.0}, "dropout")])
+                                       ({"dropout": 1.0}, "dropout"),
+                                       ({"filters": [8, 16], "deep_supervision": True}, "deep_supervision")])
 def test_bad_resunet_values_are_named(args, bad):
     with pytest.raises(ConfigError, match=bad):
         build_model("resunet", **args)
@@ -102,6 +103,22 @@ def test_resunet_every_parameter_gets_a_gradient():
     model(torch.randn(2, 1, 8, 16, 16)).square().mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert missing == []
+
+
+def test_deep_supervision_adds_coarser_outputs_in_training_only():
+    model = build_model("resunet", filters=[8, 12, 16, 20], output_stride=2, deep_supervision=True)
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 16, 32, 32)
+    logits, aux = model.train()(x)
+    assert logits.shape == (1, 7, 8, 16, 16)
+    assert [a.shape for a in aux] == [(1, 7, 4, 8, 8), (1, 7, 2, 4, 4)]  # finest first
+    (logits.square().mean() + sum(a.square().mean() for a in aux)).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        plain = build_model("resunet", filters=[8, 12, 16, 20], output_stride=2).eval()
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("aux_heads")})
+        assert torch.equal(model(x), plain(x))  # inference: the main output only, unchanged by the extra heads
 
 
 # ---------------------------------------------------------------- unet_smp guards

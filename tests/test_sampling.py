@@ -296,3 +296,14 @@ def test_hard_negative_patches_hold_their_lookalike_and_leave_the_default_stream
     assert [tuple(plain.sample()[1]) for _ in range(20)] == [tuple(off.sample()[1]) for _ in range(20)]
     with pytest.raises(ConfigError, match="hard_negative_fraction"):
         PatchSampler(shapes, points, labels, PATCH, positive_fraction=0.8, hard_negative_fraction=0.3)
+
+
+def test_a_seventh_class_is_sampled_when_the_class_count_is_given_without_weights():
+    points = [np.array([[10.0, 20.0, 20.0], [10.0, 30.0, 30.0]])]
+    labels = [[0, 6]]  # class 6 exists only in a seven-class set (a copick project with an extra object)
+    with pytest.raises(DataError, match=r"labels must lie in 0\.\.5"):
+        PatchSampler([(20, 64, 64)], points, labels, PATCH)  # six CZII classes by default
+    sampler = PatchSampler([(20, 64, 64)], points, labels, PATCH, positive_fraction=1.0, n_classes=7, seed=0)
+    rng = np.random.default_rng(0)
+    chosen = {sampler.sample_positive(rng)[2] for _ in range(100)}
+    assert chosen == {0, 1}  # both particles, the seventh class included, are drawn

@@ -24,6 +24,16 @@ def test_summary_and_verdicts_use_the_seed_spread():
     assert verdicts(table, "base", ["a"], tuned=True) == {"big": {"score_tuned": "noise", "f4_a": "noise"}}
 
 
+def test_the_report_tables_means_and_verdicts(tmp_path):
+    table = results([("base", 0, 0.50, 0.2), ("base", 1, 0.52, 0.4), ("base", 2, 0.54, 0.6),
+                     ("big", 0, 0.70, 0.3), ("big", 1, 0.71, 0.5), ("big", 2, 0.72, 0.7)])
+    table = table.assign(val_f4=0.9, epochs=[20, 22, 24, 25, 25, 25], train_minutes=9.0)
+    report = write_report(table, tmp_path, ["a"], "base").read_text()
+    assert "| big | 3 | 0.710 ± 0.010 ▲ | 0.500 ± 0.200 |" in report  # +0.19 > spread 0.02; F4 +0.1 < 0.2
+    assert "| big | 3 | 0.900 ± 0.000 | 0.900 ± 0.000 |" in report  # tuned: equal
+    assert "| base | 0.900 ± 0.000 | 22.0 ± 2.0 | 9.00 ± 0.00 |" in report
+
+
 def test_a_study_needs_three_seeds_and_valid_keys(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"config": "cpu_quick", "seeds": [0, 1], "arms": {"base": []}}))

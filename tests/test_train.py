@@ -144,10 +144,16 @@ def test_zero_particle_validation_run(synthetic_root, tmp_path):
 
 
 def test_the_recipe_switches_train(synthetic_root, tmp_path):
-    """Free z rotation with zoom, mixup and look-alike hard negatives, in one short run."""
+    """Free z rotation with zoom, mixup, look-alike hard negatives and deep supervision, in one short run."""
     cfg = tiny_cfg(synthetic_root, "train.epochs=1", "augment.rotate_z=180", "augment.scale_jitter=0.1",
-                   "augment.mixup=0.5", "train.hard_negative_fraction=0.2", "train.positive_fraction=0.6")
+                   "augment.mixup=0.5", "train.hard_negative_fraction=0.2", "train.positive_fraction=0.6",
+                   "model.args.deep_supervision=true")
     result = loop.train_fold(cfg, 0, synthetic_root, tmp_path / "recipe", progress=False)
     assert np.isfinite(result["log"]["train_loss"]).all()
     ckpt = ckpt_io.load_checkpoint(tmp_path / "recipe" / "fold0.pt")
     assert ckpt["config"]["augment"]["rotate_z"] == 180 and ckpt["config"]["train"]["hard_negative_fraction"] == 0.2
+    assert any(k.startswith("aux_heads.") for k in ckpt["state_dict"])  # saved with the model (gradients: test_models)
+    with torch.no_grad():  # and a deep-supervised checkpoint predicts plain probabilities
+        prob = ckpt_io.probability_model(ckpt)(torch.zeros(1, 1, 48, 96, 96))
+    assert prob.shape == (1, 6, 24, 48, 48)  # one probability per class (softmax without the background), stride 2
+    assert bool(((prob >= 0) & (prob.sum(1) <= 1 + 1e-6)).all())

@@ -20,10 +20,9 @@ from czii_kit.config import class_values, load_config
 from czii_kit.data.dataset import PatchDataset
 from czii_kit.data.targets import TargetSpec
 from czii_kit.infer.engines import resolve_device
-from czii_kit.losses import build_loss
 from czii_kit.models import build_model
 from czii_kit.train.data import load_runs
-from czii_kit.train.loop import place_model
+from czii_kit.train.loop import place_model, training_loss
 
 
 def bench(name: str, root, steps: int, overrides: list[str]) -> dict:
@@ -37,7 +36,7 @@ def bench(name: str, root, steps: int, overrides: list[str]) -> dict:
                       augment=cfg["augment"], length=(steps + 2) * tc["batch_size"], seed=0)
     loader = torch.utils.data.DataLoader(ds, batch_size=tc["batch_size"], num_workers=tc["num_workers"])
     model = place_model(build_model(cfg["model"]["name"], **cfg["model"]["args"]), device).train()
-    loss_fn = build_loss(cfg["loss"]["name"], class_weights=class_values(cfg, "loss_weight"), **cfg["loss"]["args"])
+    loss_fn = training_loss(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     data_t, step_t = [], []
     it = iter(loader)

@@ -1,16 +1,17 @@
 """A naive baseline: difference-of-Gaussians blob detection at each class's size.
 
 What a trained model has to beat. Protein is dark, so blobs are minima: the response is
-DoG(-volume) with sigmas matched to each class radius (a sphere of radius R responds best
-at sigma ~ R / sqrt(3)). Peaks, post-processing and threshold tuning reuse the model path.
+DoG(-volume) matched to each class radius (``data.lookalikes.dark_blob_response``, the same
+filter that finds look-alikes for hard-negative patches). Peaks, post-processing and threshold
+tuning reuse the model path.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 from czii_kit.config import particle_set
+from czii_kit.data.lookalikes import dark_blob_response
 from czii_kit.infer.pipeline import finalize
 from czii_kit.metric import tuned_score
 from czii_kit.particles import CZII, VOXEL_SPACING, ParticleSet
@@ -21,10 +22,8 @@ def dog_response(volume: np.ndarray, ratio: float = 1.6, spacing: float = VOXEL_
                  particles: ParticleSet = CZII) -> np.ndarray:
     """(C, Z, Y, X) float32 blob responses of a normalized volume, one channel per class."""
     out = np.empty((len(particles),) + volume.shape, np.float32)
-    inverted = -volume.astype(np.float32)
     for i, p in enumerate(particles):
-        sigma = p.radius / spacing / np.sqrt(3.0)
-        out[i] = ndimage.gaussian_filter(inverted, sigma) - ndimage.gaussian_filter(inverted, sigma * ratio)
+        out[i] = dark_blob_response(volume, p.radius / spacing, ratio)
     return out
 
 

@@ -47,7 +47,7 @@ from czii_kit.post.fusion import FUSION_METHODS
 from czii_kit.post.pipeline import apply_thresholds, with_steps
 from czii_kit.tuning import Tuning, save_tuning
 from czii_kit.utils.atomic import atomic_path, write_text_atomic
-from czii_kit.viz import busiest_slice, picks_in_slice, save_curves
+from czii_kit.viz import busiest_slice, picks_in_slice, save_curves, save_figure
 
 VARIANTS: dict[str, tuple[str, ...]] = {  # name -> post steps enabled
     "plain": (), "merge": ("merge",), "dbscan": ("dbscan",), "offsets": ("offsets",),
@@ -253,9 +253,7 @@ def save_hit_overlay(path: Path, volume: np.ndarray, solution: pd.DataFrame, pre
     ax.set_ylim(image.shape[0] - 0.5, -0.5)
     ax.set_title(f"{title}  (z = {z})" if title else f"z = {z}")
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- report

@@ -86,6 +86,36 @@ def soft_class_target(target: torch.Tensor) -> torch.Tensor:
     return full / full.sum(dim=1, keepdim=True)  # sum >= 1 since background + max heat = 1
 
 
+class DeepSupervision(nn.Module):
+    """Any loss plus the same loss on a model's coarser auxiliary outputs (``model.args.deep_supervision``).
+
+    An auxiliary output k levels coarser is compared with the target max-pooled by its factor (a particle's peak
+    survives pooling) and weighs 0.5**k, nnU-Net's choice; the sum is divided by the total weight, so the loss keeps
+    its scale. A plain tensor output (eval mode, or a model without auxiliary heads) gives the wrapped loss exactly.
+    """
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+        self.activation = loss.activation
+
+    def forward(self, output: torch.Tensor | tuple, target: torch.Tensor) -> torch.Tensor:
+        if isinstance(output, torch.Tensor):
+            return self.loss(output, target)
+        logits, auxiliary = output
+        total, weight = self.loss(logits, target), 1.0
+        for level, aux in enumerate(auxiliary, 1):
+            factors = {t // a for t, a in zip(target.shape[2:], aux.shape[2:])}
+            if len(factors) != 1 or [a * next(iter(factors)) for a in aux.shape[2:]] != list(target.shape[2:]):
+                raise ConfigError(f"auxiliary output {tuple(aux.shape)} is not the target {tuple(target.shape)} "
+                                  "downsampled by one integer factor; the patch size must be a multiple of the "
+                                  "model's input_multiple")
+            w = 0.5 ** level
+            total = total + w * self.loss(aux, F.max_pool3d(target, factors.pop()))
+            weight += w
+        return total / weight
+
+
 @register_loss("weighted_ce")
 class WeightedCrossEntropy(nn.Module):
     """Soft-target cross-entropy over background + 6 classes.

@@ -7,7 +7,6 @@ stopped.
 """
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -148,17 +147,42 @@ def verdicts(results: pd.DataFrame, baseline: str, classes: Sequence[str],
     return out
 
 
+MARKS = {"better": " ▲", "worse": " ▼", "noise": ""}
+
+
+def marked_summary(results: pd.DataFrame, classes: Sequence[str], baseline: str, tuned: bool = False) -> pd.DataFrame:
+    """``summarize`` with ▲ / ▼ after every mean that moved beyond the seed spread against ``baseline``."""
+    table = summarize(results, classes, tuned)
+    for arm, moved in verdicts(results, baseline, classes, tuned).items():
+        row = table.index[table["arm"] == arm][0]
+        for column, verdict in moved.items():
+            table.loc[row, column] += MARKS[verdict]
+    return table
+
+
+def training_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: validation F4, epochs reached and training minutes, mean ± standard deviation."""
+    grouped = results.groupby("arm", sort=False)
+    out = pd.DataFrame(index=grouped.size().index)
+    for column, fmt in (("val_f4", "{:.3f} ± {:.3f}"), ("epochs", "{:.1f} ± {:.1f}"),
+                        ("train_minutes", "{:.2f} ± {:.2f}")):
+        out[column] = [fmt.format(m, sd) for m, sd in zip(grouped[column].mean(), grouped[column].std(ddof=1))]
+    return out.reset_index()
+
+
 def write_report(results: pd.DataFrame, out: str | Path, classes: Sequence[str], baseline: str) -> Path:
+    """out/ablation.md: per-arm tables at own and at test-tuned thresholds, marked against ``baseline``, and how
+    each arm trained (validation F4, epochs reached within the time limit, minutes)."""
     from czii_kit.evaluate import markdown_table
 
     out = Path(out)
-    lines = ["# Recipe ablation", "", "Mean ± standard deviation over seeds on the held-out test set. A difference "
-             "smaller than the spreads is noise.", ""]
+    lines = ["# Recipe ablation", "", f"Mean ± standard deviation over seeds on the held-out test set. ▲ / ▼: the "
+             f"mean moved by more than the larger seed spread of the arm and {baseline}; every other difference is "
+             "noise.", ""]
     for tuned, title in ((False, "At the thresholds each model tuned on its own validation run (what it submits)"),
                          (True, "At thresholds tuned on the test set (the probability maps, free of threshold luck)")):
-        lines += [f"## {title}", "", markdown_table(summarize(results, classes, tuned)), "",
-                  "Against the baseline:", "", "```", json.dumps(verdicts(results, baseline, classes, tuned), indent=1),
-                  "```", ""]
+        lines += [f"## {title}", "", markdown_table(marked_summary(results, classes, baseline, tuned)), ""]
+    lines += ["## Training", "", markdown_table(training_summary(results)), ""]
     path = out / "ablation.md"
     write_text_atomic(path, "\n".join(lines))
     return path

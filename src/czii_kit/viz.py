@@ -24,9 +24,6 @@ def class_colors(particles: ParticleSet = CZII) -> dict[str, str]:
     return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(particles.names)}
 
 
-CLASS_COLORS = class_colors(CZII)
-
-
 def picks_in_slice(picks: pd.DataFrame, z: float, spacing: float = VOXEL_SPACING,
                    particles: ParticleSet = CZII) -> pd.DataFrame:
     """Picks whose sphere cuts slice z: their position ``row`` in ``picks``, particle_type, x, y (voxels) and the
@@ -48,7 +45,8 @@ def busiest_slice(picks: pd.DataFrame, depth: int, spacing: float = VOXEL_SPACIN
     return int(np.argmax(counts))
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically (a half-written picture never replaces a good one)."""
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
@@ -70,4 +68,4 @@ def save_curves(path: str | Path, df: pd.DataFrame, x: str, ys: list[str], title
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)

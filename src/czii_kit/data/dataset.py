@@ -34,10 +34,11 @@ class PatchDataset(Dataset):
         self.target_spec = target_spec if isinstance(target_spec, TargetSpec) else TargetSpec.from_config(target_spec)
         self.augment = _augment_config(augment)
         _check_patch_fits_augment(self.patch_size, self.target_spec.stride, self.augment)
+        n_classes = len(self.target_spec.particles)
         self.sampler = PatchSampler([v.shape for v in self.volumes], points, labels, self.patch_size,
                                     positive_fraction=positive_fraction, class_weights=class_weights, seed=seed,
-                                    hard_negatives=hard_negatives, hard_negative_fraction=hard_negative_fraction)
-        n_classes = len(self.target_spec.particles)  # counts already checked by the sampler
+                                    hard_negatives=hard_negatives, hard_negative_fraction=hard_negative_fraction,
+                                    n_classes=n_classes)  # counts checked by the sampler
         checked = [check_points(p, lab, n_classes) for p, lab in zip(points, labels)]
         self.points = [p for p, _ in checked]
         self.labels = [lab for _, lab in checked]

@@ -12,15 +12,21 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 
+def dark_blob_response(volume: np.ndarray, radius_vox: float, ratio: float = 1.6) -> np.ndarray:
+    """Difference of Gaussians of the inverted volume (protein is dark), tuned to spheres of radius ``radius_vox``:
+    a sphere of radius R responds best at sigma ~ R / sqrt(3). Float32, shaped like ``volume``."""
+    sigma = radius_vox / np.sqrt(3.0)
+    inverted = -np.asarray(volume, dtype=np.float32)
+    return ndimage.gaussian_filter(inverted, sigma) - ndimage.gaussian_filter(inverted, sigma * ratio)
+
+
 def lookalike_centres(volume: np.ndarray, points_zyx: np.ndarray, radius_vox: float, n: int,
                       ratio: float = 1.6) -> np.ndarray:
     """Up to ``n`` (z, y, x) voxel centres of the strongest dark blobs of radius ~``radius_vox`` (protein is dark in
     a normalized tomogram) that are farther than ``radius_vox`` from every point in ``points_zyx``."""
     if n <= 0:
         return np.empty((0, 3), dtype=np.int64)
-    sigma = radius_vox / np.sqrt(3.0)
-    inverted = -np.asarray(volume, dtype=np.float32)
-    response = ndimage.gaussian_filter(inverted, sigma) - ndimage.gaussian_filter(inverted, sigma * ratio)
+    response = dark_blob_response(volume, radius_vox, ratio)
     size = max(3, int(2 * round(radius_vox) + 1))
     peaks = np.argwhere((response == ndimage.maximum_filter(response, size=size)) & (response > 0))
     if len(peaks) == 0:

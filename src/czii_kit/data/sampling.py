@@ -26,7 +26,9 @@ class PatchSampler:
     def __init__(self, shapes: Sequence[Sequence[int]], points: Sequence[np.ndarray], labels: Sequence[np.ndarray],
                  patch_size: Sequence[int], positive_fraction: float = 0.7,
                  class_weights: Sequence[float] | None = None, seed: int = 0, margin: int = DEFAULT_MARGIN,
-                 hard_negatives: Sequence[np.ndarray] | None = None, hard_negative_fraction: float = 0.0):
+                 hard_negatives: Sequence[np.ndarray] | None = None, hard_negative_fraction: float = 0.0,
+                 n_classes: int | None = None):
+        """``n_classes`` defaults to the length of ``class_weights``, else to the six CZII classes."""
         if not len(shapes) == len(points) == len(labels) or not shapes:
             raise ConfigError(f"need one shape, points array and labels array per run and at least one run; got "
                               f"{len(shapes)} shapes, {len(points)} points, {len(labels)} labels")
@@ -41,7 +43,9 @@ class PatchSampler:
         self.positive_fraction = float(positive_fraction)
         self.margin = np.minimum(int(margin), (self.patch_size - 1) // 2)
         self.rng = np.random.default_rng(seed)
-        self.n_classes = len(class_weights) if class_weights is not None else len(CZII)
+        if n_classes is None:
+            n_classes = len(class_weights) if class_weights is not None else len(CZII)
+        self.n_classes = int(n_classes)
         self._index_particles(points, labels)
         self.class_probs = self._class_probabilities(class_weights)
         self._index_hard_negatives(hard_negatives)
@@ -98,8 +102,7 @@ class PatchSampler:
         """A look-alike at a uniform position inside the patch, as for positives."""
         k = rng.integers(len(self.hard_run))
         run = int(self.hard_run[k])
-        offset = rng.integers(self.margin, self.patch_size - self.margin)
-        return run, np.clip(self.hard_centre[k] - offset, 0, self.shapes[run] - self.patch_size)
+        return run, self._origin_around(self.hard_centre[k], run, rng)
 
     def sample_positive(self, rng: np.random.Generator) -> tuple[int, np.ndarray, int]:
         """(run, origin, index of the chosen particle within that run's points)."""
@@ -107,9 +110,12 @@ class PatchSampler:
         members = self.particles_of_class[cls]
         k = members[rng.integers(len(members))]
         run = int(self.particle_run[k])
-        offset = rng.integers(self.margin, self.patch_size - self.margin)  # centre's position inside the patch
-        origin = np.clip(self.particle_centre[k] - offset, 0, self.shapes[run] - self.patch_size)
-        return run, origin, int(self.particle_index[k])
+        return run, self._origin_around(self.particle_centre[k], run, rng), int(self.particle_index[k])
+
+    def _origin_around(self, centre: np.ndarray, run: int, rng: np.random.Generator) -> np.ndarray:
+        """A patch origin that puts ``centre`` at a uniform position at least ``margin`` inside the patch."""
+        offset = rng.integers(self.margin, self.patch_size - self.margin)
+        return np.clip(centre - offset, 0, self.shapes[run] - self.patch_size)
 
     def sample_negative(self, rng: np.random.Generator) -> tuple[int, np.ndarray]:
         """Uniform over every patch position of every run."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from czii_kit.post.fusion import fuse
 from czii_kit.post.peaks import find_peaks
 from czii_kit.utils.backend import from_torch
 from czii_kit.utils.registry import Registry
+from czii_kit.utils.timing import StageClock
 from czii_kit.yolo import detector
 
 Passes = Mapping[int, Sequence[Transform]]  # member index -> TTA transforms (a time budget's plan)
@@ -100,21 +100,11 @@ def graph_session(kind: MemberKind, ckpts: Sequence[Mapping], cfg: Mapping, engi
     return open_graph(engine, onnx_for, device, engine_for)
 
 
-class StageClock:
-    """Adds each stage's wall seconds to ``timings`` (when given); waits for the GPU so a stage's time is its own."""
-
-    def __init__(self, timings: dict | None, device=None) -> None:
-        self.timings, self.device = timings, device
-        self.start = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        if self.timings is None:
-            return
-        if self.device is not None and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
-        self.timings[stage] = self.timings.get(stage, 0.0) + now - self.start
-        self.start = now
+def device_sync(device):
+    """What a StageClock calls before a reading: wait for the GPU so a stage's time is its own."""
+    if device is not None and device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return None
 
 
 class MemberKind(ABC):
@@ -186,7 +176,7 @@ class VolumeKind(MemberKind):
                        member_name(c), c) for c, w in zip(ckpts, weights)]
 
     def candidates(self, members, tomogram, cfg, floor, passes=None, timings=None) -> pd.DataFrame:
-        clock = StageClock(timings, members[0].runner.device)
+        clock = StageClock(timings, device_sync(members[0].runner.device))
         for m in members:
             check_tomogram(m.ckpt, tomogram)
         meta = members[0].ckpt

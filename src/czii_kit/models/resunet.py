@@ -5,6 +5,8 @@ Layout for filters [f0, f1, f2] and output_stride s:
     down   maxpool 2 + residual block, per level     -> f1 at 1/2s, f2 at 1/4s
     up     transposed conv 2 + concat skip + block   -> back to f0 at 1/s
     head   1x1 conv -> num_classes logits at 1/s
+    aux    (deep_supervision) 1x1 conv on each coarser decoder level: logits at 1/2s, 1/4s, ... returned
+           next to the main logits in training mode only, so inference and exports never see them
 With s=2 the stem's strided conv replaces the whole full-resolution level, so a stride-2
 model costs about 1/8 of the stride-1 one at the first level.
 """
@@ -76,6 +78,7 @@ class ResUNet(nn.Module):
         filters: Sequence[int] = (48, 64, 80),
         dropout: float = 0.0,
         output_stride: int = 1,
+        deep_supervision: bool = False,
     ):
         super().__init__()
         filters = [int(f) for f in filters]
@@ -83,6 +86,9 @@ class ResUNet(nn.Module):
             raise ConfigError(f"resunet filters={filters}: give two or more positive channel counts, e.g. [16, 24, 32]")
         if output_stride not in (1, 2):
             raise ConfigError(f"resunet output_stride={output_stride}: use 1 (full resolution) or 2 (half)")
+        if deep_supervision and len(filters) < 3:
+            raise ConfigError(f"resunet deep_supervision needs a decoder level above the output: give three or more "
+                              f"filters (got {filters}), or set deep_supervision to false")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"resunet dropout={dropout}: use a probability in [0, 1)")
         self.output_stride = output_stride
@@ -100,13 +106,26 @@ class ResUNet(nn.Module):
         )
         self.head = nn.Conv3d(filters[0], num_classes, kernel_size=1)
         init_class_prior(self.head)
+        # one head per decoder level coarser than the output, finest first (1/2s, 1/4s, ...)
+        self.aux_heads = nn.ModuleList(nn.Conv3d(c, num_classes, kernel_size=1) for c in filters[1:-1]) \
+            if deep_supervision else nn.ModuleList()
+        for head in self.aux_heads:
+            init_class_prior(head)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Logits at 1/s; in training mode with deep supervision, (logits, auxiliary logits finest first)."""
         check_forward_input(self, x)
         skips = [self.stem(x)]
         for level in self.down:
             skips.append(level(skips[-1]))
-        x = skips.pop()
+        supervise = self.training and len(self.aux_heads) > 0
+        x, decoded = skips.pop(), []
         for block in self.up:
             x = block(x, skips.pop())
-        return self.head(x)
+            if supervise:
+                decoded.append(x)
+        logits = self.head(x)
+        if not supervise:
+            return logits
+        coarser = decoded[-2::-1]  # decoder levels above the output, finest first
+        return logits, tuple(head(level) for head, level in zip(self.aux_heads, coarser))

@@ -29,7 +29,7 @@ from czii_kit.errors import ConfigError, DataError
 from czii_kit.infer.engines import TorchEngine, resolve_device
 from czii_kit.infer.kinds import Member, infer_window
 from czii_kit.infer.pipeline import Predictor, finalize
-from czii_kit.losses import build_loss
+from czii_kit.losses import DeepSupervision, build_loss
 from czii_kit.models import ProbabilityModel, build_model
 from czii_kit.train.data import RunData, common_spacing, load_runs
 from czii_kit.train.ema import ModelEMA
@@ -76,6 +76,12 @@ def place_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module
         keep_freed_memory()
         model.to(memory_format=torch.channels_last_3d)
     return model
+
+
+def training_loss(cfg: dict) -> torch.nn.Module:
+    """The config's loss with its per-class weights; it also scores a deep-supervised model's auxiliary outputs."""
+    return DeepSupervision(build_loss(cfg["loss"]["name"], class_weights=class_values(cfg, "loss_weight"),
+                                      **cfg["loss"]["args"]))
 
 
 def cosine_lr(step: int, total: int, warmup: int) -> float:
@@ -128,7 +134,7 @@ def setup(cfg: dict, fold: int, data_root, out_dir, resume: bool = False, thresh
     model = build_model(cfg["model"]["name"], num_classes=len(particles) + 1, **cfg["model"]["args"])
     spec = TargetSpec.from_config({**cfg["targets"], "spacing": spacing, "particles": particles})
     _check_geometry(model, spec, cfg)
-    loss_fn = build_loss(cfg["loss"]["name"], class_weights=class_values(cfg, "loss_weight"), **cfg["loss"]["args"])
+    loss_fn = training_loss(cfg)
     place_model(model, device)
     ema = ModelEMA(model, tc["ema_decay"])
 

@@ -21,13 +21,14 @@ from tqdm import tqdm
 from czii_kit import __version__
 from czii_kit.data import io, layout
 from czii_kit.data.synth.config import BUILTIN, TRAIN_RUN_NAMES, SynthConfig
-from czii_kit.data.synth.imaging import StageClock, tomograms
+from czii_kit.data.synth.imaging import tomograms
 from czii_kit.data.synth.render import render_density
 from czii_kit.data.synth.scene import Scene, sample_scene
 from czii_kit.data.synth.tiltseries import Acquisition, sample_acquisition
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING, voxel_to_angstrom
 from czii_kit.submission import solution_from_picks
+from czii_kit.utils.timing import StageClock
 
 GENERATOR = "czii_kit.data.synth/2"  # bump when the output for a given config changes (cache key)
 

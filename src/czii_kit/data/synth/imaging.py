@@ -7,28 +7,14 @@ volumes of float32.
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from czii_kit.data.synth import geometry, recon, tiltseries
 from czii_kit.data.synth.config import SynthConfig
 from czii_kit.data.synth.tiltseries import Acquisition
+from czii_kit.utils.timing import StageClock
 
 SPLIT_ROWS = 4  # the noise split is back-projected for every 4th kx row only: it feeds a spectrum estimate
-
-
-class StageClock:
-    """Optional per-stage wall times (for tools/bench_synth.py): a no-op without a dict."""
-
-    def __init__(self, timings: dict | None):
-        self.timings, self.last = timings, time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        if self.timings is not None:
-            self.timings[stage] = self.timings.get(stage, 0.0) + now - self.last
-        self.last = now
 
 
 def tomograms(density: np.ndarray, acq: Acquisition, cfg: SynthConfig, rng: np.random.Generator,

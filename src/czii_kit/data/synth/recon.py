@@ -64,9 +64,8 @@ def _shell_power(spectrum: np.ndarray, bins: np.ndarray) -> np.ndarray:
     return power / np.maximum(count, 1)
 
 
-def wiener_denoiser(recon: np.ndarray, split: np.ndarray, grid: Grid) -> np.ndarray:
-    """Per-bin gain max(0, 1 - N/P) from a recon's and its noise split's 3-D spectra on ``grid``."""
-    bins = grid.bins()
+def wiener_denoiser(recon: np.ndarray, split: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """Per-bin gain max(0, 1 - N/P) from a recon's and its noise split's 3-D spectra (``Grid.bins`` of their rows)."""
     signal_plus_noise, noise = _shell_power(recon, bins), _shell_power(split, bins)
     with np.errstate(divide="ignore", invalid="ignore"):
         gain = np.where(signal_plus_noise > 0, 1 - noise / signal_plus_noise, 0.0)
@@ -120,13 +119,15 @@ def reconstruct(weighted: np.ndarray, split: np.ndarray, rows: np.ndarray, truth
     kx, ky = geometry.frequencies(shape)
     kz = scipy.fft.fftfreq(nz).astype(np.float32)
     wbp = scipy.fft.fft(geometry.backproject(weighted, acq.angles, z_rel), axis=1, overwrite_x=True, **_FFT)
+    grid = Grid(kx, kz, ky)
+    bins = grid.bins()
     if cfg.noise:
         noise = scipy.fft.fft(geometry.backproject(split, acq.angles, z_rel, kx[rows]), axis=1, **_FFT)
-        gains = wiener_denoiser(wbp[rows], noise, Grid(kx[rows], kz, ky))
+        gains = wiener_denoiser(wbp[rows], noise, bins[rows])
     else:
         gains = np.ones(RADIAL_BINS * ANGLE_BINS, dtype=np.float32)
-    grid = Grid(kx, kz, ky)
-    denoiser = gains[grid.bins()]
+    denoiser = gains[bins]
+    del bins
     scale = np.float32(TARGET_STD * acq.gain / max(_std(wbp * denoiser, shape), 1e-30))
     deconvolution = optics.deconvolution_filter(grid.k, VOXEL_SPACING, float(acq.defocus.mean()), cfg.voltage_kv,
                                                 cfg.cs_mm, cfg.amplitude_contrast, cfg.deconv_strength,
