@@ -105,13 +105,13 @@ class DeepSupervision(nn.Module):
         logits, auxiliary = output
         total, weight = self.loss(logits, target), 1.0
         for level, aux in enumerate(auxiliary, 1):
-            factors = {t // a for t, a in zip(target.shape[2:], aux.shape[2:])}
-            if len(factors) != 1 or [a * next(iter(factors)) for a in aux.shape[2:]] != list(target.shape[2:]):
+            factor = target.shape[-1] // aux.shape[-1]
+            if tuple(a * factor for a in aux.shape[2:]) != tuple(target.shape[2:]):
                 raise ConfigError(f"auxiliary output {tuple(aux.shape)} is not the target {tuple(target.shape)} "
                                   "downsampled by one integer factor; the patch size must be a multiple of the "
                                   "model's input_multiple")
             w = 0.5 ** level
-            total = total + w * self.loss(aux, F.max_pool3d(target, factors.pop()))
+            total = total + w * self.loss(aux, F.max_pool3d(target, factor))
             weight += w
         return total / weight
 
