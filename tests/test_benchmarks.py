@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_TRAIN_OVERRIDES
 from czii_kit.benchmarks import peer_peaks, peer_probabilities, single_pass_limit, window_work
 from czii_kit.infer.engines import TorchEngine
 from czii_kit.infer.sliding_window import predict_volume
 from czii_kit.infer.tta import parse_tta
 from czii_kit.particles import CLASS_NAMES
 from czii_kit.post.peaks import find_peaks
+from czii_kit.train import loop
 
 
 class Pointwise(torch.nn.Module):
@@ -81,3 +83,26 @@ def test_window_sweep_scores_every_cell_through_the_pipeline(synthetic_root, tin
         assert 0 <= own <= tuned + 1e-9 <= 1 + 1e-9
     assert bench.main(["--weights", str(tiny_experiment), "--data", str(synthetic_root), "--windows", "16x32"]) == 2
     assert "ZxYxX" in capsys.readouterr().err
+
+
+def test_training_bench_times_the_real_training_step(synthetic_root, tmp_path, monkeypatch):
+    """The benchmark runs fold 0's own setup and step (so it cannot drift from training), times only the steps
+    after warm-up, and leaves nothing behind in the working directory."""
+    import importlib.util
+    from pathlib import Path
+
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_train.py"
+    spec = importlib.util.spec_from_file_location("bench_train", tool)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    steps = []
+    real_step = loop.train_step
+    monkeypatch.setattr(bench, "train_step", lambda run, *batch: steps.append(real_step(run, *batch)))
+    monkeypatch.chdir(tmp_path)
+    r = bench.bench("cpu_quick", synthetic_root, 3, TINY_TRAIN_OVERRIDES)
+    assert len(steps) == 5 and all(np.isfinite(steps))  # 3 timed + 2 warm-up, each a real loss
+    assert r["batch"] == 2 and r["patch"] == "32x64x64" and r["device"] == "cpu"
+    assert r["patches_per_s"] == pytest.approx(2 / (r["data_s_per_batch"] + r["model_s_per_batch"]))
+    assert 0 < r["data_share"] < 1 and r["voxels_per_s"] == pytest.approx(r["patches_per_s"] * 32 * 64 * 64)
+    assert list(tmp_path.iterdir()) == []

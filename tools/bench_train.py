@@ -5,55 +5,46 @@
     python tools/bench_train.py --config cpu_quick --steps 20
 
 Runs on the built-in synthetic dataset (or --data). The data pipeline is timed the way training
-uses it (DataLoader with the config's workers); the model step is forward + backward + AdamW,
-with the model placed exactly as training places it.
+uses it (fold 0's DataLoader with the config's workers); the model step is the training step itself
+(forward, loss, backward, clipping, AdamW, schedule, EMA), with the model placed as training places it.
 """
 import argparse
 import resource
+import tempfile
 import time
 
 import numpy as np
 import torch
 
 from czii_kit.cli.common import resolve_data
-from czii_kit.config import class_values, load_config
-from czii_kit.data.dataset import PatchDataset
-from czii_kit.data.targets import TargetSpec
-from czii_kit.infer.engines import resolve_device
-from czii_kit.models import build_model
-from czii_kit.train.data import load_runs
-from czii_kit.train.loop import place_model, training_loss
+from czii_kit.config import load_config
+from czii_kit.train.loop import setup, train_step
 
 
-def bench(name: str, root, steps: int, overrides: list[str]) -> dict:
+def bench(name: str, data, steps: int, overrides: list[str]) -> dict:
+    """Times ``steps`` batches (after two warm-up ones) of fold 0's real training setup: the same loader,
+    model placement, loss and optimizer step as ``train_fold``."""
     cfg = load_config(name, overrides)
-    device = resolve_device(cfg["train"]["device"] if name == "cpu_quick" else "auto")
-    runs = load_runs(root, root.list_runs("train")[:3], cfg, extra_recons=False)
     tc = cfg["train"]
-    ds = PatchDataset([r.volume for r in runs], [r.points for r in runs], [r.labels for r in runs],
-                      patch_size=tuple(tc["patch_size"]), target_spec=TargetSpec.from_config(cfg["targets"]),
-                      positive_fraction=tc["positive_fraction"], class_weights=class_values(cfg, "sample_weight"),
-                      augment=cfg["augment"], length=(steps + 2) * tc["batch_size"], seed=0)
-    loader = torch.utils.data.DataLoader(ds, batch_size=tc["batch_size"], num_workers=tc["num_workers"])
-    model = place_model(build_model(cfg["model"]["name"], **cfg["model"]["args"]), device).train()
-    loss_fn = training_loss(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    data_t, step_t = [], []
-    it = iter(loader)
-    for i in range(steps + 2):
-        t0 = time.perf_counter()
-        image, target = next(it)
-        t1 = time.perf_counter()
-        loss = loss_fn(model(image.to(device)), target.to(device))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t2 = time.perf_counter()
-        if i >= 2:  # warm-up excluded
-            data_t.append(t1 - t0)
-            step_t.append(t2 - t1)
+    tc["samples_per_epoch"] = (steps + 2) * tc["batch_size"]
+    with tempfile.TemporaryDirectory(prefix="czii-bench-train-") as out:
+        run = setup(cfg, 0, data, out)
+        run.loader.dataset.set_epoch(0)
+        run.model.train()
+        sync = (lambda: torch.cuda.synchronize(run.device)) if run.device.type == "cuda" else (lambda: None)
+        data_t, step_t = [], []
+        it = iter(run.loader)
+        for i in range(steps + 2):
+            t0 = time.perf_counter()
+            image, target = next(it)
+            t1 = time.perf_counter()
+            train_step(run, image, target)
+            sync()
+            t2 = time.perf_counter()
+            if i >= 2:  # warm-up excluded
+                data_t.append(t1 - t0)
+                step_t.append(t2 - t1)
+        device = run.device
     batch_vox = tc["batch_size"] * int(np.prod(tc["patch_size"]))
     step = float(np.mean(step_t)) + float(np.mean(data_t))
     return {"config": name, "device": str(device), "patch": "x".join(map(str, tc["patch_size"])),
@@ -72,11 +63,11 @@ def main() -> None:
     p.add_argument("--data")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args()
-    root = resolve_data(args.data)
+    data = resolve_data(args.data)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name in args.config:
         steps = args.steps if name == "cpu_quick" or torch.cuda.is_available() else min(args.steps, 3)
-        r = bench(name, root, steps, args.overrides)
+        r = bench(name, data, steps, args.overrides)
         print(f"{r['config']:>12} on {r['device']}: patch {r['patch']} x{r['batch']} (workers {r['workers']}): "
               f"data {r['data_s_per_batch'] * 1e3:.1f} ms/batch, model {r['model_s_per_batch'] * 1e3:.0f} ms/batch "
               f"-> data share {100 * r['data_share']:.1f}%; {r['patches_per_s']:.2f} patches/s, "

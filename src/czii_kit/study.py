@@ -117,14 +117,18 @@ def metric_columns(classes: Sequence[str], tuned: bool = False) -> list[str]:
     return ["score_tuned", *(f"tuned_f4_{c}" for c in classes)] if tuned else ["score", *(f"f4_{c}" for c in classes)]
 
 
+def _mean_spread(grouped, columns: Sequence[str], digits: int = 3) -> pd.DataFrame:
+    """'mean ± standard deviation' strings per group and column (one format for every study table)."""
+    mean, spread = grouped[list(columns)].mean(), grouped[list(columns)].std(ddof=1)
+    return pd.DataFrame({c: [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(mean[c], spread[c])]
+                         for c in columns}, index=mean.index)
+
+
 def summarize(results: pd.DataFrame, classes: Sequence[str], tuned: bool = False) -> pd.DataFrame:
     """Per arm: mean and standard deviation over seeds of the test score and of each class's F4."""
-    columns = metric_columns(classes, tuned)
-    grouped = results.groupby("arm", sort=False)[columns]
-    mean, spread = grouped.mean(), grouped.std(ddof=1)
-    out = pd.DataFrame(index=mean.index)
-    for c in columns:
-        out[c.removeprefix("tuned_")] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(mean[c], spread[c])]
+    grouped = results.groupby("arm", sort=False)
+    out = _mean_spread(grouped, metric_columns(classes, tuned))
+    out.columns = [c.removeprefix("tuned_") for c in out.columns]
     out.insert(0, "seeds", grouped.size())
     return out.reset_index()
 
@@ -163,11 +167,9 @@ def marked_summary(results: pd.DataFrame, classes: Sequence[str], baseline: str,
 def training_summary(results: pd.DataFrame) -> pd.DataFrame:
     """Per arm: validation F4, epochs reached and training minutes, mean ± standard deviation."""
     grouped = results.groupby("arm", sort=False)
-    out = pd.DataFrame(index=grouped.size().index)
-    for column, fmt in (("val_f4", "{:.3f} ± {:.3f}"), ("epochs", "{:.1f} ± {:.1f}"),
-                        ("train_minutes", "{:.2f} ± {:.2f}")):
-        out[column] = [fmt.format(m, sd) for m, sd in zip(grouped[column].mean(), grouped[column].std(ddof=1))]
-    return out.reset_index()
+    parts = [_mean_spread(grouped, ["val_f4"]), _mean_spread(grouped, ["epochs"], 1),
+             _mean_spread(grouped, ["train_minutes"], 2)]
+    return pd.concat(parts, axis=1).reset_index()
 
 
 def write_report(results: pd.DataFrame, out: str | Path, classes: Sequence[str], baseline: str) -> Path:

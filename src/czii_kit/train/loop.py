@@ -182,6 +182,23 @@ def _resume(run: FoldRun) -> None:
     tqdm.write(f"resuming fold {run.fold} from epoch {run.start_epoch} ({run.paths.last})")
 
 
+def train_step(run: FoldRun, image: torch.Tensor, target: torch.Tensor) -> float:
+    """One optimizer step exactly as training takes it (AMP, gradient clipping, LR schedule, EMA); the loss."""
+    image = image.to(run.device, non_blocking=True)
+    target = target.to(run.device, non_blocking=True)
+    with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.use_amp):
+        loss = run.loss_fn(run.model(image), target)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.unscale_(run.optimizer)
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg["train"]["grad_clip"])
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    run.ema.update(run.model)
+    return loss.item()
+
+
 def train_epoch(run: FoldRun, epoch: int, progress: bool = True) -> dict:
     """One pass over the epoch's patches; returns the log row (loss, lr, seconds)."""
     tc = run.cfg["train"]
@@ -191,19 +208,7 @@ def train_epoch(run: FoldRun, epoch: int, progress: bool = True) -> dict:
     bar = tqdm(run.loader, desc=f"fold {run.fold} epoch {epoch + 1}/{tc['epochs']}", disable=not progress,
                leave=False, dynamic_ncols=True)
     for image, target in bar:
-        image = image.to(run.device, non_blocking=True)
-        target = target.to(run.device, non_blocking=True)
-        with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.use_amp):
-            loss = run.loss_fn(run.model(image), target)
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.unscale_(run.optimizer)
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc["grad_clip"])
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        run.scheduler.step()
-        run.ema.update(run.model)
-        losses.append(loss.item())
+        losses.append(train_step(run, image, target))
         rate = len(losses) * tc["batch_size"] / (time.monotonic() - t_epoch)
         bar.set_postfix(loss=f"{np.mean(losses):.4f}", patches_s=f"{rate:.1f}")
     return {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": run.scheduler.get_last_lr()[0],
