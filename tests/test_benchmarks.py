@@ -91,7 +91,6 @@ def test_training_bench_times_the_real_training_step(synthetic_root, tmp_path, m
     import importlib.util
     from pathlib import Path
 
-
     tool = Path(__file__).resolve().parents[1] / "tools" / "bench_train.py"
     spec = importlib.util.spec_from_file_location("bench_train", tool)
     bench = importlib.util.module_from_spec(spec)

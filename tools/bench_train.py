@@ -18,6 +18,7 @@ import torch
 
 from czii_kit.cli.common import resolve_data
 from czii_kit.config import load_config
+from czii_kit.infer.kinds import device_sync
 from czii_kit.train.loop import setup, train_step
 
 
@@ -31,7 +32,7 @@ def bench(name: str, data, steps: int, overrides: list[str]) -> dict:
         run = setup(cfg, 0, data, out)
         run.loader.dataset.set_epoch(0)
         run.model.train()
-        sync = (lambda: torch.cuda.synchronize(run.device)) if run.device.type == "cuda" else (lambda: None)
+        sync = device_sync(run.device) or (lambda: None)
         data_t, step_t = [], []
         it = iter(run.loader)
         for i in range(steps + 2):
