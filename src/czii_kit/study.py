@@ -119,7 +119,8 @@ def metric_columns(classes: Sequence[str], tuned: bool = False) -> list[str]:
 
 def _mean_spread(grouped, columns: Sequence[str], digits: int = 3) -> pd.DataFrame:
     """'mean ± standard deviation' strings per group and column (one format for every study table)."""
-    mean, spread = grouped[list(columns)].mean(), grouped[list(columns)].std(ddof=1)
+    selected = grouped[list(columns)]
+    mean, spread = selected.mean(), selected.std(ddof=1)
     return pd.DataFrame({c: [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(mean[c], spread[c])]
                          for c in columns}, index=mean.index)
 
