@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from conftest import TINY_TRAIN_OVERRIDES
+from czii_kit.config import load_config
 from czii_kit.errors import ConfigError
 from czii_kit.study import load_study, run_study, summarize, verdicts, write_report
 
@@ -41,6 +42,22 @@ def test_a_study_needs_three_seeds_and_valid_keys(tmp_path):
         load_study(path)
     path.write_text(yaml.safe_dump({"seeds": [0, 1, 2], "arms": {"typo": ["loss.args.pos_weihgt=2", "trian.lr=1"]}}))
     with pytest.raises(ConfigError, match="unknown config key 'trian'"):
+        load_study(path)
+
+
+def test_study_wide_overrides_go_before_each_arms_own(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"seeds": [0, 1, 2], "overrides": ["augment.mixup=0.0", "validate.every=6"],
+                                    "arms": {"baseline": None, "mixup": ["augment.mixup=0.3"]}}))
+    arms = load_study(path)["arms"]
+    assert arms == {"baseline": ["augment.mixup=0.0", "validate.every=6"],
+                    "mixup": ["augment.mixup=0.0", "validate.every=6", "augment.mixup=0.3"]}
+    assert load_config("cpu_quick", arms["mixup"])["augment"]["mixup"] == 0.3  # the arm's own value wins
+    path.write_text(yaml.safe_dump({"seeds": [0, 1, 2], "overrides": "augment.mixup=0.0", "arms": {"b": []}}))
+    with pytest.raises(ConfigError, match="'overrides' must be a list"):
+        load_study(path)
+    path.write_text(yaml.safe_dump({"seeds": [0, 1, 2], "overrides": ["augment.mixpu=0.0"], "arms": {"b": []}}))
+    with pytest.raises(ConfigError, match="mixpu"):
         load_study(path)
 
 

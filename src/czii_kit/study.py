@@ -27,7 +27,10 @@ FLOOR = 0.05  # candidates kept down to this score, so thresholds can be tuned o
 
 
 def load_study(path: str | Path) -> dict:
-    """{config, fold, seeds, arms: {name: [overrides]}} from a study YAML, checked (every arm's config loads)."""
+    """{config, fold, seeds, arms: {name: [overrides]}} from a study YAML, checked (every arm's config loads).
+
+    An optional top-level ``overrides`` list goes before every arm's own: it pins what the study held fixed (e.g.
+    the recipe it measured, after the config's defaults move on), and an arm's own overrides win over it."""
     path = Path(path)
     try:
         doc = yaml.safe_load(path.read_text())
@@ -37,8 +40,11 @@ def load_study(path: str | Path) -> dict:
         raise ConfigError(f"study file {path} needs 'arms: {{name: [key=value, ...]}}' (and config, fold, seeds)")
     study = {"config": doc.get("config", "cpu_quick"), "fold": int(doc.get("fold", 0)),
              "seeds": [int(s) for s in doc.get("seeds", [0, 1, 2])], "arms": {}}
+    common = doc.get("overrides") or []
+    if not isinstance(common, list) or not all(isinstance(o, str) for o in common):
+        raise ConfigError(f"study file {path}: 'overrides' must be a list of key=value strings, got {common!r}")
     for name, overrides in doc["arms"].items():
-        overrides = list(overrides or [])
+        overrides = [*common, *(overrides or [])]
         load_config(study["config"], overrides)  # unknown keys fail here, before any training
         study["arms"][str(name)] = overrides
     if len(study["seeds"]) < 3:

@@ -13,7 +13,8 @@ from czii_kit.cli.common import exit_on_user_error, resolve_data
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Recipe ablation over seeds, scored on a held-out test set")
-    p.add_argument("--study", required=True, help="study YAML: config, fold, seeds, arms {name: [key=value, ...]}")
+    p.add_argument("--study", required=True, help="study YAML: config, fold, seeds, arms {name: [key=value, ...]}, "
+                   "optional overrides [key=value, ...] applied before every arm")
     p.add_argument("--test-data", required=True, help="dataset whose test split (with ground truth) scores the models")
     p.add_argument("--data", help="training data (default: the built-in synthetic dataset)")
     p.add_argument("--out", required=True, help="study folder (results.csv, ablation.md, weights/)")
