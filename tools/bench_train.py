@@ -45,16 +45,15 @@ def bench(name: str, data, steps: int, overrides: list[str]) -> dict:
             if i >= 2:  # warm-up excluded
                 data_t.append(t1 - t0)
                 step_t.append(t2 - t1)
-        device = run.device
     batch_vox = tc["batch_size"] * int(np.prod(tc["patch_size"]))
     step = float(np.mean(step_t)) + float(np.mean(data_t))
-    return {"config": name, "device": str(device), "patch": "x".join(map(str, tc["patch_size"])),
+    return {"config": name, "device": str(run.device), "patch": "x".join(map(str, tc["patch_size"])),
             "batch": tc["batch_size"], "workers": tc["num_workers"],
             "data_s_per_batch": float(np.mean(data_t)), "model_s_per_batch": float(np.mean(step_t)),
             "data_share": float(np.mean(data_t)) / step, "patches_per_s": tc["batch_size"] / step,
             "voxels_per_s": batch_vox / step,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "peak_cuda_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0}
+            "peak_cuda_gb": torch.cuda.max_memory_allocated() / 2**30 if run.device.type == "cuda" else 0.0}
 
 
 def main() -> None:
