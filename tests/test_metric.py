@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from czii_kit.errors import DataError, SubmissionError
-from czii_kit.metric import best_thresholds, format_table, score, score_table, table_score
+from czii_kit.metric import best_thresholds, format_table, pick_threshold, score, score_table, table_score
 from czii_kit.particles import BETA, CLASS_NAMES, DISTANCE_MULTIPLIER, RADIUS, WEIGHT
 
 COLUMNS = ["experiment", "particle_type", "x", "y", "z"]
@@ -355,3 +355,22 @@ def test_another_particle_set_scores_with_its_own_radii_and_weights():
     assert score(solution, submission, project) == pytest.approx(3.0 / 4.0)  # (3 x 1 + 1 x 0) / (3 + 1)
     with pytest.raises(SubmissionError, match="unknown particle_type value"):
         score(solution, submission.assign(particle_type="ribosome"), project)
+
+
+def test_pick_threshold_prefers_a_plateau_when_smoothed():
+    thresholds = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    f4 = np.array([0.7, 0.7, 0.7, 0.0, 0.8, 0.0])  # a broad plateau and a one-point spike
+    assert pick_threshold(thresholds, f4) == 0.5
+    assert pick_threshold(thresholds, f4, smooth=1) == 0.1  # window means .70 .70 .47 .50 .27 .00
+    assert pick_threshold(thresholds[:3], np.array([0.2, 0.9, 0.9])) == 0.2  # ties go to the lowest threshold
+
+
+def test_smoothing_needs_a_fixed_grid():
+    from czii_kit.errors import ConfigError
+
+    solution = pd.DataFrame({"experiment": ["r"], "particle_type": ["ribosome"], "x": [100.0], "y": [100.0],
+                             "z": [100.0]})
+    candidates = solution.assign(score=0.8)
+    assert best_thresholds(solution, candidates, np.array([0.5, 0.9]), smooth=1)[0] == {"ribosome": 0.5}
+    with pytest.raises(ConfigError, match="fixed threshold grid"):
+        best_thresholds(solution, candidates, smooth=1)

@@ -7,7 +7,7 @@ import yaml
 
 from conftest import TINY_TRAIN_OVERRIDES
 from czii_kit.config import load_config
-from czii_kit.errors import ConfigError
+from czii_kit.errors import CheckpointError, ConfigError
 from czii_kit.study import load_study, run_study, summarize, verdicts, write_report
 
 
@@ -81,3 +81,68 @@ def test_a_study_runs_resumes_and_reports(synthetic_root, tmp_path, monkeypatch)
     pd.testing.assert_frame_equal(again, pd.read_csv(tmp_path / "out" / "results.csv"))
     report = write_report(again, tmp_path / "out", ["ribosome"], "baseline").read_text()
     assert "| baseline | 3 |" in report
+
+
+def tiny_study(tmp_path, tiny_experiment):
+    """A study folder of one model (the tiny fold-0 experiment as arm 'a', seed 0), as tools/ablate.py writes it."""
+    import shutil
+
+    study = tmp_path / "study"
+    shutil.copytree(tiny_experiment, study / "weights" / "a-seed0")
+    pd.DataFrame({"arm": ["a"], "seed": [0]}).to_csv(study / "results.csv", index=False)
+    return study
+
+
+def test_threshold_rules_own_is_what_the_checkpoint_stores_and_test_tuned_is_the_ceiling(
+        tiny_experiment, synthetic_root, tmp_path, monkeypatch, capsys):
+    import czii_kit.predict
+    from czii_kit.cli.threshold_rules import main as rules_main
+    from czii_kit.checkpoints import load_checkpoint
+    from czii_kit.study import threshold_rules, write_threshold_report
+
+    study = tiny_study(tmp_path, tiny_experiment)
+    rows = threshold_rules(study, synthetic_root, synthetic_root, smooths=(1,), ttas=("none", "z"), progress=False)
+    assert list(zip(rows["tta"], rows["rule"])) == [(t, r) for t in ("none", "z") for r in ("own", "smooth1", "test-tuned")]
+    plain = rows[rows["tta"] == "none"].set_index("rule")
+    own, tuned = plain.loc["own"], plain.loc["test-tuned"]
+    stored = load_checkpoint(tiny_experiment / "fold0.pt")["thresholds"]
+    assert {c: own[f"threshold_{c}"] for c in stored} == stored  # the validation pick, re-derived
+    for c in stored:  # per class, tuning on the test split itself can only match or beat any other pick
+        assert tuned[f"f4_{c}"] >= plain[f"f4_{c}"].max() - 1e-12
+    # candidates are cached next to the checkpoint: a rerun predicts nothing and gives the same rows
+    assert {p.name for p in (study / "weights" / "a-seed0").glob("candidates_*")} == {
+        "candidates_val.csv", "candidates_test.csv", "candidates_val_z.csv", "candidates_test_z.csv"}
+    monkeypatch.setattr(czii_kit.predict, "predict_submission", lambda **kw: pytest.fail("predicted again"))
+    again = threshold_rules(study, synthetic_root, synthetic_root, smooths=(1,), ttas=("none", "z"), progress=False)
+    pd.testing.assert_frame_equal(again, rows)
+    (study / "weights" / "a-seed0" / "fold0.pt").touch()  # a retrained model: the cache is stale
+    with pytest.raises(pytest.fail.Exception, match="predicted again"):
+        threshold_rules(study, synthetic_root, synthetic_root, smooths=(1,), progress=False)
+    monkeypatch.undo()
+    report = write_threshold_report(rows, study / "threshold_rules.md", ["ribosome"]).read_text()
+    assert "## TTA none: 1 models" in report and "| smooth1 | 1 |" in report and "## TTA against none" in report
+    flip = rows[rows["rule"] == "own"].set_index("tta")["score"]
+    assert f"| z | 1 | {flip['z'] - flip['none']:+.3f} ± nan" in report  # one model: no spread
+    assert (study / "threshold_rules.csv").is_file()
+    # the command line: its checks fail before any work, then the same report
+    common = ["--study-dir", str(study), "--data", str(synthetic_root), "--test-data", str(synthetic_root),
+              "--no-progress"]
+    assert rules_main([*common, "--smooth", "0"]) == 2 and "K=0 is the `own` rule" in capsys.readouterr().err
+    assert rules_main([*common, "--tta", "sideways"]) == 2 and "sideways" in capsys.readouterr().err
+    assert rules_main([*common, "--arms", "b"]) == 2 and "arm(s) b not in" in capsys.readouterr().err
+    assert rules_main([*common, "--smooth", "1", "--tta", "none", "z"]) == 0
+    assert "## TTA against none" in (study / "threshold_rules_z.md").read_text()
+
+
+def test_paired_differences_and_study_checks(tmp_path):
+    from czii_kit.study import paired_differences, study_models
+
+    rows = pd.DataFrame({"arm": ["a"] * 4, "seed": [0, 0, 1, 1], "tta": "none", "rule": ["own", "x"] * 2,
+                         "score": [0.5, 0.6, 0.6, 0.6]})
+    diffs = paired_differences(rows, ["score"]).set_index("rule")
+    assert diffs.loc["x", "score"] == "+0.050 ± 0.071 (1/1 up)" and diffs.loc["x", "models"] == 2
+    with pytest.raises(ConfigError, match="--out folder of tools/ablate.py"):
+        study_models(tmp_path)
+    pd.DataFrame({"arm": ["a"], "seed": [0]}).to_csv(tmp_path / "results.csv", index=False)
+    with pytest.raises(CheckpointError, match="a-seed0 do not exist"):
+        study_models(tmp_path)  # results.csv names a model whose weights are gone

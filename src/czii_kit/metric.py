@@ -209,20 +209,32 @@ def _curve(name: str, hit_scores: np.ndarray, cand_scores: np.ndarray, n_refs: i
                          "precision": precision, "recall": recall, "f4": f4})
 
 
+def pick_threshold(thresholds: np.ndarray, f4: np.ndarray, smooth: int = 0) -> float:
+    """The threshold of the highest F4, ties to the lowest; with ``smooth`` = k the F4 curve is first averaged over
+    k grid points either side (edge-padded), which prefers a broad plateau to a one-point spike on a small run."""
+    f4 = np.asarray(f4, dtype=np.float64)
+    if smooth:
+        f4 = np.convolve(np.pad(f4, smooth, mode="edge"), np.full(2 * smooth + 1, 1 / (2 * smooth + 1)), mode="valid")
+    return float(np.asarray(thresholds)[int(np.argmax(f4))])  # first max = lowest threshold
+
+
 def best_thresholds(solution: pd.DataFrame, candidates: pd.DataFrame, grid: np.ndarray | None = None,
-                    particles: ParticleSet = CZII) -> tuple[dict[str, float], pd.DataFrame]:
+                    particles: ParticleSet = CZII, smooth: int = 0) -> tuple[dict[str, float], pd.DataFrame]:
     """Per-class score threshold maximising the class F4, computed exactly and without re-scoring.
 
     ``candidates`` is a detections frame with a ``score`` column; keeping rows with score >= t gives
     exactly the tp/fp/fn that ``score_table`` would report. ``grid`` (shared by all classes) defaults to
     each class's distinct candidate scores, which covers every operating point ([-inf] for a class
     without candidates). Ties go to the LOWEST threshold: equal F4, more recall headroom.
-    Only classes of the solution are tuned. Returns ({class: threshold}, long table of
+    ``smooth`` > 0 (needs ``grid``) picks on the F4 curve averaged over that many grid points either side
+    (``pick_threshold``). Only classes of the solution are tuned. Returns ({class: threshold}, long table of
     particle_type, threshold, tp, fp, fn, precision, recall, f4 sorted by class then threshold).
     """
     _check_solution(solution, particles)
     candidates = _scored_rows(solution, candidates, particles, extra=("score",))
     fixed_grid = None if grid is None else _check_grid(grid)
+    if smooth and fixed_grid is None:
+        raise ConfigError("smoothing the F4 curve needs a fixed threshold grid (grid=...), not every distinct score")
     scored = set(solution["particle_type"])
     hit_scores = _best_hit_scores(solution, candidates, scored, particles)
     n_refs = solution["particle_type"].value_counts()
@@ -233,7 +245,7 @@ def best_thresholds(solution: pd.DataFrame, candidates: pd.DataFrame, grid: np.n
         scores = cand_scores.get(name, np.empty(0))
         thresholds = _default_thresholds(scores) if fixed_grid is None else fixed_grid
         curve = _curve(name, hit_scores[name], scores, int(n_refs[name]), thresholds)
-        best[name] = float(thresholds[int(np.argmax(curve["f4"].to_numpy()))])  # first max = lowest threshold
+        best[name] = pick_threshold(thresholds, curve["f4"].to_numpy(), smooth)
         curves.append(curve)
     table = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
     return best, table

@@ -18,7 +18,7 @@ import yaml
 from czii_kit.config import load_config, particle_set
 from czii_kit.data.source import open_data
 from czii_kit.errors import ConfigError
-from czii_kit.metric import score_table, table_score, tuned_score
+from czii_kit.metric import best_thresholds, score_table, table_score, tuned_score
 from czii_kit.post.pipeline import apply_thresholds
 from czii_kit.utils.atomic import write_text_atomic
 
@@ -194,4 +194,130 @@ def write_report(results: pd.DataFrame, out: str | Path, classes: Sequence[str],
     lines += ["## Training", "", markdown_table(training_summary(results)), ""]
     path = out / "ablation.md"
     write_text_atomic(path, "\n".join(lines))
+    return path
+
+
+# --------------------------------------------------------------------------- threshold choice
+OWN, TEST_TUNED = "own", "test-tuned"
+
+
+def scored_candidates(weights: Path, data, split: str, runs: Sequence[str] | None, tta: str, cache: Path,
+                      floor: float = FLOOR) -> pd.DataFrame:
+    """Every detection of one model scoring >= ``floor`` on ``runs`` of ``split``; cached as CSV (newer than the
+    checkpoint, else predicted again), so comparing threshold rules again costs no prediction."""
+    from czii_kit.predict import predict_submission
+
+    if cache.is_file() and cache.stat().st_mtime >= weights.stat().st_mtime:
+        return pd.read_csv(cache, dtype={"experiment": str, "particle_type": str})
+    with tempfile.TemporaryDirectory() as tmp:
+        report = predict_submission(weights=[weights], data=data, split=split, runs=runs, device="cpu", tta=tta,
+                                    out=Path(tmp) / "submission.csv", thresholds={c: floor for c in data.particles.names},
+                                    progress=False, report=lambda line: None)
+    write_text_atomic(cache, report.result.detections.to_csv(index=False))
+    return report.result.detections
+
+
+def study_models(study_dir: str | Path, arms: Sequence[str] | None = None) -> list[tuple[str, int, Path]]:
+    """(arm, seed, checkpoint) of every model in a study's results.csv (only ``arms`` when given), checked before
+    any prediction."""
+    from czii_kit.checkpoints import find_checkpoints
+
+    study_dir = Path(study_dir)
+    results = study_dir / RESULTS
+    if not results.is_file():
+        raise ConfigError(f"{results} does not exist: --study-dir must be an --out folder of tools/ablate.py")
+    done = pd.read_csv(results)[["arm", "seed"]]
+    unknown = sorted(set(arms or ()) - set(done["arm"]))
+    if unknown:
+        raise ConfigError(f"arm(s) {', '.join(unknown)} not in {results} ({', '.join(dict.fromkeys(done['arm']))})")
+    models = []
+    for arm, seed in done[done["arm"].isin(arms) if arms else done["arm"].notna()].itertuples(index=False):
+        found = find_checkpoints(study_dir / "weights" / f"{arm}-seed{int(seed)}")
+        if len(found) != 1:
+            raise ConfigError(f"{study_dir / 'weights' / f'{arm}-seed{int(seed)}'} holds {len(found)} checkpoints; "
+                              "a study model is one fold")
+        models.append((str(arm), int(seed), found[0]))
+    return models
+
+
+def threshold_rules(study_dir: str | Path, train_data, test_data, smooths: Sequence[int] = (1, 2, 3),
+                    ttas: Sequence[str] = ("none",), arms: Sequence[str] | None = None,
+                    progress: bool = True) -> pd.DataFrame:
+    """Test score of each study model at thresholds picked on its own validation run by each rule: ``own`` (the
+    highest F4 on the validation grid, what the checkpoint stores), ``smooth<k>`` (F4 averaged over k grid points
+    either side first) and ``test-tuned`` (picked on the test split itself: the ceiling); both predictions with
+    each TTA of ``ttas``. One row per model, TTA and rule: score, F4 and threshold per class."""
+    from tqdm.auto import tqdm
+
+    from czii_kit.checkpoints import load_checkpoint
+    from czii_kit.train.experiment import class_dict, threshold_grid
+
+    train, test = open_data(train_data), open_data(test_data)
+    test_solution = test.solution("test")
+    models = [(*model, tta) for tta in ttas for model in study_models(study_dir, arms)]
+    rows = []
+    for arm, seed, path, tta in tqdm(models, desc="threshold rules", disable=not progress):
+        suffix = "" if tta == "none" else f"_{tta}"
+        ckpt = load_checkpoint(path)
+        cfg, particles, runs = ckpt["config"], particle_set(ckpt["config"]), ckpt["validation"]["runs"]
+        grid, default = threshold_grid(cfg), class_dict(cfg, "threshold")
+        val = scored_candidates(path, train, "train", runs, tta, path.parent / f"candidates_val{suffix}.csv")
+        held_out = scored_candidates(path, test, "test", None, tta, path.parent / f"candidates_test{suffix}.csv")
+        val_solution = train.solution("train", runs)
+        rules = {name: best_thresholds(val_solution, val, grid, particles, smooth=k)[0]
+                 for name, k in (("own", 0), *((f"smooth{k}", k) for k in smooths))}
+        rules[TEST_TUNED] = best_thresholds(test_solution, held_out, grid, particles)[0]
+        for rule, picked in rules.items():
+            thresholds = {c: picked.get(c, default[c]) for c in particles.names}
+            table = score_table(test_solution, apply_thresholds(held_out, thresholds, particles), particles)
+            rows.append({"arm": arm, "seed": seed, "tta": tta, "rule": rule, "score": table_score(table),
+                         **{f"f4_{c}": table.loc[c, "f4"] for c in table.index},
+                         **{f"threshold_{c}": thresholds[c] for c in particles.names}})
+    return pd.DataFrame(rows)
+
+
+def paired_differences(rows: pd.DataFrame, columns: Sequence[str], reference: str = OWN) -> pd.DataFrame:
+    """Per rule: mean ± standard deviation over models of (rule - ``reference``) in each column, and in how many
+    of the models where the two differ the rule is higher. Paired: the same models, so seed luck cancels."""
+    wide = rows.pivot_table(index=["arm", "seed", "tta"], columns="rule", values=list(columns))
+    out = []
+    for rule in dict.fromkeys(rows["rule"]):
+        if rule == reference:
+            continue
+        line = {"rule": rule, "models": len(wide)}
+        for c in columns:
+            delta = wide[(c, rule)] - wide[(c, reference)]
+            moved = delta[delta.abs() > 1e-12]
+            line[c] = f"{delta.mean():+.3f} ± {delta.std(ddof=1):.3f} ({int((moved > 0).sum())}/{len(moved)} up)"
+        out.append(line)
+    return pd.DataFrame(out)
+
+
+def write_threshold_report(rows: pd.DataFrame, out: str | Path, classes: Sequence[str]) -> Path:
+    """Markdown: paired score differences of each rule against ``own``, and how far the validation run's
+    thresholds sit from the test split's (a bias shared by every model means the run, not the rule)."""
+    from czii_kit.evaluate import markdown_table
+
+    columns = ["score", *(f"f4_{c}" for c in classes)]
+    picked = [f"threshold_{c}" for c in classes]
+    ttas = list(dict.fromkeys(rows["tta"]))
+    lines = ["# Threshold rules", "", "Test score of each rule minus `own` (the highest validation F4, what "
+             "checkpoints store): mean ± standard deviation over models (paired: the same models, so seed luck "
+             "cancels), and in how many models the rule scored higher where the two differ.", ""]
+    for tta in ttas:
+        part = rows[rows["tta"] == tta]
+        own, tuned = (part[part["rule"] == r].set_index(["arm", "seed"])[picked] for r in (OWN, TEST_TUNED))
+        gap = _mean_spread((own - tuned.reindex(own.index)).assign(models="all").groupby("models"), picked)
+        lines += [f"## TTA {tta}: {len(own)} models", "", markdown_table(paired_differences(part, columns)), "",
+                  "Own threshold minus test-tuned threshold per class (a bias every model shares belongs to the "
+                  "validation run, not to the rule):", "", markdown_table(gap.reset_index(drop=True)), ""]
+    if len(ttas) > 1:  # each TTA against the first, at the same rule, on the same models
+        lines += [f"## TTA against {ttas[0]}", ""]
+        for rule in (OWN, TEST_TUNED):
+            same_rule = rows[rows["rule"] == rule].assign(rule=lambda f: f["tta"], tta=rule)
+            lines += [f"At `{rule}` thresholds:", "", markdown_table(paired_differences(same_rule, columns, ttas[0])),
+                      ""]
+    path = Path(out)
+    write_text_atomic(path, "\n".join(lines))
+    write_text_atomic(path.with_suffix(".csv"), rows.to_csv(index=False))
     return path
