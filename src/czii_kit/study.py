@@ -26,6 +26,16 @@ RESULTS = "results.csv"
 FLOOR = 0.05  # candidates kept down to this score, so thresholds can be tuned on the test split
 
 
+def model_dir(out: str | Path, arm: str, seed: int) -> Path:
+    """Where a study keeps the model of one arm and seed."""
+    return Path(out) / "weights" / f"{arm}-seed{int(seed)}"
+
+
+def tta_suffix(tta: str) -> str:
+    """File-name suffix of a TTA setting ('' for none), for caches and reports."""
+    return "" if tta == "none" else f"_{tta}"
+
+
 def load_study(path: str | Path) -> dict:
     """{config, fold, seeds, arms: {name: [overrides]}} from a study YAML, checked (every arm's config loads).
 
@@ -67,23 +77,34 @@ class HeldOutScore:
                 **{f"tuned_f4_{c}": self.tuned.loc[c, "f4"] for c in self.tuned.index}}
 
 
+def predict_candidates(weights: Sequence[str | Path], data, split: str, thresholds: Mapping[str, float],
+                       runs: Sequence[str] | None = None, tta: str | None = "none", device: str | None = "cpu",
+                       overrides: Sequence[str] = (), out: str | Path | None = None):
+    """One quiet prediction of ``split`` (or ``runs`` of it) keeping detections down to low ``thresholds``, so
+    thresholds can be chosen afterwards; the submission goes to ``out`` or a temporary file."""
+    from czii_kit.predict import predict_submission
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return predict_submission(weights=weights, data=data, split=split, runs=runs, device=device, tta=tta,
+                                  out=out or Path(tmp) / "submission.csv", thresholds=thresholds,
+                                  overrides=overrides, progress=False, report=lambda line: None)
+
+
 def score_held_out(weights: Sequence[str | Path], data, split: str = "test", overrides: Sequence[str] = (),
                    tta: str | None = "none", device: str | None = "cpu", floor: float = FLOOR,
                    out: str | Path | None = None) -> HeldOutScore:
     """Predict ``split`` of ``data`` with the one pipeline (candidates down to ``floor``) and score it at the
     checkpoints' own thresholds and at thresholds tuned on the split."""
     from czii_kit.infer.kinds import load_checkpoints
-    from czii_kit.predict import mean_thresholds, predict_submission
+    from czii_kit.predict import mean_thresholds
 
     data = open_data(data)
     ckpts = load_checkpoints(weights)
     particles = particle_set(ckpts[0]["config"])
     own = mean_thresholds(ckpts, particles)
     solution = data.solution(split)
-    with tempfile.TemporaryDirectory() as tmp:
-        report = predict_submission(weights=weights, data=data, split=split, out=out or Path(tmp) / "submission.csv",
-                                    device=device, tta=tta, thresholds={c: min(floor, t) for c, t in own.items()},
-                                    overrides=overrides, progress=False, report=lambda line: None)
+    report = predict_candidates(weights, data, split, {c: min(floor, t) for c, t in own.items()}, tta=tta,
+                                device=device, overrides=overrides, out=out)
     candidates = report.result.detections
     fixed = score_table(solution, apply_thresholds(candidates, own, particles), particles)
     _, tuned, _ = tuned_score(solution, candidates, particles=particles)
@@ -108,7 +129,7 @@ def run_study(study: Mapping, train_data, test_data, out: str | Path, arms: Sequ
             if ((done["arm"] == arm) & (done["seed"] == seed)).any():
                 continue
             cfg = load_config(study["config"], [*overrides, f"seed={seed}"])
-            weights = out / "weights" / f"{arm}-seed{seed}"
+            weights = model_dir(out, arm, seed)
             trained = trainer_for(cfg)(cfg, study["fold"], train_data, weights, progress=progress)
             held_out = score_held_out([weights], test, out=weights / "test.csv")
             row = {"arm": arm, "seed": seed, "val_f4": trained["best"]["score"], "epochs": len(trained["log"]),
@@ -205,14 +226,9 @@ def scored_candidates(weights: Path, data, split: str, runs: Sequence[str] | Non
                       floor: float = FLOOR) -> pd.DataFrame:
     """Every detection of one model scoring >= ``floor`` on ``runs`` of ``split``; cached as CSV (newer than the
     checkpoint, else predicted again), so comparing threshold rules again costs no prediction."""
-    from czii_kit.predict import predict_submission
-
     if cache.is_file() and cache.stat().st_mtime >= weights.stat().st_mtime:
         return pd.read_csv(cache, dtype={"experiment": str, "particle_type": str})
-    with tempfile.TemporaryDirectory() as tmp:
-        report = predict_submission(weights=[weights], data=data, split=split, runs=runs, device="cpu", tta=tta,
-                                    out=Path(tmp) / "submission.csv", thresholds={c: floor for c in data.particles.names},
-                                    progress=False, report=lambda line: None)
+    report = predict_candidates([weights], data, split, dict.fromkeys(data.particles.names, floor), runs, tta)
     write_text_atomic(cache, report.result.detections.to_csv(index=False))
     return report.result.detections
 
@@ -231,10 +247,10 @@ def study_models(study_dir: str | Path, arms: Sequence[str] | None = None) -> li
     if unknown:
         raise ConfigError(f"arm(s) {', '.join(unknown)} not in {results} ({', '.join(dict.fromkeys(done['arm']))})")
     models = []
-    for arm, seed in done[done["arm"].isin(arms) if arms else done["arm"].notna()].itertuples(index=False):
-        found = find_checkpoints(study_dir / "weights" / f"{arm}-seed{int(seed)}")
+    for arm, seed in (done[done["arm"].isin(arms)] if arms else done).itertuples(index=False):
+        found = find_checkpoints(model_dir(study_dir, arm, seed))
         if len(found) != 1:
-            raise ConfigError(f"{study_dir / 'weights' / f'{arm}-seed{int(seed)}'} holds {len(found)} checkpoints; "
+            raise ConfigError(f"{model_dir(study_dir, arm, seed)} holds {len(found)} checkpoints; "
                               "a study model is one fold")
         models.append((str(arm), int(seed), found[0]))
     return models
@@ -257,7 +273,7 @@ def threshold_rules(study_dir: str | Path, train_data, test_data, smooths: Seque
     models = [(*model, tta) for tta in ttas for model in study_models(study_dir, arms)]
     rows = []
     for arm, seed, path, tta in tqdm(models, desc="threshold rules", disable=not progress):
-        suffix = "" if tta == "none" else f"_{tta}"
+        suffix = tta_suffix(tta)
         ckpt = load_checkpoint(path)
         cfg, particles, runs = ckpt["config"], particle_set(ckpt["config"]), ckpt["validation"]["runs"]
         grid, default = threshold_grid(cfg), class_dict(cfg, "threshold")

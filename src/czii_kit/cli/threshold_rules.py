@@ -36,19 +36,20 @@ def main(argv=None) -> int:
     from czii_kit.data.source import open_data
     from czii_kit.errors import ConfigError
     from czii_kit.infer.tta import parse_tta
-    from czii_kit.study import study_models, threshold_rules, write_threshold_report
+    from czii_kit.study import study_models, threshold_rules, tta_suffix, write_threshold_report
 
     args = parse_args(argv)
     if any(k < 1 for k in args.smooth):
         raise ConfigError(f"--smooth {args.smooth}: each K must be >= 1 (K=0 is the `own` rule, always included)")
     for tta in args.tta:
         parse_tta(tta)
-    study_models(args.study_dir, args.arms)  # every model found before any prediction
+    # checked here, before resolve_data may generate the built-in dataset (threshold_rules checks them again)
+    study_models(args.study_dir, args.arms)
     test = open_data(args.test_data)
     test.solution("test")
     rows = threshold_rules(args.study_dir, resolve_data(args.data), test, args.smooth, args.tta, args.arms,
                            progress=not args.no_progress)
-    suffix = "".join(f"_{tta}" for tta in args.tta if tta != "none")
+    suffix = "".join(tta_suffix(tta) for tta in args.tta)
     scored = [p.name for p in test.particles if p.weight > 0]  # weight 0 (beta-amylase) moves no score
     path = write_threshold_report(rows, Path(args.study_dir) / f"threshold_rules{suffix}.md", scored)
     print(path.read_text())
