@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from czii_kit.data.source import open_data
 from czii_kit.evaluate import VARIANTS, markdown_table, match_hits, run_evaluation, save_hit_overlay
 from czii_kit.metric import tuned_score
 from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING, particle
@@ -58,6 +59,11 @@ def test_unet_only_report(tiny_experiment, synthetic_root, tmp_path):
     assert rows["score"].between(0, 1).all()
     report = (tmp_path / "report" / "report.md").read_text()
     assert "No yolo checkpoints were given, so yolo and fused rows are absent" in report and "| unet | plain |" in report
+    confusion = report.split("## Which class wins at each true particle (unet)")[1].split("##")[0]
+    rows_md = [line for line in confusion.splitlines() if line.startswith("| ") and "true class" not in line]
+    counts = [line.split("|")[2:-1] for line in rows_md]
+    picks = open_data(synthetic_root).solution("train", [_held_out(synthetic_root)])
+    assert sum(int(c) for row in counts for c in row) == len(picks)  # every held-out particle counted once
     pngs = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
     assert pngs == ["f4_curves_unet.png", f"overlay_{_held_out(synthetic_root)}_unet.png"]
     per_class = pd.read_csv(tmp_path / "report" / "per_class.csv")

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from czii_kit.errors import DataError, SubmissionError
-from czii_kit.metric import best_thresholds, format_table, pick_threshold, score, score_table, table_score
+from czii_kit.metric import (NO_CANDIDATE, best_thresholds, format_table, pick_threshold, score, score_table,
+                             site_confusion, table_score)
 from czii_kit.particles import BETA, CLASS_NAMES, DISTANCE_MULTIPLIER, RADIUS, WEIGHT
 
 COLUMNS = ["experiment", "particle_type", "x", "y", "z"]
@@ -334,6 +335,29 @@ def test_best_threshold_prefers_the_lowest_among_ties():
 def test_best_thresholds_need_a_score_column(full_solution):
     with pytest.raises(SubmissionError, match="score"):
         best_thresholds(full_solution, full_solution)
+
+
+# --------------------------------------------------------------------------- site confusion
+def test_site_confusion_names_the_highest_scoring_class_inside_the_hit_radius():
+    """Three beta-gal sites: its own channel wins one, thyroglobulin outscores it at another, the third has only a
+    candidate just beyond beta-gal's hit radius (45 A); a thyroglobulin site in another run is won by its class."""
+    solution = _frame([("TS_a", "beta-galactosidase", 0.0, 0.0, 0.0), ("TS_a", "beta-galactosidase", 1000.0, 0.0, 0.0),
+                       ("TS_a", "beta-galactosidase", 2000.0, 0.0, 0.0), ("TS_b", "thyroglobulin", 0.0, 0.0, 0.0)])
+    candidates = _frame([("TS_a", "beta-galactosidase", 10.0, 0.0, 0.0), ("TS_a", "thyroglobulin", 0.0, 10.0, 0.0),
+                         ("TS_a", "beta-galactosidase", 1000.0, 0.0, 0.0), ("TS_a", "thyroglobulin", 1000.0, 0.0, 20.0),
+                         ("TS_a", "apo-ferritin", 2046.0, 0.0, 0.0), ("TS_a", "thyroglobulin", 2000.0, 0.0, 500.0),
+                         ("TS_b", "thyroglobulin", 0.0, 0.0, 30.0), ("TS_b", "apo-ferritin", 5.0, 0.0, 0.0)])
+    candidates["score"] = [0.6, 0.5, 0.3, 0.7, 0.9, 0.9, 0.8, 0.2]
+    table = site_confusion(solution, candidates)
+    assert table.index.tolist() == ["beta-galactosidase", "thyroglobulin"]
+    assert table.loc["beta-galactosidase"].to_dict() == {"beta-galactosidase": 1, "thyroglobulin": 1, NO_CANDIDATE: 1}
+    assert table.loc["thyroglobulin"].to_dict() == {"beta-galactosidase": 0, "thyroglobulin": 1, NO_CANDIDATE: 0}
+    assert int(table.to_numpy().sum()) == len(solution)
+
+
+def test_site_confusion_needs_scores(full_solution):
+    with pytest.raises(SubmissionError, match="score"):
+        site_confusion(full_solution, full_solution)
 
 
 # --------------------------------------------------------------------------- imports

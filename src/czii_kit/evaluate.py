@@ -14,7 +14,8 @@ fusion with a weight grid): a class where fusing does not beat the best single s
 source alone. The thresholds for the configured post-processing with those weights go to
 ``thresholds.json`` (``czii_kit.tuning``), which ``tools/predict.py --thresholds-from`` reads.
 
-Outputs in the report folder: report.md (tables), ablation.csv (one row per source x variant),
+Outputs in the report folder: report.md (tables, and which class wins at each true particle: the confusion
+per-class thresholds cannot fix), ablation.csv (one row per source x variant),
 per_class.csv (threshold, precision, recall, F4 per class and row), thresholds.json,
 f4_curves_<source>.png (per-class F4 versus threshold) and overlay_<run>_<source>.png (ground truth
 against predictions on one slice: hits, misses and false positives in different colours).
@@ -41,7 +42,7 @@ from czii_kit.data.source import DataSource, open_data
 from czii_kit.errors import CheckpointError, DataError
 from czii_kit.infer.kinds import KINDS, kind_of
 from czii_kit.infer.pipeline import finalize, inference_config, load_predictor
-from czii_kit.metric import best_thresholds, tuned_score
+from czii_kit.metric import best_thresholds, site_confusion, tuned_score
 from czii_kit.particles import CZII, VOXEL_SPACING, ParticleSet
 from czii_kit.post.fusion import FUSION_METHODS
 from czii_kit.post.pipeline import apply_thresholds, with_steps
@@ -269,7 +270,7 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
 
 def report_markdown(rows: pd.DataFrame, per_class: pd.DataFrame, preds: list[FoldPrediction],
                     checkpoints: dict[int, dict[str, dict]], pictures: list[Path], tuning: Tuning,
-                    tuned_table: pd.DataFrame) -> str:
+                    tuned_table: pd.DataFrame, confusions: Mapping[str, pd.DataFrame] | None = None) -> str:
     best = rows.loc[rows["score"].idxmax()]
     best_table = per_class[(per_class["source"] == best["source"]) & (per_class["variant"] == best["variant"])]
     kinds = available_sources(preds)
@@ -297,8 +298,14 @@ def report_markdown(rows: pd.DataFrame, per_class: pd.DataFrame, preds: list[Fol
               + ") with per-class thresholds tuned on every out-of-fold candidate; "
               "`tools/predict.py --thresholds-from` this folder uses them.", "",
               markdown_table(tuned[[c for c in ("particle_type", "sources", "threshold", "tp", "fp", "fn",
-                                                "precision", "recall", "f4") if c in tuned.columns]]), "",
-              "## Pictures", ""]
+                                                "precision", "recall", "f4") if c in tuned.columns]]), ""]
+    for source, table in (confusions or {}).items():
+        lines += [f"## Which class wins at each true particle ({source})", "",
+                  "For every out-of-fold particle, the class of the highest-scoring candidate (any class, above the "
+                  "floor) within its hit radius. Sites another class wins cost recall that no threshold of the "
+                  "true class can buy back: the model confuses the pair.", "",
+                  markdown_table(table.reset_index()), ""]
+    lines += ["## Pictures", ""]
     lines += [f"![{p.stem}]({p.name})" for p in pictures]
     return "\n".join(lines) + "\n"
 
@@ -343,6 +350,9 @@ def run_evaluation(root, weights: list[str | Path], out: str | Path, folds: list
     write_csv(rows, out / "ablation.csv")
     write_csv(per_class, out / "per_class.csv")
     report = out / "report.md"
-    write_text_atomic(report, report_markdown(rows, per_class, preds, checkpoints, pictures, tuning, tuned_table))
+    particles = particle_set(cfg)
+    confusions = {source: site_confusion(solution_of(preds), cands, particles) for source, (cands, _) in plain.items()}
+    write_text_atomic(report, report_markdown(rows, per_class, preds, checkpoints, pictures, tuning, tuned_table,
+                                              confusions))
     return {"rows": rows, "per_class": per_class, "report": report, "pictures": pictures, "tuning": tuning,
             "thresholds": thresholds_file}

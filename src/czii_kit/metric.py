@@ -158,6 +158,37 @@ def format_table(table: pd.DataFrame, score: float) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- diagnostics
+NO_CANDIDATE = "(none)"
+
+
+def site_confusion(solution: pd.DataFrame, candidates: pd.DataFrame, particles: ParticleSet = CZII) -> pd.DataFrame:
+    """Which class wins at each true particle: for every reference, the class of the highest-scoring candidate of
+    ANY class within the reference's hit radius (``(none)`` when there is none). Returns counts, one row per true
+    class and one column per winning class. Per-class thresholds cannot fix a class whose sites another channel
+    wins: that is the model's confusion, not a calibration problem."""
+    _check_solution(solution, particles)
+    candidates = _scored_rows(solution, candidates, particles, extra=("score",))
+    winners = np.full(len(solution), NO_CANDIDATE, dtype=object)
+    cand_xyz = candidates[XYZ].to_numpy(dtype=np.float64)
+    scores = candidates["score"].to_numpy(dtype=np.float64)
+    types = candidates["particle_type"].to_numpy(dtype=object)
+    by_run = candidates.groupby("experiment", sort=False).indices
+    for (run, name), ref_pos in _positions(solution).items():
+        cand_pos = by_run.get(run, _NO_POSITIONS)
+        if len(cand_pos) == 0:
+            continue
+        cand_index, ref_index = _hits(solution[XYZ].to_numpy(dtype=np.float64)[ref_pos], cand_xyz[cand_pos],
+                                      particles[name].hit_radius)
+        order = np.lexsort((-scores[cand_pos][cand_index], ref_index))  # per reference, best candidate first
+        first = np.unique(ref_index[order], return_index=True)[1]
+        winners[ref_pos[ref_index[order][first]]] = types[cand_pos][cand_index[order][first]]
+    columns = [*[n for n in particles.names if n in set(winners)], *([NO_CANDIDATE] if NO_CANDIDATE in winners else [])]
+    table = pd.crosstab(solution["particle_type"].to_numpy(), winners).reindex(columns=columns, fill_value=0)
+    table.index.name, table.columns.name = "true class", "highest-scoring class at the site"
+    return table.reindex([n for n in particles.names if n in table.index])
+
+
 # --------------------------------------------------------------------------- thresholds
 def _count_at_least(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """For each threshold t, how many values are >= t."""
