@@ -170,6 +170,7 @@ def site_confusion(solution: pd.DataFrame, candidates: pd.DataFrame, particles: 
     _check_solution(solution, particles)
     candidates = _scored_rows(solution, candidates, particles, extra=("score",))
     winners = np.full(len(solution), NO_CANDIDATE, dtype=object)
+    ref_xyz = solution[XYZ].to_numpy(dtype=np.float64)
     cand_xyz = candidates[XYZ].to_numpy(dtype=np.float64)
     scores = candidates["score"].to_numpy(dtype=np.float64)
     types = candidates["particle_type"].to_numpy(dtype=object)
@@ -178,8 +179,7 @@ def site_confusion(solution: pd.DataFrame, candidates: pd.DataFrame, particles: 
         cand_pos = by_run.get(run, _NO_POSITIONS)
         if len(cand_pos) == 0:
             continue
-        cand_index, ref_index = _hits(solution[XYZ].to_numpy(dtype=np.float64)[ref_pos], cand_xyz[cand_pos],
-                                      particles[name].hit_radius)
+        cand_index, ref_index = _hits(ref_xyz[ref_pos], cand_xyz[cand_pos], particles[name].hit_radius)
         order = np.lexsort((-scores[cand_pos][cand_index], ref_index))  # per reference, best candidate first
         first = np.unique(ref_index[order], return_index=True)[1]
         winners[ref_pos[ref_index[order][first]]] = types[cand_pos][cand_index[order][first]]
