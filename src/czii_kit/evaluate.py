@@ -14,8 +14,8 @@ fusion with a weight grid): a class where fusing does not beat the best single s
 source alone. The thresholds for the configured post-processing with those weights go to
 ``thresholds.json`` (``czii_kit.tuning``), which ``tools/predict.py --thresholds-from`` reads.
 
-Outputs in the report folder: report.md (tables, and which class wins at each true particle: the confusion
-per-class thresholds cannot fix), ablation.csv (one row per source x variant),
+Outputs in the report folder: report.md (tables, and which class wins at each true particle: the pairs the
+model confuses), ablation.csv (one row per source x variant),
 per_class.csv (threshold, precision, recall, F4 per class and row), thresholds.json,
 f4_curves_<source>.png (per-class F4 versus threshold) and overlay_<run>_<source>.png (ground truth
 against predictions on one slice: hits, misses and false positives in different colours).
@@ -302,8 +302,9 @@ def report_markdown(rows: pd.DataFrame, per_class: pd.DataFrame, preds: list[Fol
     for source, table in (confusions or {}).items():
         lines += [f"## Which class wins at each true particle ({source})", "",
                   "For every out-of-fold particle, the class of the highest-scoring candidate (any class, above the "
-                  "floor) within its hit radius. Sites another class wins cost recall that no threshold of the "
-                  "true class can buy back: the model confuses the pair.", "",
+                  "floor) within its hit radius: which pairs the model confuses. Peaks are found per class, so such a "
+                  "site still counts for its class when that class's own peak passes its threshold; the winning "
+                  "class adds a false positive there.", "",
                   markdown_table(table.reset_index()), ""]
     lines += ["## Pictures", ""]
     lines += [f"![{p.stem}]({p.name})" for p in pictures]

@@ -165,8 +165,9 @@ NO_CANDIDATE = "(none)"
 def site_confusion(solution: pd.DataFrame, candidates: pd.DataFrame, particles: ParticleSet = CZII) -> pd.DataFrame:
     """Which class wins at each true particle: for every reference, the class of the highest-scoring candidate of
     ANY class within the reference's hit radius (``(none)`` when there is none). Returns counts, one row per true
-    class and one column per winning class. Per-class thresholds cannot fix a class whose sites another channel
-    wins: that is the model's confusion, not a calibration problem."""
+    class and one column per winning class: which pairs the model confuses. Peaks are found per class, so a site
+    another class wins is still found when the true class's own peak passes its threshold; the confusion lowers
+    that peak and puts a detection of the winning class (a false positive) on the particle."""
     _check_solution(solution, particles)
     candidates = _scored_rows(solution, candidates, particles, extra=("score",))
     winners = np.full(len(solution), NO_CANDIDATE, dtype=object)
