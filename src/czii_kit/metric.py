@@ -184,7 +184,8 @@ def site_confusion(solution: pd.DataFrame, candidates: pd.DataFrame, particles: 
         order = np.lexsort((-scores[cand_pos][cand_index], ref_index))  # per reference, best candidate first
         first = np.unique(ref_index[order], return_index=True)[1]
         winners[ref_pos[ref_index[order][first]]] = types[cand_pos][cand_index[order][first]]
-    columns = [*[n for n in particles.names if n in set(winners)], *([NO_CANDIDATE] if NO_CANDIDATE in winners else [])]
+    present = set(winners)
+    columns = [n for n in [*particles.names, NO_CANDIDATE] if n in present]
     table = pd.crosstab(solution["particle_type"].to_numpy(), winners).reindex(columns=columns, fill_value=0)
     table.index.name, table.columns.name = "true class", "highest-scoring class at the site"
     return table.reindex([n for n in particles.names if n in table.index])
