@@ -38,8 +38,11 @@ def test_the_report_tables_means_and_verdicts(tmp_path):
 def test_a_study_needs_three_seeds_and_valid_keys(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"config": "cpu_quick", "seeds": [0, 1], "arms": {"base": []}}))
-    with pytest.raises(ConfigError, match="at least three seeds"):
+    with pytest.raises(ConfigError, match="at least three distinct seeds"):
         load_study(path)
+    assert load_study(path, seeds=[3, 4, 5])["seeds"] == [3, 4, 5]  # more seeds from the command line
+    with pytest.raises(ConfigError, match="at least three distinct seeds"):
+        load_study(path, seeds=[3, 3, 4])
     path.write_text(yaml.safe_dump({"seeds": [0, 1, 2], "arms": {"typo": ["loss.args.pos_weihgt=2", "trian.lr=1"]}}))
     with pytest.raises(ConfigError, match="unknown config key 'trian'"):
         load_study(path)
@@ -146,3 +149,14 @@ def test_paired_differences_and_study_checks(tmp_path):
     pd.DataFrame({"arm": ["a"], "seed": [0]}).to_csv(tmp_path / "results.csv", index=False)
     with pytest.raises(CheckpointError, match="a-seed0 do not exist"):
         study_models(tmp_path)  # results.csv names a model whose weights are gone
+
+
+def test_ablate_seeds_from_the_command_line_are_checked_before_any_training(tmp_path, capsys):
+    from czii_kit.cli.ablate import main
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"seeds": [0, 1, 2], "arms": {"baseline": []}}))
+    code = main(["--study", str(path), "--test-data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"),
+                 "--seeds", "3", "4"])
+    assert code == 2 and "--seeds: use at least three distinct seeds per arm, got [3, 4]" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -36,11 +36,12 @@ def tta_suffix(tta: str) -> str:
     return "" if tta == "none" else f"_{tta}"
 
 
-def load_study(path: str | Path) -> dict:
+def load_study(path: str | Path, seeds: Sequence[int] | None = None) -> dict:
     """{config, fold, seeds, arms: {name: [overrides]}} from a study YAML, checked (every arm's config loads).
 
     An optional top-level ``overrides`` list goes before every arm's own: it pins what the study held fixed (e.g.
-    the recipe it measured, after the config's defaults move on), and an arm's own overrides win over it."""
+    the recipe it measured, after the config's defaults move on), and an arm's own overrides win over it.
+    ``seeds`` replaces the file's seeds (more seeds for a study whose spread is too wide to decide)."""
     path = Path(path)
     try:
         doc = yaml.safe_load(path.read_text())
@@ -49,7 +50,7 @@ def load_study(path: str | Path) -> dict:
     if not isinstance(doc, Mapping) or not isinstance(doc.get("arms"), Mapping) or not doc["arms"]:
         raise ConfigError(f"study file {path} needs 'arms: {{name: [key=value, ...]}}' (and config, fold, seeds)")
     study = {"config": doc.get("config", "cpu_quick"), "fold": int(doc.get("fold", 0)),
-             "seeds": [int(s) for s in doc.get("seeds", [0, 1, 2])], "arms": {}}
+             "seeds": [int(s) for s in (doc.get("seeds", [0, 1, 2]) if seeds is None else seeds)], "arms": {}}
     common = doc.get("overrides") or []
     if not isinstance(common, list) or not all(isinstance(o, str) for o in common):
         raise ConfigError(f"study file {path}: 'overrides' must be a list of key=value strings, got {common!r}")
@@ -57,9 +58,10 @@ def load_study(path: str | Path) -> dict:
         overrides = [*common, *(overrides or [])]
         load_config(study["config"], overrides)  # unknown keys fail here, before any training
         study["arms"][str(name)] = overrides
-    if len(study["seeds"]) < 3:
-        raise ConfigError(f"study file {path}: use at least three seeds per arm (differences smaller than the seed "
-                          "spread are noise)")
+    if len(set(study["seeds"])) < 3:
+        where = f"study file {path}" if seeds is None else "--seeds"
+        raise ConfigError(f"{where}: use at least three distinct seeds per arm, got {study['seeds']} "
+                          "(differences smaller than the seed spread are noise)")
     return study
 
 

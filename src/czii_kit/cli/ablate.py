@@ -1,4 +1,5 @@
 """python tools/ablate.py --study configs/studies/hard_classes.yaml --test-data DIR --out reports/NAME [--data ROOT]
+       [--arms ARM ...] [--seeds SEED ...]
 
 Trains every arm of a study with every seed on the study's fold of --data, scores each model on --test-data
 (its test split, with the thresholds it tuned on its own validation run) and writes results.csv (resumable)
@@ -21,6 +22,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--baseline", default="baseline", help="the arm the others are compared with")
     p.add_argument("--arms", nargs="+", metavar="ARM", help="train only these arms now (the report covers every "
                                                              "arm in results.csv; default: all)")
+    p.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="train these seeds instead of the study "
+                   "file's (at least three; finished (arm, seed) pairs in results.csv are kept, not trained again)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -32,7 +35,7 @@ def main(argv=None) -> int:
     from czii_kit.study import load_study, run_study, write_report
 
     args = parse_args(argv)
-    study = load_study(args.study)
+    study = load_study(args.study, args.seeds)
     if args.baseline not in study["arms"]:
         raise ConfigError(f"--baseline {args.baseline!r} is not an arm of {args.study} ({', '.join(study['arms'])})")
     unknown = sorted(set(args.arms or ()) - set(study["arms"]))
