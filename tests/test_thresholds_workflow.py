@@ -38,6 +38,14 @@ def full_data(report, synthetic_root, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def guessed(synthetic_root, tmp_path_factory):
+    """A full-data model trained without --thresholds-from: it keeps the config's 0.3 guesses."""
+    out = tmp_path_factory.mktemp("weights") / "guessed"
+    assert train_all_runs(synthetic_root, out) == 0
+    return out
+
+
 def test_a_full_data_checkpoint_carries_the_cross_validated_thresholds(full_data, report):
     tuning = load_tuning(report)
     ckpt = load_checkpoint(full_data / "fold-1.pt")
@@ -46,13 +54,11 @@ def test_a_full_data_checkpoint_carries_the_cross_validated_thresholds(full_data
     assert ckpt["validation"]["cv_score"] == pytest.approx(tuning.meta["score"])
 
 
-def test_predict_uses_them_and_warns_only_about_guessed_thresholds(full_data, report, synthetic_root, tmp_path,
-                                                                   capsys):
+def test_predict_uses_them_and_warns_only_about_guessed_thresholds(full_data, guessed, report, synthetic_root,
+                                                                   tmp_path, capsys):
     common = ["--data", str(synthetic_root), "--device", "cpu", "--tta", "none", "--no-progress"]
     assert predict_main([*common, "--weights", str(full_data), "--out", str(tmp_path / "a.csv")]) == 0
     assert "WARNING" not in capsys.readouterr().out
-    guessed = tmp_path / "guessed"
-    assert train_all_runs(synthetic_root, guessed) == 0
     assert load_checkpoint(guessed / "fold-1.pt")["validation"]["thresholds_from"] == DEFAULT_THRESHOLDS
     capsys.readouterr()
     assert predict_main([*common, "--weights", str(guessed), "--out", str(tmp_path / "b.csv")]) == 0
@@ -74,6 +80,18 @@ def test_the_pack_carries_the_file_and_reads_it_back(full_data, report, tmp_path
     assert pack_main(["--weights", str(full_data), "--out", str(bare), "--slug", "czii-kit-test", "--user", "me",
                       "--no-progress"]) == 0
     assert read_pack(bare).thresholds is None
+
+
+def test_the_pack_refuses_guessed_thresholds_unless_told(guessed, report, tmp_path, capsys):
+    args = ["--weights", str(guessed), "--slug", "czii-kit-test", "--user", "me", "--no-progress"]
+    assert pack_main([*args, "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "default thresholds" in err and "--thresholds-from REPORT" in err and "--default-thresholds" in err
+    assert not (tmp_path / "refused").exists()  # refused before anything is written
+    assert pack_main([*args, "--out", str(tmp_path / "cv"), "--thresholds-from", str(report)]) == 0
+    assert read_pack(tmp_path / "cv").thresholds is not None
+    assert pack_main([*args, "--out", str(tmp_path / "on-purpose"), "--default-thresholds"]) == 0
+    assert read_pack(tmp_path / "on-purpose").thresholds is None
 
 
 def test_a_thresholds_file_of_another_class_set_is_refused_everywhere(full_data, report, synthetic_root, tmp_path,

@@ -26,7 +26,7 @@ from czii_kit.infer.pipeline import inference_config
 from czii_kit.infer.split import SplitResult, available_devices, predict_split
 from czii_kit.particles import ParticleSet
 from czii_kit.submission import write_submission
-from czii_kit.tuning import DEFAULT_THRESHOLDS, Tuning, check_sources, load_tuning
+from czii_kit.tuning import Tuning, check_sources, guessed_thresholds, load_tuning
 
 
 @dataclass
@@ -101,7 +101,7 @@ def select_runs(data: DataSource, split: str, runs: Sequence[str] | None) -> lis
 def threshold_warning(ckpts: Sequence[dict]) -> str | None:
     """A loud line when a checkpoint only has the config's default thresholds (a full-data model trained without
     ``--thresholds-from``): they are a guess, worth about 0.07 F4 less than thresholds tuned by cross-validation."""
-    guessed = [c["path"] for c in ckpts if c["validation"].get("thresholds_from") == DEFAULT_THRESHOLDS]
+    guessed = guessed_thresholds(ckpts)
     if not guessed:
         return None
     return (f"WARNING: {', '.join(guessed)} carry the config's default thresholds, not tuned ones (trained on every "

@@ -33,6 +33,13 @@ class Tuning:
     path: Path | None = None
 
 
+def guessed_thresholds(ckpts) -> list[str]:
+    """Checkpoints that carry only the config's default thresholds (trained on every run without a thresholds
+    file): their thresholds are a guess, and with today's 4x positive weight a costly one (apo-ferritin scores
+    below 0.3 everywhere; README, sixth step)."""
+    return [str(c["path"]) for c in ckpts if c["validation"].get("thresholds_from") == DEFAULT_THRESHOLDS]
+
+
 def tuning_path(path: str | Path) -> Path:
     """A thresholds file, or the report folder that holds one."""
     path = Path(path)

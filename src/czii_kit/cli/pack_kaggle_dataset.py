@@ -29,6 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--thresholds-from", metavar="REPORT",
                    help="pack thresholds.json from tools/evaluate.py (cross-validated thresholds and source weights); "
                         "the notebook predicts with them")
+    p.add_argument("--default-thresholds", action="store_true",
+                   help="pack full-data checkpoints that carry only the config's default thresholds (refused "
+                        "otherwise: pass --thresholds-from)")
     p.add_argument("--force", action="store_true", help="replace a different pack already at --out")
     p.add_argument("--kaggle-python", default=KAGGLE_PYTHON,
                    help=f"Python MAJOR.MINOR of the Kaggle image the wheels are for (default {KAGGLE_PYTHON}; check "
@@ -103,7 +106,8 @@ def main(argv=None) -> int:
                           platforms=tuple(args.kaggle_platform or KAGGLE_PLATFORMS), tensorrt=args.tensorrt_version)
     result = pack_dataset(args.weights, args.out, args.slug, user, title=args.title, folds=parse_folds(args.folds),
                           wheels=args.wheels, onnx=args.onnx, force=args.force, progress=not args.no_progress,
-                          target=target, thresholds_from=args.thresholds_from)
+                          target=target, thresholds_from=args.thresholds_from,
+                          default_thresholds=args.default_thresholds)
     print_summary(result)
     if user == PLACEHOLDER_USER:
         print(f"note: no --user and no $KAGGLE_USERNAME: dataset-metadata.json says {PLACEHOLDER_USER!r}; "

@@ -574,11 +574,12 @@ class PackResult:
 def pack_dataset(weights: Sequence[str | Path], out: str | Path, slug: str, user: str, title: str | None = None,
                  folds: Sequence[int] | None = None, wheels: str | Path | None = None, onnx: bool = False,
                  force: bool = False, progress: bool = True, target: KaggleTarget | None = None,
-                 thresholds_from: str | Path | None = None) -> PackResult:
+                 thresholds_from: str | Path | None = None, default_thresholds: bool = False) -> PackResult:
     """Pack the selected checkpoints, configs and wheels (and tools/evaluate.py's thresholds.json) into out,
-    ready for `kaggle datasets create`."""
+    ready for `kaggle datasets create`. A full-data checkpoint with only the config's default thresholds is
+    refused without a thresholds file (or ``default_thresholds``): on Kaggle it would score quietly low."""
     from czii_kit.infer.kinds import kind_of, load_checkpoints
-    from czii_kit.tuning import TUNING_FILE, load_tuning
+    from czii_kit.tuning import TUNING_FILE, guessed_thresholds, load_tuning
 
     target = target or KaggleTarget()
     metadata = dataset_metadata(user, slug, title or slug)
@@ -587,6 +588,12 @@ def pack_dataset(weights: Sequence[str | Path], out: str | Path, slug: str, user
     ckpts = load_checkpoints(list(weights), list(folds) if folds is not None else None)
     _require_unique(ckpts)
     tuning = load_tuning(thresholds_from, list(ckpts[0]["classes"])) if thresholds_from else None
+    guessed = guessed_thresholds(ckpts)
+    if tuning is None and guessed and not default_thresholds:
+        raise ConfigError(f"{', '.join(guessed)} carry the config's default thresholds (trained on every run without "
+                          "--thresholds-from), which the notebook would submit with. Pack the cross-validated ones "
+                          "with --thresholds-from REPORT (tools/evaluate.py over the fold models), or pass "
+                          "--default-thresholds to pack the defaults on purpose")
     experiments = _experiment_dirs(ckpts)
     exports = {c["path"]: packed_onnx(c) if onnx else [] for c in ckpts}
     yolo = any(kind_of(c).name == "yolo" for c in ckpts)
