@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN_OVERRIDES
-from czii_kit.benchmarks import peer_peaks, peer_probabilities, single_pass_limit, window_work
+from czii_kit.bench.infer import single_pass_limit
+from czii_kit.bench.peer import peer_peaks, peer_probabilities
 from czii_kit.infer.engines import TorchEngine
-from czii_kit.infer.sliding_window import predict_volume
+from czii_kit.infer.sliding_window import predict_volume, window_work
 from czii_kit.infer.tta import parse_tta
 from czii_kit.particles import CLASS_NAMES
 from czii_kit.post.peaks import find_peaks
@@ -67,34 +68,25 @@ def test_peer_peaks_find_what_the_kit_finds_on_separated_peaks():
 
 
 def test_window_sweep_scores_every_cell_through_the_pipeline(synthetic_root, tiny_experiment, capsys):
-    import importlib.util
-    from pathlib import Path
+    from czii_kit.cli.bench import main as bench_main
 
-    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_windows.py"
-    spec = importlib.util.spec_from_file_location("bench_windows", tool)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    assert bench.main(["--weights", str(tiny_experiment), "--data", str(synthetic_root), "--windows", "16x32x32",
-                       "32x64x64", "--overlaps", "0.25", "0"]) == 0
+    assert bench_main(["windows", "--weights", str(tiny_experiment), "--data", str(synthetic_root), "--windows",
+                       "16x32x32", "32x64x64", "--overlaps", "0.25", "0"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("window")]
     assert len(lines) == 4
     for line in lines:  # thresholds tuned on the split itself can only match or beat the model's own
         own, tuned = (float(x) for x in re.findall(r"F4 ([\d.]+) \(own thresholds\)\s+([\d.]+) \(tuned\)", line)[0])
         assert 0 <= own <= tuned + 1e-9 <= 1 + 1e-9
-    assert bench.main(["--weights", str(tiny_experiment), "--data", str(synthetic_root), "--windows", "16x32"]) == 2
+    assert bench_main(["windows", "--weights", str(tiny_experiment), "--data", str(synthetic_root), "--windows",
+                       "16x32"]) == 2
     assert "ZxYxX" in capsys.readouterr().err
 
 
 def test_training_bench_times_the_real_training_step(synthetic_root, tmp_path, monkeypatch):
     """The benchmark runs fold 0's own setup and step (so it cannot drift from training), times only the steps
     after warm-up, and leaves nothing behind in the working directory."""
-    import importlib.util
-    from pathlib import Path
+    from czii_kit.bench import train as bench
 
-    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_train.py"
-    spec = importlib.util.spec_from_file_location("bench_train", tool)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     steps = []
     real_step = loop.train_step
     monkeypatch.setattr(bench, "train_step", lambda run, *batch: steps.append(real_step(run, *batch)))

@@ -171,11 +171,12 @@ def run_split(monkeypatch, budget_hours: float, setup_seconds: float, pass_secon
     from czii_kit.config import load_config
     from czii_kit.data.io import Tomogram
     from czii_kit.data.source import DataSource
+    from czii_kit.infer.plan import PredictionPlan, RunSet
     from czii_kit.particles import CZII
 
     clock, log = ThreadClock(), []
 
-    def slow_first_load(ckpts, cfg, device, engine, files, member_weights):
+    def slow_first_load(plan, device, engine=None):
         clock.advance(setup_seconds)  # model load, exports, engine builds: before the first tomogram
         return FakePredictor(clock, pass_seconds, log)
 
@@ -195,12 +196,12 @@ def run_split(monkeypatch, budget_hours: float, setup_seconds: float, pass_secon
         def read_picks(self, run, data_cfg=None):
             raise AssertionError("not needed")
 
-    monkeypatch.setattr(split_module, "load_predictor", slow_first_load)
+    monkeypatch.setattr(PredictionPlan, "load", slow_first_load)
     cfg = load_config("cpu_quick", ["infer.tta=flips"])
     runs = [f"TS_{i}" for i in range(n_runs)]
-    result = split_module.predict_split(NoVoxels(), "test", runs, [{}], cfg, {}, ["cpu", "cpu"],
-                                        time_budget_h=budget_hours, progress=False, report=lambda line: None,
-                                        clock=clock)
+    plan = PredictionPlan({"unet": [({}, 1.0)]}, cfg, thresholds={}, runs=RunSet(NoVoxels(), "test", runs, {}))
+    result = split_module.predict_split(plan, ["cpu", "cpu"], time_budget_h=budget_hours, progress=False,
+                                        report=lambda line: None, clock=clock)
     return result, log
 
 

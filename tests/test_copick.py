@@ -16,7 +16,8 @@ from czii_kit.cli.predict import main as predict_main
 from czii_kit.config import load_config
 from czii_kit.data import layout
 from czii_kit.data.copick import CopickProject, check_identity, make_copick_project
-from czii_kit.data.source import KaggleDirectory, open_data
+from czii_kit.data.open_data import open_data
+from czii_kit.data.source import KaggleDirectory
 from czii_kit.data.star import read_star
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.particles import CZII, VOXEL_SPACING

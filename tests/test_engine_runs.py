@@ -220,10 +220,10 @@ def test_an_output_that_is_a_directory_is_refused_before_any_work(synthetic_root
 
 
 def test_gpu_check_without_a_gpu_runs_the_cpu_checks_and_says_what_it_did_not_check(capsys, monkeypatch):
-    from czii_kit import selfcheck
+    from czii_kit.cli.gpu_check import main as gpu_check
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert selfcheck.main([]) == 0
+    assert gpu_check([]) == 0
     out = capsys.readouterr().out
     assert "no CUDA GPU here" in out and "the CUDA paths are NOT checked" in out
     assert "| NumPy peaks = scipy maximum_filter peaks | cpu |" in out and "2 of 2 checks passed" in out

@@ -5,9 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from czii_kit.data.source import open_data
-from czii_kit.evaluate import VARIANTS, markdown_table, match_hits, run_evaluation, save_hit_overlay
-from czii_kit.metric import tuned_score
+from czii_kit.data.open_data import open_data
+from czii_kit.evaluate import VARIANTS, run_evaluation
+from czii_kit.metric import match_hits, tuned_score
+from czii_kit.utils.markdown import markdown_table
+from czii_kit.viz import save_hit_overlay
 from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING, particle
 
 

@@ -7,10 +7,10 @@ import pytest
 
 from czii_kit.config import load_config
 from czii_kit.errors import ConfigError
-from czii_kit.infer.pipeline import finalize
+from czii_kit.infer.predictor import finalize
 from czii_kit.particles import particle
 from czii_kit.post.fusion import fuse, fuse_sources, fusion_settings
-from czii_kit.post.pipeline import with_steps
+from czii_kit.post.steps import with_steps
 
 R = particle("ribosome").radius
 BASE = load_config()  # fusion and post defaults live in configs/base.yaml only

@@ -8,6 +8,7 @@ import zarr
 from czii_kit.data import io, layout
 from czii_kit.errors import DataError
 from czii_kit.particles import VOXEL_SPACING
+from czii_kit.tables import PICK_COLUMNS
 
 
 @pytest.fixture()
@@ -46,7 +47,7 @@ def test_list_runs_sorted(root):
 
 def test_picks_round_trip(root):
     df = io.read_picks(root, "TS_1")
-    assert list(df.columns) == io.PICK_COLUMNS
+    assert list(df.columns) == PICK_COLUMNS
     assert (df["particle_type"] == "ribosome").sum() == 2
     np.testing.assert_allclose(df[["x", "y", "z"]].to_numpy(), [[10, 20, 30], [40, 50, 60]])
     assert set(df["experiment"]) == {"TS_1"}

@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from czii_kit.errors import ConfigError
-from czii_kit.kaggle import choose_engine, environment
+from czii_kit.kaggle import environment
 from czii_kit.kaggle import preflight as pf
-from czii_kit.kaggle.environment import Environment, GpuInfo, check_cuda_runs, describe_gpus, format_environment
+from czii_kit.kaggle.environment import (Environment, GpuInfo, check_cuda_runs, choose_engine, describe_gpus,
+                                         format_environment)
 
 GiB = 2**30
 T4 = ("Tesla T4", 7, 5, 15 * GiB)

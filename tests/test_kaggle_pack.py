@@ -22,7 +22,9 @@ import czii_kit
 from czii_kit.cli.pack_kaggle_dataset import main as pack_main
 from czii_kit.errors import DataError
 from czii_kit.kaggle import pack as pack_module
-from czii_kit.kaggle import preflight, read_pack
+from czii_kit.kaggle import preflight
+from czii_kit.kaggle import wheels as wheels_module
+from czii_kit.kaggle.runtime import read_pack
 from czii_kit.particles import CLASS_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -334,21 +336,21 @@ def test_a_wheelhouse_is_copied_and_what_it_lacks_is_named(experiment, tmp_path,
 
 
 def test_wheelhouse_commands_fetch_only_what_kaggle_lacks():
-    download, build = pack_module.wheelhouse_commands("wheels", pack_module.KaggleTarget(python="3.12"))
+    download, build = wheels_module.wheelhouse_commands("wheels", wheels_module.KaggleTarget(python="3.12"))
     names = {token.split("==")[0] for token in download.split()}
     assert "--no-deps" in download and "--python-version 3.12" in download and not names & {"torch", "numpy"}
     assert "--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64" in download
     assert "zarr==" in download and "timm==0.9.7" in download and "ultralytics" not in download
     assert build.startswith("pip wheel --no-deps") and "pretrainedmodels" in build
-    download, _ = pack_module.wheelhouse_commands("wheels", pack_module.KaggleTarget(python="3.11"), yolo=True)
+    download, _ = wheels_module.wheelhouse_commands("wheels", wheels_module.KaggleTarget(python="3.11"), extra=("ultralytics",))
     assert "--python-version 3.11" in download
     assert f"ultralytics=={importlib.metadata.version('ultralytics')}" in download.split()
 
 
 @pytest.mark.parametrize("cuda, family", [("12.8", "12"), ("13.0", "13")])
 def test_gpu_wheel_commands_follow_the_images_cuda(cuda, family):
-    target = pack_module.KaggleTarget(cuda=cuda, tensorrt="10.16.1.11")
-    download, build = pack_module.gpu_wheel_commands("wheels", target)
+    target = wheels_module.KaggleTarget(cuda=cuda, tensorrt="10.16.1.11")
+    download, build = wheels_module.gpu_wheel_commands("wheels", target)
     assert download.startswith("pip download --no-deps --only-binary=:all: --python-version 3.12")
     assert "--extra-index-url https://pypi.nvidia.com" in download  # tensorrt-cuXX-libs: PyPI has only a stub
     assert download.split()[-4:] == [f"tensorrt-cu{family}-bindings==10.16.1.11", f"tensorrt-cu{family}-libs==10.16.1.11",
@@ -360,8 +362,8 @@ def test_gpu_wheel_commands_follow_the_images_cuda(cuda, family):
 
 def test_the_pinned_tensorrt_is_a_10x_release_for_the_t4():
     # TensorRT 10.x supports compute capability >= 7.0 (T4 = 7.5); the default CUDA picks the cu12 family
-    assert pack_module.TENSORRT_VERSION.split(".")[0] == "10"
-    assert pack_module.KaggleTarget().gpu_extras()["tensorrt-cu12"] == pack_module.TENSORRT_VERSION
+    assert wheels_module.TENSORRT_VERSION.split(".")[0] == "10"
+    assert wheels_module.KaggleTarget().gpu_extras()["tensorrt-cu12"] == wheels_module.TENSORRT_VERSION
 
 
 # --------------------------------------------------------------------------- what the wheels are for
@@ -370,13 +372,13 @@ def test_manifest_records_what_the_wheels_are_for(packed):
     assert manifest["format_version"] == 2
     env = manifest["environment"]
     assert (env["python"], env["platforms"], env["cuda"], env["tensorrt"]) == (
-        "3.12", ["manylinux2014_x86_64", "manylinux_2_28_x86_64"], "12.8", pack_module.TENSORRT_VERSION)
+        "3.12", ["manylinux2014_x86_64", "manylinux_2_28_x86_64"], "12.8", wheels_module.TENSORRT_VERSION)
     assert (env["torch"], env["torch_cuda"]) == (torch.__version__, torch.version.cuda)
-    assert list(env["requires"]) == [*pack_module.KAGGLE_MISSING, *pack_module.KAGGLE_MISSING_SDIST_ONLY]
+    assert list(env["requires"]) == [*wheels_module.KAGGLE_MISSING, *wheels_module.KAGGLE_MISSING_SDIST_ONLY]
     assert env["requires"]["zarr"] == importlib.metadata.version("zarr")
-    assert env["optional"] == {"tensorrt-cu12": pack_module.TENSORRT_VERSION,
-                               "tensorrt-cu12-bindings": pack_module.TENSORRT_VERSION,
-                               "tensorrt-cu12-libs": pack_module.TENSORRT_VERSION, "cupy-cuda12x": "14.2.0",
+    assert env["optional"] == {"tensorrt-cu12": wheels_module.TENSORRT_VERSION,
+                               "tensorrt-cu12-bindings": wheels_module.TENSORRT_VERSION,
+                               "tensorrt-cu12-libs": wheels_module.TENSORRT_VERSION, "cupy-cuda12x": "14.2.0",
                                "cuda-pathfinder": "1.9.1"}
     assert env["wheels"] == [{"file": f"czii_kit-{czii_kit.__version__}-py3-none-any.whl", "name": "czii_kit",
                               "version": czii_kit.__version__, "build": None, "python_tag": "py3", "abi_tag": "none",
@@ -478,9 +480,9 @@ def test_wheels_are_checked_against_the_target_python_and_requires_python(experi
 def test_a_complete_wheelhouse_gets_no_advice(experiment, tmp_path, capsys, prebuilt_wheel):
     house = tmp_path / "wheelhouse"
     house.mkdir()
-    for name in (*pack_module.KAGGLE_MISSING, *pack_module.KAGGLE_MISSING_SDIST_ONLY):
+    for name in (*wheels_module.KAGGLE_MISSING, *wheels_module.KAGGLE_MISSING_SDIST_ONLY):
         fake_wheel(house, f"{name.replace('-', '_')}-1.0-py3-none-any.whl")
-    for name in pack_module.KaggleTarget().gpu_extras():
+    for name in wheels_module.KaggleTarget().gpu_extras():
         fake_wheel(house, f"{name.replace('-', '_')}-1.0-cp312-none-manylinux_2_28_x86_64.whl")
     assert pack([experiment], tmp_path / "out" / SLUG, "--wheels", str(house)) == 0
     printed = capsys.readouterr().out
@@ -516,7 +518,7 @@ def test_a_unet_pack_does_not_need_ultralytics(experiment, tmp_path, monkeypatch
                                              ("ultralytics.nn.tasks", "ultralytics.nn.tasks.DetectionModel")])
 def test_refuses_a_yolo_pack_when_ultralytics_lacks_a_module_czii_kit_imports(broken, missing, tiny_yolo_experiment,
                                                                               tmp_path, monkeypatch, capsys):
-    real = pack_module._import_ultralytics_module
+    real = wheels_module._import_ultralytics_module
 
     def importer(module):
         if module != broken:
@@ -525,7 +527,7 @@ def test_refuses_a_yolo_pack_when_ultralytics_lacks_a_module_czii_kit_imports(br
             raise ModuleNotFoundError(f"No module named {module!r}", name=module)
         return types.SimpleNamespace()  # the module imports, without DetectionModel
 
-    monkeypatch.setattr(pack_module, "_import_ultralytics_module", importer)
+    monkeypatch.setattr(wheels_module, "_import_ultralytics_module", importer)
     exp = copy_experiment(tiny_yolo_experiment, tmp_path / "weights" / "yolo")
     out = tmp_path / "out" / SLUG
     assert pack([exp], out) == 2
@@ -542,7 +544,7 @@ def test_the_ultralytics_check_covers_every_ultralytics_import_of_czii_kit():
                 used |= {(node.module, alias.name) for alias in node.names}
             elif isinstance(node, ast.Import):
                 used |= {(a.name, None) for a in node.names if a.name.split(".")[0] == "ultralytics"}
-    checked = set(pack_module.ULTRALYTICS_IMPORTS)
+    checked = set(wheels_module.ULTRALYTICS_IMPORTS)
     assert {("ultralytics.nn.tasks", "DetectionModel"), ("ultralytics.utils.nms", "non_max_suppression"),
             ("ultralytics", "YOLO")} <= used
     assert used - checked <= {("ultralytics", None)}, f"add {used - checked} to ULTRALYTICS_IMPORTS"

@@ -18,7 +18,7 @@ from czii_kit.cli.pack_kaggle_dataset import main as pack_main
 from czii_kit.cli.predict import main as predict_main
 from czii_kit.metric import score
 from czii_kit.particles import CLASS_NAMES
-from czii_kit.data.source import open_data
+from czii_kit.data.open_data import open_data
 from czii_kit.submission import read_submission
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "kaggle_notebooks"

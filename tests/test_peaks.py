@@ -15,8 +15,8 @@ from scipy.ndimage import gaussian_filter, maximum_filter1d
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.particles import CLASS_NAMES, RADIUS, VOXEL_SPACING, angstrom_to_voxel, voxel_to_angstrom
 from czii_kit.post import peaks
+from czii_kit.tables import DETECTION_COLUMNS
 from czii_kit.post.peaks import (
-    DETECTION_COLUMNS,
     dense_local_maxima,
     find_peaks,
     kernel_size,

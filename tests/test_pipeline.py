@@ -13,7 +13,7 @@ from czii_kit.cli.predict import main as predict_main
 from czii_kit.config import load_config
 from czii_kit.data import io, layout
 from czii_kit.errors import ConfigError
-from czii_kit.infer.pipeline import finalize
+from czii_kit.infer.predictor import finalize
 from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING
 from czii_kit.tuning import Tuning, load_tuning, save_tuning
 

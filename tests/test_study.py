@@ -1,4 +1,4 @@
-"""Recipe ablations: arms x seeds trained, scored on a held-out test set, summarized with their spread."""
+"""Recipe studies: arms x seeds trained, scored on a held-out test set, summarized with their spread."""
 from __future__ import annotations
 
 import pandas as pd
@@ -87,7 +87,7 @@ def test_a_study_runs_resumes_and_reports(synthetic_root, tmp_path, monkeypatch)
 
 
 def tiny_study(tmp_path, tiny_experiment):
-    """A study folder of one model (the tiny fold-0 experiment as arm 'a', seed 0), as tools/ablate.py writes it."""
+    """A study folder of one model (the tiny fold-0 experiment as arm 'a', seed 0), as czii study writes it."""
     import shutil
 
     study = tmp_path / "study"
@@ -98,7 +98,7 @@ def tiny_study(tmp_path, tiny_experiment):
 
 def test_threshold_rules_own_is_what_the_checkpoint_stores_and_test_tuned_is_the_ceiling(
         tiny_experiment, synthetic_root, tmp_path, monkeypatch, capsys):
-    import czii_kit.predict
+    import czii_kit.study
     from czii_kit.cli.threshold_rules import main as rules_main
     from czii_kit.checkpoints import load_checkpoint
     from czii_kit.study import threshold_rules, write_threshold_report
@@ -115,7 +115,7 @@ def test_threshold_rules_own_is_what_the_checkpoint_stores_and_test_tuned_is_the
     # candidates are cached next to the checkpoint: a rerun predicts nothing and gives the same rows
     assert {p.name for p in (study / "weights" / "a-seed0").glob("candidates_*")} == {
         "candidates_val.csv", "candidates_test.csv", "candidates_val_z.csv", "candidates_test_z.csv"}
-    monkeypatch.setattr(czii_kit.predict, "predict_submission", lambda **kw: pytest.fail("predicted again"))
+    monkeypatch.setattr(czii_kit.study, "predict_candidates", lambda *a, **kw: pytest.fail("predicted again"))
     again = threshold_rules(study, synthetic_root, synthetic_root, smooths=(1,), ttas=("none", "z"), progress=False)
     pd.testing.assert_frame_equal(again, rows)
     (study / "weights" / "a-seed0" / "fold0.pt").touch()  # a retrained model: the cache is stale
@@ -144,7 +144,7 @@ def test_paired_differences_and_study_checks(tmp_path):
                          "score": [0.5, 0.6, 0.6, 0.6]})
     diffs = paired_differences(rows, ["score"]).set_index("rule")
     assert diffs.loc["x", "score"] == "+0.050 ± 0.071 (1/1 up)" and diffs.loc["x", "models"] == 2
-    with pytest.raises(ConfigError, match="--out folder of tools/ablate.py"):
+    with pytest.raises(ConfigError, match="--out folder of czii study"):
         study_models(tmp_path)
     pd.DataFrame({"arm": ["a"], "seed": [0]}).to_csv(tmp_path / "results.csv", index=False)
     with pytest.raises(CheckpointError, match="a-seed0 do not exist"):
@@ -152,7 +152,7 @@ def test_paired_differences_and_study_checks(tmp_path):
 
 
 def test_ablate_seeds_from_the_command_line_are_checked_before_any_training(tmp_path, capsys):
-    from czii_kit.cli.ablate import main
+    from czii_kit.cli.study import main
 
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"seeds": [0, 1, 2], "arms": {"baseline": []}}))

@@ -14,8 +14,8 @@ from czii_kit.cli.score import main as score_main
 from czii_kit.data import io, layout
 from czii_kit.errors import DataError, SubmissionError
 from czii_kit.particles import CLASS_NAMES, DISTANCE_MULTIPLIER, RADIUS, WEIGHT
-from czii_kit.submission import (SUBMISSION_COLUMNS, read_solution, read_submission, solution_from_picks,
-                                 to_submission, validate_submission, write_submission)
+from czii_kit.submission import read_submission, to_submission, validate_submission, write_submission
+from czii_kit.tables import SUBMISSION_COLUMNS, read_solution, solution_from_picks
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = ",".join(SUBMISSION_COLUMNS) + "\n"

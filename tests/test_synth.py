@@ -14,6 +14,7 @@ from czii_kit.data.synth import dataset
 from czii_kit.data.synth.scene import OVERLAP
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.particles import CLASS_NAMES, HARD_CLASSES, RADIUS, VOXEL_SPACING, angstrom_to_voxel
+from czii_kit.tables import PICK_COLUMNS
 
 SMALL = (48, 96, 96)
 REPO = Path(__file__).resolve().parents[1]
@@ -190,13 +191,13 @@ def test_written_layout_reads_back_with_the_kit(written):
 
 def test_solution_and_sample_submission_match_the_test_runs(written):
     solution = pd.read_csv(written / layout.SOLUTION_CSV)
-    assert list(solution.columns) == ["id", *io.PICK_COLUMNS]
+    assert list(solution.columns) == ["id", *PICK_COLUMNS]
     assert solution["id"].tolist() == list(range(len(solution)))
     _, picks, _, _ = synth.simulate_run("TS_T1_1", synth.run_seed(11, "test", 0), replace(synth.SynthConfig(),
                                                                                           shape=SMALL))
     pd.testing.assert_frame_equal(solution.drop(columns="id"), picks, check_exact=False, rtol=1e-12)
     sample = pd.read_csv(written / "sample_submission.csv")
-    assert list(sample.columns) == ["id", *io.PICK_COLUMNS]
+    assert list(sample.columns) == ["id", *PICK_COLUMNS]
     assert set(sample["experiment"]) == {"TS_T1_1"} and set(sample["particle_type"]) <= set(CLASS_NAMES)
 
 
@@ -282,7 +283,8 @@ def test_tool_writes_dataset_and_preview_and_reports_user_errors(tmp_path, capsy
 
 
 def test_tool_writes_a_copick_project_that_reads_the_same_runs_and_picks(tmp_path, capsys):
-    from czii_kit.data.source import KaggleDirectory, open_data
+    from czii_kit.data.open_data import open_data
+    from czii_kit.data.source import KaggleDirectory
 
     out = tmp_path / "ds"
     assert load_tool().main(["--out", str(out), "--train", "1", "--test", "1", "--shape", *map(str, SMALL),

@@ -12,7 +12,7 @@ from czii_kit.checkpoints import load_checkpoint
 from czii_kit.cli.pack_kaggle_dataset import main as pack_main
 from czii_kit.cli.predict import main as predict_main
 from czii_kit.cli.train_fold import main as train_main
-from czii_kit.kaggle import read_pack
+from czii_kit.kaggle.runtime import read_pack
 from czii_kit.particles import CZII
 from czii_kit.tuning import DEFAULT_THRESHOLDS, load_tuning
 

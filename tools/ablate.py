@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Recipe ablation over seeds, scored on a held-out test set; see --help. Logic: czii_kit.cli.ablate / czii_kit.study."""
+"""Recipe study: arms x seeds scored on a held-out test set. Same as `czii study`; see --help."""
 import sys
 
-from czii_kit.cli.ablate import main
+from czii_kit.cli.main import tool
+
+main = tool("study")
 
 if __name__ == "__main__":
     sys.exit(main())

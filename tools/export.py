@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Export checkpoints to ONNX / TensorRT with a parity check; see --help. Logic: czii_kit.cli.export."""
+"""ONNX / TensorRT export with a parity check. Same as `czii export`; see --help."""
 import sys
 
-from czii_kit.cli.export import main
+from czii_kit.cli.main import tool
+
+main = tool("export")
 
 if __name__ == "__main__":
     sys.exit(main())

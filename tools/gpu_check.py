@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Exercise every CUDA path the Kaggle notebook can take and print one table; see --help. Logic: czii_kit.selfcheck."""
+"""Check every GPU path and print one table. Same as `czii gpu-check`; see --help."""
 import sys
 
-from czii_kit.selfcheck import main
+from czii_kit.cli.main import tool
+
+main = tool("gpu-check")
 
 if __name__ == "__main__":
     sys.exit(main())

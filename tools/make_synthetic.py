@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""A synthetic dataset in the competition layout; see --help. Logic: czii_kit.cli.make_synthetic."""
+"""Write a synthetic dataset in the exact competition layout. Same as `czii make-synthetic`; see --help."""
 import sys
 
-from czii_kit.cli.make_synthetic import main
+from czii_kit.cli.main import tool
+
+main = tool("make-synthetic")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Write a YOLO z-slice dataset; see `python tools/make_yolo_dataset.py --help`. Logic: czii_kit.cli.make_yolo_dataset."""
+"""Z-slice PNGs and labels for the YOLO branch. Same as `czii make-yolo-dataset`; see --help."""
 import sys
 
-from czii_kit.cli.make_yolo_dataset import main
+from czii_kit.cli.main import tool
+
+main = tool("make-yolo-dataset")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Pack checkpoints and wheels into a Kaggle dataset folder; see --help. Logic: czii_kit.cli.pack_kaggle_dataset."""
+"""Pack checkpoints and wheels as a Kaggle dataset. Same as `czii pack`; see --help."""
 import sys
 
-from czii_kit.cli.pack_kaggle_dataset import main
+from czii_kit.cli.main import tool
+
+main = tool("pack")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Predict a split and write submission.csv; see --help. Logic: czii_kit.cli.predict."""
+"""Predict a split: submission.csv (+ copick picks, STAR files). Same as `czii predict`; see --help."""
 import sys
 
-from czii_kit.cli.predict import main
+from czii_kit.cli.main import tool
+
+main = tool("predict")
 
 if __name__ == "__main__":
     sys.exit(main())

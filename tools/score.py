@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Score a submission with the exact Kaggle metric; see `python tools/score.py --help`. Logic: czii_kit.cli.score."""
+"""Score a submission with the exact Kaggle metric. Same as `czii score`; see --help."""
 import sys
 
-from czii_kit.cli.score import main
+from czii_kit.cli.main import tool
+
+main = tool("score")
 
 if __name__ == "__main__":
     sys.exit(main())

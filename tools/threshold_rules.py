@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Threshold-picking rules compared on a study's models; see --help. Logic: czii_kit.cli.threshold_rules / czii_kit.study."""
+"""Compare threshold-picking rules on a study's models. Same as `czii threshold-rules`; see --help."""
 import sys
 
-from czii_kit.cli.threshold_rules import main
+from czii_kit.cli.main import tool
+
+main = tool("threshold-rules")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Train one fold; see `python tools/train_fold.py --help`. Logic: czii_kit.cli.train_fold."""
+"""Train one fold (leave-one-tomogram-out). Same as `czii train`; see --help."""
 import sys
 
-from czii_kit.cli.train_fold import main
+from czii_kit.cli.main import tool
+
+main = tool("train")
 
 if __name__ == "__main__":
     sys.exit(main())

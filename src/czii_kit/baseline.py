@@ -12,7 +12,7 @@ import pandas as pd
 
 from czii_kit.config import particle_set
 from czii_kit.data.lookalikes import dark_blob_response
-from czii_kit.infer.pipeline import finalize
+from czii_kit.infer.predictor import finalize
 from czii_kit.metric import tuned_score
 from czii_kit.particles import CZII, VOXEL_SPACING, ParticleSet
 from czii_kit.post.peaks import find_peaks

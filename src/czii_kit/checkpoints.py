@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 import czii_kit
-from czii_kit.config import with_new_defaults
+from czii_kit.config import dump_config, infer_window, with_new_defaults
 from czii_kit.errors import CheckpointError
 from czii_kit.models import ProbabilityModel, build_model
 from czii_kit.utils.atomic import atomic_path
@@ -61,6 +61,24 @@ def load_checkpoint(path: str | Path) -> dict:
     ckpt["path"] = str(path)
     ckpt["config"] = with_new_defaults(ckpt["config"])
     return ckpt
+
+
+def untrained_checkpoint(cfg: dict, model: torch.nn.Module | None = None) -> dict:
+    """The checkpoint of an untrained model of ``cfg`` (or of ``model``, built from it): benchmarks, parity checks
+    and the GPU self-check need weights, not skill. Its thresholds are 0.5 and it has no validation."""
+    classes = list(cfg["classes"])
+    if model is None:
+        model = build_model(cfg["model"]["name"], num_classes=len(classes) + 1, **cfg["model"]["args"])
+    from czii_kit.particles import VOXEL_SPACING
+
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": czii_kit.__version__,
+            "path": f"untrained/{cfg['model']['name']}", "model": {"name": cfg["model"]["name"],
+                                                                  "args": dict(cfg["model"]["args"])},
+            "state_dict": model.state_dict(), "config": cfg, "config_yaml": dump_config(cfg), "classes": classes,
+            "activation": "softmax", "stride": model.output_stride, "normalization": dict(cfg["normalize"]),
+            "window": list(infer_window(cfg)), "voxel_spacing": VOXEL_SPACING,
+            "thresholds": dict.fromkeys(classes, 0.5), "validation": {"score": float("nan")}, "epoch": 0, "fold": 0,
+            "input_multiple": model.input_multiple}
 
 
 def load_state(path: str | Path) -> dict:

@@ -189,6 +189,11 @@ def class_dict(cfg: dict, key: str) -> dict:
     return {name: entry[key] for name, entry in cfg[CLASSES].items()}
 
 
+def infer_window(cfg: dict) -> tuple[int, int, int]:
+    """The sliding window of a config: ``infer.window``, or the training patch when it is null."""
+    return tuple(cfg["infer"]["window"] or cfg["train"]["patch_size"])
+
+
 def dump_config(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
 

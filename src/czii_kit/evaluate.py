@@ -1,9 +1,9 @@
-"""Cross-validation report: out-of-fold predictions of every fold checkpoint, one ablation table, and the
-per-class thresholds (and source weights) a full-data model should use.
+"""Cross-validation report: out-of-fold predictions of every fold checkpoint, one table of post-processing
+variants, and the per-class thresholds (and source weights) a full-data model should use.
 
 For each fold the held-out run(s) are predicted once by that fold's checkpoints (3D model and/or YOLO)
-through the prediction pipeline, keeping every raw candidate above a low floor. Every row of the
-ablation then re-runs ``czii_kit.infer.pipeline.finalize`` on those candidates with its switches (a
+through its prediction plan, keeping every raw candidate above a low floor. Every row of the
+variants table then re-runs ``czii_kit.infer.predictor.finalize`` on those candidates with its switches (a
 source alone or a fusion rule, x post-processing variants), tunes per-class thresholds jointly on
 all out-of-fold candidates with the exact metric and scores them. Thresholds are tuned on the same
 predictions they are scored on, so the numbers are an upper bound of what fixed thresholds achieve;
@@ -15,7 +15,7 @@ source alone. The thresholds for the configured post-processing with those weigh
 ``thresholds.json`` (``czii_kit.tuning``), which ``tools/predict.py --thresholds-from`` reads.
 
 Outputs in the report folder: report.md (tables, and which class wins at each true particle: the pairs the
-model confuses), ablation.csv (one row per source x variant),
+model confuses), variants.csv (one row per source x variant),
 per_class.csv (threshold, precision, recall, F4 per class and row), thresholds.json,
 f4_curves_<source>.png (per-class F4 versus threshold) and overlay_<run>_<source>.png (ground truth
 against predictions on one slice: hits, misses and false positives in different colours).
@@ -27,36 +27,31 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Circle
-from scipy.spatial import cKDTree
-from tqdm.auto import tqdm
 
 from czii_kit.checkpoints import find_checkpoints, load_checkpoint
 from czii_kit.config import class_dict, particle_set
 from czii_kit.data.folds import split_runs
-from czii_kit.data.source import DataSource, open_data
+from czii_kit.data.open_data import open_data
+from czii_kit.data.source import DataSource
 from czii_kit.errors import CheckpointError, DataError
 from czii_kit.infer.kinds import KINDS, kind_of
-from czii_kit.infer.pipeline import finalize, inference_config, load_predictor
+from czii_kit.infer.plan import PredictionPlan
+from czii_kit.infer.predictor import finalize
 from czii_kit.metric import best_thresholds, site_confusion, tuned_score
-from czii_kit.particles import CZII, VOXEL_SPACING, ParticleSet
 from czii_kit.post.fusion import FUSION_METHODS
-from czii_kit.post.pipeline import apply_thresholds, with_steps
+from czii_kit.post.steps import apply_thresholds, with_steps
 from czii_kit.tuning import Tuning, save_tuning
 from czii_kit.utils.atomic import atomic_path, write_text_atomic
-from czii_kit.viz import busiest_slice, picks_in_slice, save_curves, save_figure
+from czii_kit.utils.markdown import markdown_table
+from czii_kit.utils.progress import progress_bar
+from czii_kit.viz import save_f4_curves, save_hit_overlay
 
 VARIANTS: dict[str, tuple[str, ...]] = {  # name -> post steps enabled
     "plain": (), "merge": ("merge",), "dbscan": ("dbscan",), "offsets": ("offsets",),
     "merge+dbscan+offsets": ("merge", "dbscan", "offsets"),
 }
 SOURCE_WEIGHT_GRID = (0.5, 1.0, 2.0)  # weight of the last source relative to the others, tried per class
-CURVE_GRID = np.round(np.arange(0.0, 1.0 + 1e-9, 0.01), 6)
-HIT, MISS, FALSE_POSITIVE = "#2ca02c", "#ff7f0e", "#d62728"
 
 
 @dataclass
@@ -96,16 +91,15 @@ def held_out_runs(data: DataSource, ckpt: Mapping) -> list[str]:
 def predict_out_of_fold(data: DataSource, checkpoints: dict[int, dict[str, dict]], device: str = "auto",
                         floor: float = 0.05,
                         tta: str | None = None, progress: bool = True) -> list[FoldPrediction]:
-    """Raw candidates of every fold's held-out run(s), one source per model kind, through the prediction pipeline."""
+    """Raw candidates of every fold's held-out run(s), one source per model kind, through each fold's plan."""
     out = []
-    for fold, kinds in tqdm(checkpoints.items(), desc="folds", disable=not progress):
+    for fold, kinds in progress_bar(checkpoints.items(), total=len(checkpoints), desc="folds", enabled=progress):
         runs = {kind: held_out_runs(data, ckpt) for kind, ckpt in kinds.items()}
         if len({tuple(r) for r in runs.values()}) > 1:
             raise CheckpointError(f"fold {fold}: the checkpoints of this fold hold out different runs {runs}; "
                                   "train every model kind with the same data.fold_file")
-        ckpts = list(kinds.values())
-        cfg = inference_config(ckpts, tta=tta)
-        predictor = load_predictor(ckpts, cfg, device, "torch")
+        plan = PredictionPlan.from_checkpoints(list(kinds.values()), tta=tta)
+        cfg, predictor = plan.cfg, plan.load(device, "torch")
         for run in next(iter(runs.values())):
             tomogram = data.read_run(run, "train", cfg["data"])
             out.append(FoldPrediction(fold, run, data.read_picks(run, cfg["data"]),
@@ -113,14 +107,14 @@ def predict_out_of_fold(data: DataSource, checkpoints: dict[int, dict[str, dict]
     return out
 
 
-# --------------------------------------------------------------------------- ablation
+# --------------------------------------------------------------------------- post-processing variants
 def available_sources(preds: list[FoldPrediction]) -> list[str]:
     """Sources predicted on EVERY held-out run (a row must cover all folds), in registry order."""
     return [k for k in KINDS if all(k in p.sources for p in preds)]
 
 
 def source_rows(sources: list[str]) -> list[str]:
-    """Ablation rows: each source alone, then (with several) every fusion rule ("fused-<method>")."""
+    """Variant rows: each source alone, then (with several) every fusion rule ("fused-<method>")."""
     return sources + ([f"fused-{m}" for m in FUSION_METHODS] if len(sources) > 1 else [])
 
 
@@ -143,7 +137,7 @@ def solution_of(preds: list[FoldPrediction]) -> pd.DataFrame:
     return pd.concat([p.solution for p in preds], ignore_index=True)
 
 
-def ablation(preds: list[FoldPrediction], cfg: Mapping) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def variant_table(preds: list[FoldPrediction], cfg: Mapping) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(one row per source x variant: score and per-class F4; long per-class table; candidates per source for plots)."""
     solution = solution_of(preds)
     sources = available_sources(preds)
@@ -204,70 +198,7 @@ def tune(preds: list[FoldPrediction], cfg: Mapping, meta: Mapping) -> tuple[Tuni
     return Tuning(thresholds, weights, list(particles.names), meta=info), table, score
 
 
-# --------------------------------------------------------------------------- pictures
-def save_f4_curves(path: Path, solution: pd.DataFrame, candidates: pd.DataFrame, title: str,
-                   particles: ParticleSet = CZII) -> Path:
-    """Per-class F4 against a shared threshold grid (exact metric counts at each threshold)."""
-    _, curve = best_thresholds(solution, candidates, CURVE_GRID, particles)
-    wide = curve.pivot(index="threshold", columns="particle_type", values="f4").reset_index()
-    return save_curves(path, wide, x="threshold", ys=[c for c in particles.names if c in wide.columns], title=title)
-
-
-def match_hits(solution: pd.DataFrame, predictions: pd.DataFrame,
-               particles: ParticleSet = CZII) -> tuple[np.ndarray, np.ndarray]:
-    """(reference hit?, prediction hit something?) per row, same class and experiment, within the hit radius."""
-    ref_hit, pred_hit = np.zeros(len(solution), bool), np.zeros(len(predictions), bool)
-    for (experiment, name), refs in solution.groupby(["experiment", "particle_type"]).indices.items():
-        same = predictions["experiment"].eq(experiment).to_numpy() & predictions["particle_type"].eq(name).to_numpy()
-        cands = np.flatnonzero(same)
-        if len(cands) == 0:
-            continue
-        pairs = cKDTree(predictions[["x", "y", "z"]].to_numpy()[cands]).query_ball_point(
-            solution[["x", "y", "z"]].to_numpy()[refs], r=particles[name].hit_radius)
-        for ref, hits in zip(refs, pairs):
-            ref_hit[ref] = len(hits) > 0
-            pred_hit[cands[hits]] = True
-    return ref_hit, pred_hit
-
-
-def save_hit_overlay(path: Path, volume: np.ndarray, solution: pd.DataFrame, predictions: pd.DataFrame,
-                     z: int | None = None, title: str = "", spacing: float = VOXEL_SPACING,
-                     particles: ParticleSet = CZII) -> Path:
-    """Slice z with ground truth circles (green hit, orange missed) and predictions (green hit, red false positive)."""
-    solution, predictions = solution.reset_index(drop=True), predictions.reset_index(drop=True)
-    ref_hit, pred_hit = match_hits(solution, predictions, particles)
-    z = busiest_slice(solution, volume.shape[0], spacing, particles) if z is None else int(z)
-    image = volume[z]
-    lo, hi = np.percentile(image, [1, 99])
-    fig = Figure(figsize=(8, 8 * image.shape[0] / image.shape[1]), dpi=100)
-    ax = fig.add_subplot()
-    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
-    for row in picks_in_slice(solution, z, spacing, particles).itertuples():
-        ax.add_patch(Circle((row.x, row.y), row.radius, fill=False, lw=1.5, ec=HIT if ref_hit[row.row] else MISS))
-    for row in picks_in_slice(predictions, z, spacing, particles).itertuples():
-        ax.plot(row.x, row.y, marker="x", ms=7, mew=1.8, color=HIT if pred_hit[row.row] else FALSE_POSITIVE)
-    handles = [Line2D([], [], ls="none", marker="o", mfc="none", ms=9, color=HIT, label="particle found"),
-               Line2D([], [], ls="none", marker="o", mfc="none", ms=9, color=MISS, label="particle missed"),
-               Line2D([], [], ls="none", marker="x", color=HIT, label="prediction: hit"),
-               Line2D([], [], ls="none", marker="x", color=FALSE_POSITIVE, label="prediction: false positive")]
-    ax.set_xlim(-0.5, image.shape[1] - 0.5)
-    ax.set_ylim(image.shape[0] - 0.5, -0.5)
-    ax.set_title(f"{title}  (z = {z})" if title else f"z = {z}")
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    return save_figure(fig, path)
-
-
 # --------------------------------------------------------------------------- report
-def markdown_table(df: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
-    """A pandas frame as a GitHub markdown table (no tabulate dependency)."""
-    def cell(v):
-        return floatfmt.format(v) if isinstance(v, (float, np.floating)) else str(v)
-
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def report_markdown(rows: pd.DataFrame, per_class: pd.DataFrame, preds: list[FoldPrediction],
                     checkpoints: dict[int, dict[str, dict]], pictures: list[Path], tuning: Tuning,
                     tuned_table: pd.DataFrame, confusions: Mapping[str, pd.DataFrame] | None = None) -> str:
@@ -284,7 +215,7 @@ def report_markdown(rows: pd.DataFrame, per_class: pd.DataFrame, preds: list[Fol
     for kind in KINDS:
         if kind not in kinds and kind not in partial:
             lines += [f"No {kind} checkpoints were given, so {kind} and fused rows are absent.", ""]
-    lines += ["## Ablation (final score and per-class F4)", "", markdown_table(rows), "",
+    lines += ["## Post-processing variants (final score and per-class F4)", "", markdown_table(rows), "",
               f"## Best row: {best['source']} / {best['variant']} (score {best['score']:.4f})", "",
               markdown_table(best_table[["particle_type", "weight", "threshold", "tp", "fp", "fn",
                                          "precision", "recall", "f4"]]), ""]
@@ -334,21 +265,21 @@ def save_pictures(out: Path, data: DataSource, preds: list[FoldPrediction], plai
 def run_evaluation(root, weights: list[str | Path], out: str | Path, folds: list[int] | None = None,
                    device: str = "auto", floor: float = 0.05, tta: str | None = None,
                    progress: bool = True) -> dict:
-    """Out-of-fold predictions, ablation, thresholds.json, tables and pictures into ``out``."""
+    """Out-of-fold predictions, the variants table, thresholds.json, tables and pictures into ``out``."""
     out = Path(out)
     data = open_data(root)
     checkpoints = fold_checkpoints(weights, folds)
     preds = predict_out_of_fold(data, checkpoints, device, floor, tta, progress)
     if not any(len(p.solution) for p in preds):
         raise DataError("the held-out runs have no picks at all, so F4 is undefined; check ROOT/train/overlay")
-    cfg = inference_config(list(next(iter(checkpoints.values())).values()), tta=tta)
-    rows, per_class, plain = ablation(preds, cfg)
+    cfg = PredictionPlan.from_checkpoints(list(next(iter(checkpoints.values())).values()), tta=tta).cfg
+    rows, per_class, plain = variant_table(preds, cfg)
     tuning, tuned_table, _ = tune(preds, cfg, {"weights": [str(w) for w in weights], "floor": floor,
                                                "tta": cfg["infer"]["tta"]})
     out.mkdir(parents=True, exist_ok=True)
     thresholds_file = save_tuning(tuning, out)
     pictures = save_pictures(out, data, preds, plain, cfg)
-    write_csv(rows, out / "ablation.csv")
+    write_csv(rows, out / "variants.csv")
     write_csv(per_class, out / "per_class.csv")
     report = out / "report.md"
     particles = particle_set(cfg)

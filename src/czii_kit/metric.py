@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import KDTree
 
-from czii_kit.data.io import PICK_COLUMNS, XYZ
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.particles import BETA, CZII, ParticleSet
-from czii_kit.submission import require_columns, require_experiment_names, require_finite, require_known_types
+from czii_kit.tables import (PICK_COLUMNS, XYZ, require_columns, require_experiment_names, require_finite,
+                             require_known_types)
 
 GROUP = ["experiment", "particle_type"]
 TABLE_COLUMNS = ["tp", "fp", "fn", "precision", "recall", "f4", "weight", "scored"]
@@ -189,6 +189,23 @@ def site_confusion(solution: pd.DataFrame, candidates: pd.DataFrame, particles: 
     table = pd.crosstab(solution["particle_type"].to_numpy(), winners).reindex(columns=columns, fill_value=0)
     table.index.name, table.columns.name = "true class", "highest-scoring class at the site"
     return table.reindex([n for n in particles.names if n in table.index])
+
+
+def match_hits(solution: pd.DataFrame, predictions: pd.DataFrame,
+               particles: ParticleSet = CZII) -> tuple[np.ndarray, np.ndarray]:
+    """(reference hit?, prediction hit something?) per row, same class and experiment, within the hit radius."""
+    ref_hit, pred_hit = np.zeros(len(solution), bool), np.zeros(len(predictions), bool)
+    for (experiment, name), refs in solution.groupby(["experiment", "particle_type"]).indices.items():
+        same = predictions["experiment"].eq(experiment).to_numpy() & predictions["particle_type"].eq(name).to_numpy()
+        cands = np.flatnonzero(same)
+        if len(cands) == 0:
+            continue
+        pairs = KDTree(predictions[XYZ].to_numpy()[cands]).query_ball_point(
+            solution[XYZ].to_numpy()[refs], r=particles[name].hit_radius)
+        for ref, hits in zip(refs, pairs):
+            ref_hit[ref] = len(hits) > 0
+            pred_hit[cands[hits]] = True
+    return ref_hit, pred_hit
 
 
 # --------------------------------------------------------------------------- thresholds

@@ -2,9 +2,9 @@
 (+ copick picks, + RELION STAR files).
 
 ``predict_submission`` takes keyword arguments (the notebook calls it directly; the command-line
-tool only parses arguments), checks every input and every output before the first tomogram is
-read, predicts the split with ``czii_kit.infer.split.predict_split`` and writes the submission
-atomically.
+tool only parses arguments), makes the prediction plan (``czii_kit.infer.plan``) and checks every
+output before the first tomogram is read, predicts the split with ``czii_kit.infer.split`` and
+writes the submission atomically.
 """
 from __future__ import annotations
 
@@ -13,20 +13,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from czii_kit.config import particle_set
-from czii_kit.data.source import DataSource, open_data
+from czii_kit.data.open_data import open_data
+from czii_kit.data.source import DataSource
 from czii_kit.data.star import check_star_folder, write_star_files
 from czii_kit.errors import ConfigError, DataError, PredictionError
 from czii_kit.infer.export import EngineFiles
-from czii_kit.infer.kinds import check_spacing, group_by_kind, load_checkpoints
-from czii_kit.infer.pipeline import inference_config
+from czii_kit.infer.plan import PredictionPlan
 from czii_kit.infer.split import SplitResult, available_devices, predict_split
-from czii_kit.particles import ParticleSet
 from czii_kit.submission import write_submission
-from czii_kit.tuning import Tuning, check_sources, guessed_thresholds, load_tuning
 
 
 @dataclass
@@ -53,27 +49,6 @@ def missing_runs_table(failures: Mapping[str, str], n_runs: int, out: Path) -> s
     return "\n".join(lines)
 
 
-def parse_thresholds(text: str | Mapping[str, float] | None, base: Mapping[str, float],
-                     particles: ParticleSet) -> dict[str, float]:
-    """Per-class overrides ('ribosome=0.4,thyroglobulin=0.2' or a mapping) over ``base``."""
-    out = dict(base)
-    items = text.items() if isinstance(text, Mapping) else (
-        item.partition("=")[::2] for item in filter(None, (text or "").split(",")))
-    for name, value in items:
-        if name not in particles:
-            raise ConfigError(f"--thresholds: unknown particle type {name!r}; expected {', '.join(particles.names)}")
-        try:
-            out[name] = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"--thresholds: {name}={value!r} needs a number, e.g. {name}=0.3") from None
-    return out
-
-
-def mean_thresholds(ckpts: Sequence[dict], particles: ParticleSet) -> dict[str, float]:
-    """Per-class thresholds averaged over the members' own tuned values (each tuned on one held-out run)."""
-    return {c: float(np.mean([k["thresholds"][c] for k in ckpts])) for c in particles.names}
-
-
 def check_output(path: Path) -> None:
     """Fail before hours of inference, not after: ``path`` must be a file name in a writable directory."""
     import tempfile
@@ -86,52 +61,6 @@ def check_output(path: Path) -> None:
             pass
     except OSError as e:
         raise DataError(f"--out {path}: cannot write there ({e.strerror or e}); choose another --out") from e
-
-
-def select_runs(data: DataSource, split: str, runs: Sequence[str] | None) -> list[str]:
-    all_runs = data.list_runs(split)
-    if not runs:
-        return all_runs
-    unknown = sorted(set(runs) - set(all_runs))
-    if unknown:
-        raise DataError(f"--runs: {', '.join(unknown)} not in the {split} split of {data}")
-    return list(runs)
-
-
-def threshold_warning(ckpts: Sequence[dict]) -> str | None:
-    """A loud line when a checkpoint only has the config's default thresholds (a full-data model trained without
-    ``--thresholds-from``): they are a guess, worth about 0.07 F4 less than thresholds tuned by cross-validation."""
-    guessed = guessed_thresholds(ckpts)
-    if not guessed:
-        return None
-    return (f"WARNING: {', '.join(guessed)} carry the config's default thresholds, not tuned ones (trained on every "
-            "run without --thresholds-from). Tune them on the fold models with tools/evaluate.py and pass "
-            "--thresholds-from REPORT here (or to tools/train_fold.py --fold -1)")
-
-
-def stored_tuning(ckpts: Sequence[dict]) -> dict | None:
-    """Per-class source weights full-data checkpoints carry from their thresholds file (all the same), else None."""
-    weights = [c["validation"].get("source_weights") for c in ckpts]
-    return weights[0] if weights and weights[0] and all(w == weights[0] for w in weights) else None
-
-
-def check_classes(particles: ParticleSet, data: DataSource) -> None:
-    """The checkpoints predict the data's classes (a copick project's pickable particles, or the CZII six)."""
-    if set(particles.names) != set(data.particles.names):
-        raise ConfigError(f"the checkpoints predict {', '.join(particles.names)} but {data} has "
-                          f"{', '.join(data.particles.names)}; use checkpoints trained on this project's classes")
-
-
-def check_runs(data: DataSource, split: str, runs: Sequence[str], ckpts: Sequence[dict],
-               data_cfg: Mapping) -> dict[str, tuple[tuple[int, ...], float]]:
-    """Before any inference: every run's tomogram opens (metadata only) and has the members' voxel size;
-    returns run -> (shape, voxel size)."""
-    geometry = {}
-    for run in runs:
-        geometry[run] = data.run_geometry(run, split, data_cfg)
-        for ckpt in ckpts:
-            check_spacing(ckpt, geometry[run][1], f"run {run} ({data_cfg['recon']}, level {data_cfg['level']})")
-    return geometry
 
 
 def copick_target(data: DataSource, copick_out: str | None, runs: Sequence[str],
@@ -170,35 +99,24 @@ def predict_submission(*, weights: Sequence[str | Path], data: str | Path | Data
     out = Path(out)
     check_output(out)
     data = open_data(data)
-    ckpts = load_checkpoints(weights, folds)
-    cfg = inference_config(ckpts, overrides, tta, engine, device)
-    particles = particle_set(cfg)
-    check_classes(particles, data)
-    tuning: Tuning | None = load_tuning(thresholds_from, particles.names) if thresholds_from else None
-    if tuning is not None:
-        check_sources(tuning, group_by_kind(ckpts))
-    base = tuning.thresholds if tuning else mean_thresholds(ckpts, particles)
-    final_thresholds = parse_thresholds(thresholds, base, particles)
-    source_weights = tuning.source_weights if tuning else stored_tuning(ckpts)
-    warning = None if (tuning or thresholds) else threshold_warning(ckpts)
-    group_by_kind(ckpts, member_weights)  # checks the member weights before any work
-    run_names = select_runs(data, split, runs)
-    geometry = check_runs(data, split, run_names, ckpts, cfg["data"])
+    files = EngineFiles(Path(engine_cache), tuple(Path(p) for p in prebuilt_engines))
+    plan = PredictionPlan.from_weights(
+        weights, folds, overrides=overrides, tta=tta, engine=engine, device=device, member_weights=member_weights,
+        thresholds=thresholds, thresholds_from=thresholds_from, files=files).on_runs(data, split, runs)
+    run_names, particles = plan.runs.names, plan.particles
     target = copick_target(data, copick_out, run_names, overwrite)
     if star_out is not None:
         check_star_folder(star_out, run_names, overwrite)
-    devices = available_devices(cfg["infer"]["device"])
-    solution = data.solution(split, run_names, cfg["data"]) if score else None
+    devices = available_devices(plan.cfg["infer"]["device"])
+    solution = data.solution(split, run_names, plan.cfg["data"]) if score else None
+    warning = plan.warning()
     if warning:
         report(warning)
-    report(f"{len(ckpts)} checkpoint(s), engine {cfg['infer']['engine']}, TTA {cfg['infer']['tta']}, "
-           f"{len(run_names)} run(s) of {data} on {', '.join(devices)}"
-           + (f", thresholds from {tuning.path}" if tuning else ""))
+    report(f"{len(plan.checkpoints)} checkpoint(s), engine {plan.cfg['infer']['engine']}, TTA "
+           f"{plan.cfg['infer']['tta']}, {len(run_names)} run(s) of {data} on {', '.join(devices)}"
+           + (f", thresholds from {plan.tuning.path}" if plan.tuning else ""))
     t0 = time.monotonic()
-    result = predict_split(data, split, run_names, ckpts, cfg, final_thresholds, devices,
-                           member_weights=member_weights, source_weights=source_weights,
-                           time_budget_h=time_budget_h, progress=progress, report=report,
-                           files=EngineFiles(Path(engine_cache), tuple(Path(p) for p in prebuilt_engines)))
+    result = predict_split(plan, devices, time_budget_h=time_budget_h, progress=progress, report=report)
     for line in result.decisions:
         report(f"note: {line}")
     if result.failures and not result.seconds:
@@ -214,9 +132,10 @@ def predict_submission(*, weights: Sequence[str | Path], data: str | Path | Data
         files = data.write_picks(result.detections, *target, overwrite=True)  # checked free (or --overwrite) above
         report(f"wrote {files} copick pick file(s) of {target[0]}/{target[1]} into {data}")
     if star_out is not None:
-        paths = write_star_files(result.detections, star_out, {r: geometry[r] for r in finished}, particles)
+        paths = write_star_files(result.detections, star_out, {r: plan.runs.geometry[r] for r in finished},
+                                 particles)
         report(f"wrote {len(paths)} RELION STAR file(s) into {star_out}")
-    outcome = PredictionReport(out, result, run_names, final_thresholds, elapsed)
+    outcome = PredictionReport(out, result, run_names, plan.thresholds, elapsed)
     if solution is not None:
         from czii_kit.metric import format_table, score_table, table_score
 

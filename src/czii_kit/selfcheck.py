@@ -1,6 +1,6 @@
-"""One command that exercises every CUDA path the Kaggle notebook can take, and prints one table.
+"""The checks of every CUDA path the Kaggle notebook can take, for one table (``czii gpu-check``).
 
-    python tools/gpu_check.py [--weights weights/EXP] [--runs 2] [--shape 184 630 630]
+    czii gpu-check [--weights weights/EXP] [--runs 2] [--shape 184 630 630]     (= python tools/gpu_check.py)
 
 On every visible GPU: the fp16 TensorRT engine against torch fp32 (max abs difference), CuPy peaks against
 NumPy peaks on the same probability volume, torch fp16 autocast against fp32. Then a predict over full-size
@@ -11,7 +11,6 @@ Exit status 1 when any check fails.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import math
 import tempfile
@@ -22,13 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from czii_kit.checkpoints import load_checkpoint, save_checkpoint
-from czii_kit.config import dump_config, load_config
+from czii_kit.checkpoints import load_checkpoint, save_checkpoint, untrained_checkpoint
+from czii_kit.config import load_config
 from czii_kit.errors import CziiError
 from czii_kit.infer.export import FP16_TOLERANCE, export_onnx, parity, probability_graph
-from czii_kit.infer.kinds import infer_window
-from czii_kit.models import build_model
-from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING
+from czii_kit.particles import CLASS_NAMES
 
 
 @dataclass
@@ -42,17 +39,11 @@ class Check:
         return f"| {self.name} | {self.device} | {self.value} | {'OK' if self.ok else 'FAILED'} |"
 
 
-def untrained_checkpoint(config: str, path: Path) -> Path:
-    """A checkpoint of an untrained model of ``config``: timings and parity need weights, not skill."""
-    cfg = load_config(config)
-    model = build_model(cfg["model"]["name"], **cfg["model"]["args"])
-    save_checkpoint({
-        "model": {"name": cfg["model"]["name"], "args": dict(cfg["model"]["args"])}, "state_dict": model.state_dict(),
-        "config": cfg, "config_yaml": dump_config(cfg), "classes": list(CLASS_NAMES), "activation": "softmax",
-        "stride": model.output_stride, "normalization": dict(cfg["normalize"]), "window": list(infer_window(cfg)),
-        "voxel_spacing": VOXEL_SPACING, "thresholds": dict.fromkeys(CLASS_NAMES, 0.5),
-        "validation": {"score": float("nan")}, "epoch": 0, "fold": 0, "input_multiple": model.input_multiple,
-    }, path)
+def untrained_checkpoint_file(config: str, path: Path) -> Path:
+    """A checkpoint file of an untrained model of ``config``: timings and parity need weights, not skill."""
+    payload = untrained_checkpoint(load_config(config))
+    save_checkpoint({k: v for k, v in payload.items() if k not in ("format", "format_version", "package_version",
+                                                                     "path")}, path)
     return path
 
 
@@ -136,24 +127,22 @@ def gpu_checks(ckpt: dict, device: str, workdir: Path) -> list[Check]:
 
 def predict_checks(ckpt_path: Path, devices: list[str], n_runs: int, shape, workdir: Path) -> list[Check]:
     """Full-size synthetic runs through predict_split, one worker per GPU, each engine; budget projection."""
+    from czii_kit.data.open_data import open_data
     from czii_kit.data.synth import SynthConfig, make_dataset
     from czii_kit.infer.export import EngineFiles
+    from czii_kit.infer.plan import PredictionPlan
     from czii_kit.infer.split import predict_split
-    from czii_kit.data import layout
 
     root = make_dataset(workdir / "data", n_train=0, n_test=n_runs, shape=tuple(shape), seed=3,
                         cfg=SynthConfig(shape=tuple(shape)), progress=False)
-    runs = layout.list_runs(root, "test")
-    ckpt = load_checkpoint(ckpt_path)
     checks = []
     for engine in ("torch", "tensorrt"):
-        cfg = {**ckpt["config"], "infer": {**ckpt["config"]["infer"], "engine": engine, "tta": "flips"}}
+        plan = PredictionPlan.from_weights([ckpt_path], engine=engine, tta="flips", thresholds=dict.fromkeys(CLASS_NAMES, 0.5),
+                                           files=EngineFiles(workdir / "engines")).on_runs(open_data(root), "test")
         for d in devices:
             torch.cuda.reset_peak_memory_stats(d)
         t0 = time.monotonic()
-        result = predict_split(root, "test", runs, [ckpt], cfg, dict.fromkeys(CLASS_NAMES, 0.5), devices,
-                               time_budget_h=1.0, files=EngineFiles(workdir / "engines"), progress=False,
-                               report=lambda line: None)
+        result = predict_split(plan, devices, time_budget_h=1.0, progress=False, report=lambda line: None)
         total = time.monotonic() - t0
         memory = max(torch.cuda.max_memory_allocated(d) for d in devices) / 2**30
         per_run = np.mean(list(result.seconds.values())) if result.seconds else math.nan
@@ -172,7 +161,7 @@ def predict_checks(ckpt_path: Path, devices: list[str], n_runs: int, shape, work
 def run(weights: str | None, n_runs: int, shape, config: str = "cpu_quick") -> list[Check]:
     with tempfile.TemporaryDirectory(prefix="czii-gpu-check-") as tmp:
         workdir = Path(tmp)
-        ckpt_path = Path(weights) if weights else untrained_checkpoint(config, workdir / "untrained" / "fold0.pt")
+        ckpt_path = Path(weights) if weights else untrained_checkpoint_file(config, workdir / "untrained" / "fold0.pt")
         if ckpt_path.is_dir():
             ckpt_path = sorted(ckpt_path.glob("fold*.pt"))[0]
         ckpt = load_checkpoint(ckpt_path)
@@ -186,21 +175,19 @@ def run(weights: str | None, n_runs: int, shape, config: str = "cpu_quick") -> l
         return checks
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--weights", help="a checkpoint or experiment (default: an untrained --config model)")
-    p.add_argument("--config", default="cpu_quick", help="model of the untrained checkpoint (default cpu_quick)")
-    p.add_argument("--runs", type=int, default=2, help="full-size synthetic runs to predict (default 2)")
-    p.add_argument("--shape", type=int, nargs=3, default=[184, 630, 630])
-    args = p.parse_args(argv)
+def header() -> str:
+    """What this machine is, in one line, and what will not be checked without a GPU."""
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     names = ", ".join(torch.cuda.get_device_name(i) for i in range(gpus)) if gpus else "none"
-    print(f"czii-kit GPU self-check: torch {torch.__version__}, CUDA {torch.version.cuda}, GPUs: {names}")
+    line = f"czii-kit GPU self-check: torch {torch.__version__}, CUDA {torch.version.cuda}, GPUs: {names}"
     if not gpus:
-        print("no CUDA GPU here: only the CPU-side checks run; the CUDA paths are NOT checked")
-    checks = run(args.weights, args.runs, args.shape, args.config)
-    print("| check | device | result | status |\n|---|---|---|---|")
-    print("\n".join(c.row() for c in checks))
+        line += "\nno CUDA GPU here: only the CPU-side checks run; the CUDA paths are NOT checked"
+    return line
+
+
+def table(checks: list[Check]) -> str:
+    """The markdown table of the checks (what the README's GPU table is made from) and a count."""
     failed = [c for c in checks if not c.ok]
-    print(f"{len(checks) - len(failed)} of {len(checks)} checks passed" + (f"; FAILED: {len(failed)}" if failed else ""))
-    return 1 if failed else 0
+    return "\n".join(["| check | device | result | status |", "|---|---|---|---|", *(c.row() for c in checks),
+                      f"{len(checks) - len(failed)} of {len(checks)} checks passed"
+                      + (f"; FAILED: {len(failed)}" if failed else "")])

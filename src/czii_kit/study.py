@@ -1,13 +1,12 @@
-"""Recipe ablations that survive seeds: each arm (a list of config overrides) trained with several seeds on the
+"""Recipe studies that survive seeds: each arm (a list of config overrides) trained with several seeds on the
 same fold, every model scored on a held-out test set with the thresholds it tuned on its own validation run;
 mean and spread per class and overall. Results are appended to a CSV as they come, so a study resumes where it
 stopped.
 
-    python tools/ablate.py --study configs/studies/hard_classes.yaml --test-data data/hard --out reports/hard
+    czii study --study configs/studies/hard_classes.yaml --test-data data/hard --out reports/hard
 """
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +15,13 @@ import pandas as pd
 import yaml
 
 from czii_kit.config import load_config, particle_set
-from czii_kit.data.source import open_data
-from czii_kit.errors import ConfigError
+from czii_kit.data.open_data import open_data
+from czii_kit.errors import ConfigError, PredictionError
 from czii_kit.metric import best_thresholds, score_table, table_score, tuned_score
-from czii_kit.post.pipeline import apply_thresholds
+from czii_kit.post.steps import apply_thresholds
 from czii_kit.utils.atomic import write_text_atomic
+from czii_kit.utils.markdown import markdown_table
+from czii_kit.utils.progress import progress_bar
 
 RESULTS = "results.csv"
 FLOOR = 0.05  # candidates kept down to this score, so thresholds can be tuned on the test split
@@ -79,38 +80,39 @@ class HeldOutScore:
                 **{f"tuned_f4_{c}": self.tuned.loc[c, "f4"] for c in self.tuned.index}}
 
 
-def predict_candidates(weights: Sequence[str | Path], data, split: str, thresholds: Mapping[str, float],
-                       runs: Sequence[str] | None = None, tta: str | None = "none", device: str | None = "cpu",
-                       overrides: Sequence[str] = (), out: str | Path | None = None):
-    """One quiet prediction of ``split`` (or ``runs`` of it) keeping detections down to low ``thresholds``, so
-    thresholds can be chosen afterwards; the submission goes to ``out`` or a temporary file."""
-    from czii_kit.predict import predict_submission
+def predict_candidates(plan, data, split: str, runs: Sequence[str] | None = None, out: str | Path | None = None):
+    """One quiet prediction of ``split`` (or ``runs`` of it) with ``plan`` (thresholds lowered with
+    ``PredictionPlan.down_to``, so that thresholds can be chosen afterwards); the detections are also written to
+    ``out`` as a submission when given. Returns the ``SplitResult``."""
+    from czii_kit.infer.split import available_devices, predict_split
+    from czii_kit.submission import write_submission
 
-    with tempfile.TemporaryDirectory() as tmp:
-        return predict_submission(weights=weights, data=data, split=split, runs=runs, device=device, tta=tta,
-                                  out=out or Path(tmp) / "submission.csv", thresholds=thresholds,
-                                  overrides=overrides, progress=False, report=lambda line: None)
+    plan = plan.on_runs(open_data(data), split, runs)
+    result = predict_split(plan, available_devices(plan.cfg["infer"]["device"]), progress=False,
+                           report=lambda line: None)
+    if result.failures:
+        raise PredictionError(f"predicting {split} of {data} failed: {result.failures}")
+    if out is not None:
+        write_submission(result.detections, out, plan.particles)
+    return result
 
 
 def score_held_out(weights: Sequence[str | Path], data, split: str = "test", overrides: Sequence[str] = (),
-                   tta: str | None = "none", device: str | None = "cpu", floor: float = FLOOR,
+                   tta: str | None = "none", device: str = "cpu", floor: float = FLOOR,
                    out: str | Path | None = None) -> HeldOutScore:
-    """Predict ``split`` of ``data`` with the one pipeline (candidates down to ``floor``) and score it at the
+    """Predict ``split`` of ``data`` with the one plan (candidates down to ``floor``) and score it at the
     checkpoints' own thresholds and at thresholds tuned on the split."""
-    from czii_kit.infer.kinds import load_checkpoints
-    from czii_kit.predict import mean_thresholds
+    from czii_kit.infer.plan import PredictionPlan
 
     data = open_data(data)
-    ckpts = load_checkpoints(weights)
-    particles = particle_set(ckpts[0]["config"])
-    own = mean_thresholds(ckpts, particles)
+    plan = PredictionPlan.from_weights(weights, overrides=overrides, tta=tta, device=device)
+    own, particles = plan.thresholds, plan.particles
     solution = data.solution(split)
-    report = predict_candidates(weights, data, split, {c: min(floor, t) for c, t in own.items()}, tta=tta,
-                                device=device, overrides=overrides, out=out)
-    candidates = report.result.detections
+    result = predict_candidates(plan.down_to(floor), data, split, out=out)
+    candidates = result.detections
     fixed = score_table(solution, apply_thresholds(candidates, own, particles), particles)
     _, tuned, _ = tuned_score(solution, candidates, particles=particles)
-    return HeldOutScore(fixed, tuned, sum(report.result.seconds.values()) / len(report.result.seconds))
+    return HeldOutScore(fixed, tuned, sum(result.seconds.values()) / len(result.seconds))
 
 
 def run_study(study: Mapping, train_data, test_data, out: str | Path, arms: Sequence[str] | None = None,
@@ -203,19 +205,17 @@ def training_summary(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_report(results: pd.DataFrame, out: str | Path, classes: Sequence[str], baseline: str) -> Path:
-    """out/ablation.md: per-arm tables at own and at test-tuned thresholds, marked against ``baseline``, and how
+    """out/study.md: per-arm tables at own and at test-tuned thresholds, marked against ``baseline``, and how
     each arm trained (validation F4, epochs reached within the time limit, minutes)."""
-    from czii_kit.evaluate import markdown_table
-
     out = Path(out)
-    lines = ["# Recipe ablation", "", f"Mean ± standard deviation over seeds on the held-out test set. ▲ / ▼: the "
+    lines = ["# Recipe study", "", f"Mean ± standard deviation over seeds on the held-out test set. ▲ / ▼: the "
              f"mean moved by more than the larger seed spread of the arm and {baseline}; every other difference is "
              "noise.", ""]
     for tuned, title in ((False, "At the thresholds each model tuned on its own validation run (what it submits)"),
                          (True, "At thresholds tuned on the test set (the probability maps, free of threshold luck)")):
         lines += [f"## {title}", "", markdown_table(marked_summary(results, classes, baseline, tuned)), ""]
     lines += ["## Training", "", markdown_table(training_summary(results)), ""]
-    path = out / "ablation.md"
+    path = out / "study.md"
     write_text_atomic(path, "\n".join(lines))
     return path
 
@@ -230,9 +230,12 @@ def scored_candidates(weights: Path, data, split: str, runs: Sequence[str] | Non
     checkpoint, else predicted again), so comparing threshold rules again costs no prediction."""
     if cache.is_file() and cache.stat().st_mtime >= weights.stat().st_mtime:
         return pd.read_csv(cache, dtype={"experiment": str, "particle_type": str})
-    report = predict_candidates([weights], data, split, dict.fromkeys(data.particles.names, floor), runs, tta)
-    write_text_atomic(cache, report.result.detections.to_csv(index=False))
-    return report.result.detections
+    from czii_kit.infer.plan import PredictionPlan
+
+    plan = PredictionPlan.from_weights([weights], tta=tta, thresholds=dict.fromkeys(data.particles.names, floor))
+    result = predict_candidates(plan, data, split, runs)
+    write_text_atomic(cache, result.detections.to_csv(index=False))
+    return result.detections
 
 
 def study_models(study_dir: str | Path, arms: Sequence[str] | None = None) -> list[tuple[str, int, Path]]:
@@ -243,7 +246,8 @@ def study_models(study_dir: str | Path, arms: Sequence[str] | None = None) -> li
     study_dir = Path(study_dir)
     results = study_dir / RESULTS
     if not results.is_file():
-        raise ConfigError(f"{results} does not exist: --study-dir must be an --out folder of tools/ablate.py")
+        raise ConfigError(f"{results} does not exist: --study-dir must be an --out folder of czii study "
+                          "(tools/ablate.py)")
     done = pd.read_csv(results)[["arm", "seed"]]
     unknown = sorted(set(arms or ()) - set(done["arm"]))
     if unknown:
@@ -265,8 +269,6 @@ def threshold_rules(study_dir: str | Path, train_data, test_data, smooths: Seque
     highest F4 on the validation grid, what the checkpoint stores), ``smooth<k>`` (F4 averaged over k grid points
     either side first) and ``test-tuned`` (picked on the test split itself: the ceiling); both predictions with
     each TTA of ``ttas``. One row per model, TTA and rule: score, F4 and threshold per class."""
-    from tqdm.auto import tqdm
-
     from czii_kit.checkpoints import load_checkpoint
     from czii_kit.train.experiment import class_dict, threshold_grid
 
@@ -274,7 +276,7 @@ def threshold_rules(study_dir: str | Path, train_data, test_data, smooths: Seque
     test_solution = test.solution("test")
     models = [(*model, tta) for tta in ttas for model in study_models(study_dir, arms)]
     rows = []
-    for arm, seed, path, tta in tqdm(models, desc="threshold rules", disable=not progress):
+    for arm, seed, path, tta in progress_bar(models, desc="threshold rules", enabled=progress):
         suffix = tta_suffix(tta)
         ckpt = load_checkpoint(path)
         cfg, particles, runs = ckpt["config"], particle_set(ckpt["config"]), ckpt["validation"]["runs"]
@@ -314,8 +316,6 @@ def paired_differences(rows: pd.DataFrame, columns: Sequence[str], reference: st
 def write_threshold_report(rows: pd.DataFrame, out: str | Path, classes: Sequence[str]) -> Path:
     """Markdown: paired score differences of each rule against ``own``, and how far the validation run's
     thresholds sit from the test split's (a bias shared by every model means the run, not the rule)."""
-    from czii_kit.evaluate import markdown_table
-
     columns = ["score", *(f"f4_{c}" for c in classes)]
     picked = [f"threshold_{c}" for c in classes]
     ttas = list(dict.fromkeys(rows["tta"]))

@@ -1,17 +1,20 @@
-"""python tools/build_engines.py --weights PACK_OR_WEIGHTS ... --out DIR   (on the GPU the engines will run on)"""
+"""czii build-engines --weights PACK_OR_WEIGHTS ... --out DIR   (on the GPU the engines will run on)
+
+Same as ``python tools/build_engines.py``."""
 from __future__ import annotations
 
 import argparse
 
+from czii_kit.cli import args as shared
 from czii_kit.cli.common import exit_on_user_error
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Build the TensorRT engine of every checkpoint on this GPU, before the "
-                                            "timed run: the inference notebook uses engines whose key matches")
-    p.add_argument("--weights", nargs="+", required=True, help="experiment directories or fold*.pt files")
+    p = shared.parser("Build the TensorRT engine of every checkpoint on this GPU, before the timed run: the "
+                      "inference notebook uses engines whose key matches")
+    shared.add_weights(p)
     p.add_argument("--out", required=True, help="folder for the engines (+ engines.json), e.g. a Kaggle dataset")
-    p.add_argument("--device", default="cuda:0", help="the GPU to build on (engines run on that GPU model only)")
+    shared.add_device(p, default="cuda:0", what="; engines run on that GPU model only")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="inference keys the engines are built for, e.g. --set infer.batch_size=4 (window, batch "
                         "and precision are part of each engine's key: build with what predict will run)")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import sys
 from functools import wraps
-from czii_kit.data.source import DataSource, open_data
+from czii_kit.data.open_data import open_data
+from czii_kit.data.source import DataSource
 from czii_kit.errors import CziiError
 
 

@@ -1,26 +1,28 @@
-"""python tools/evaluate.py --data ROOT --weights weights/EXP [weights/EXP_YOLO ...] --out reports/NAME
+"""czii evaluate --data ROOT --weights weights/EXP [weights/EXP_YOLO ...] --out reports/NAME
 
 Out-of-fold predictions of every fold checkpoint found (U-Net and/or YOLO), thresholds tuned
-jointly on them, and an ablation of U-Net / YOLO / fused x post-processing variants:
-reports/NAME/report.md, ablation.csv, per_class.csv and PNG curves and slice overlays.
+jointly on them, and a table of U-Net / YOLO / fused x post-processing variants:
+reports/NAME/report.md, variants.csv, per_class.csv, thresholds.json, PNG curves and slice overlays.
+Same as ``python tools/evaluate.py``.
 """
 from __future__ import annotations
 
 import argparse
 
+from czii_kit.cli import args as shared
 from czii_kit.cli.common import exit_on_user_error, resolve_data
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Cross-validation report with an ablation table")
-    p.add_argument("--data", help="competition directory (default: built-in synthetic dataset)")
-    p.add_argument("--weights", nargs="+", required=True, help="experiment directories or fold checkpoints")
+    p = shared.parser("Cross-validation report: post-processing variants and thresholds.json from the fold models")
+    shared.add_data(p)
+    shared.add_weights(p)
     p.add_argument("--out", required=True, help="report folder, e.g. reports/NAME")
-    p.add_argument("--folds", type=int, nargs="+", help="only these folds (default: every fold checkpoint found)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    shared.add_folds(p, "only these folds (default: every fold checkpoint found)")
+    shared.add_device(p, default="auto")
     p.add_argument("--floor", type=float, default=0.05, help="lowest candidate score kept before tuning")
     p.add_argument("--tta", help="U-Net TTA override (none | flips | full | id,z,...); default: the checkpoint's")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    shared.add_progress(p)
     return p.parse_args(argv)
 
 
@@ -30,8 +32,8 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     root = resolve_data(args.data)
-    result = run_evaluation(root, args.weights, args.out, folds=args.folds, device=args.device, floor=args.floor,
-                            tta=args.tta, progress=not args.no_progress)
+    result = run_evaluation(root, args.weights, args.out, folds=shared.folds(args.folds), device=args.device,
+                            floor=args.floor, tta=args.tta, progress=not args.no_progress)
     print(result["rows"].to_string(index=False, float_format="%.4f"))
     print(f"wrote {result['report']} and {result['thresholds']} (for predict --thresholds-from)")
     return 0

@@ -1,25 +1,27 @@
-"""python tools/export.py --weights weights/EXP --format onnx|tensorrt [--precision fp16]  (with a parity check)"""
+"""czii export --weights weights/EXP --format onnx|tensorrt [--precision fp16]  (with a parity check)
+
+Same as ``python tools/export.py``."""
 from __future__ import annotations
 
 import argparse
 import copy
 from pathlib import Path
 
+from czii_kit.cli import args as shared
 from czii_kit.cli.common import exit_on_user_error
 from czii_kit.errors import ConfigError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Export checkpoints (3D U-Nets and YOLO slice detectors) to fixed-shape "
-                                            "ONNX (opset 17) or TensorRT engines, and print the max abs difference "
-                                            "against torch fp32")
-    p.add_argument("--weights", nargs="+", required=True, help="experiment directories or fold*.pt files")
+    p = shared.parser("Export checkpoints (3D U-Nets and YOLO slice detectors) to fixed-shape ONNX (opset 17) or "
+                      "TensorRT engines, and print the max abs difference against torch fp32")
+    shared.add_weights(p)
     p.add_argument("--format", required=True, choices=["onnx", "tensorrt"])
     p.add_argument("--precision", choices=["fp32", "fp16"],
                    help="graph precision (default: fp32 for onnx, fp16 for tensorrt); an fp16 ONNX is the file a "
                         "TensorRT fp16 engine is built from, so --format onnx --precision fp16 checks its accuracy "
                         "on CPU")
-    p.add_argument("--folds", help="comma list of folds (default: all)")
+    shared.add_folds(p)
     p.add_argument("--batch-size", type=int,
                    help="fixed batch of a U-Net graph (default: the config's infer.batch_size; YOLO graphs use "
                         "yolo.infer_batch)")
@@ -37,21 +39,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from czii_kit.infer.engines import require_tensorrt
-    from czii_kit.infer.kinds import KINDS, group_by_kind, load_checkpoints
+    from czii_kit.infer.kinds import KINDS, VolumeKind, group_by_kind, load_checkpoints
 
     if args.format == "tensorrt":
         require_tensorrt()  # fail before any work if TensorRT or the GPU is missing
     fp16 = (args.precision or ("fp16" if args.format == "tensorrt" else "fp32")) == "fp16"
-    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
-    weights = [float(w) for w in args.member_weights.split(",")] if args.member_weights else None
-    ckpts = load_checkpoints(args.weights, folds)
+    weights = shared.member_weights(args.member_weights)
+    ckpts = load_checkpoints(args.weights, shared.folds(args.folds))
     groups = group_by_kind(ckpts, weights)
     if args.fold_ensemble:
-        if set(groups) != {"unet"} or len(groups["unet"]) < 2:
+        volume = VolumeKind.name
+        if set(groups) != {volume} or len(groups[volume]) < 2:
             raise ConfigError("--fold-ensemble folds two or more 3D checkpoints into one graph; pass only 3D "
                               f"checkpoints (got {', '.join(f'{len(g)} {k}' for k, g in groups.items())})")
-        group = groups["unet"]
-        export_one(KINDS["unet"], [c for c, _ in group], args, fp16, [w for _, w in group])
+        group = groups[volume]
+        export_one(KINDS[volume], [c for c, _ in group], args, fp16, [w for _, w in group])
         return 0
     for name, group in groups.items():
         for ckpt, _ in group:

@@ -1,4 +1,4 @@
-"""python tools/make_copick_project.py --data ROOT --out DIR [--split train|test]
+"""czii make-copick-project --data ROOT --out DIR [--split train|test]   (= python tools/make_copick_project.py)
 
 Writes a copick project over a Kaggle-layout directory: DIR/copick_<split>.json (a filesystem copick
 config whose static root is ROOT/<split>/static, read in place) and DIR/overlay_<split>/ with the
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 
+from czii_kit.cli import args as shared
 from czii_kit.cli.common import exit_on_user_error
 from czii_kit.data import layout
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="A copick project over a Kaggle-layout directory (nothing copied)")
+    p = shared.parser("A copick project over a Kaggle-layout directory (nothing copied)")
     p.add_argument("--data", required=True, help="competition directory (the one holding train/ and test/)")
     p.add_argument("--out", required=True, help="folder for the copick config and its overlay")
     p.add_argument("--split", default="train", choices=layout.SPLITS)

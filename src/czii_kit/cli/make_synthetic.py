@@ -1,4 +1,4 @@
-"""python tools/make_synthetic.py --out DIR [--preset hard] [--copick] ...
+"""czii make-synthetic --out DIR [--preset hard] [--copick] ...   (= python tools/make_synthetic.py)
 
 A synthetic dataset in the exact Kaggle competition layout, simulated from a tilt series:
 
@@ -18,6 +18,7 @@ import argparse
 import time
 from pathlib import Path
 
+from czii_kit.cli import args as shared
 from czii_kit.cli.common import exit_on_user_error
 from czii_kit.errors import ConfigError
 
@@ -25,7 +26,7 @@ from czii_kit.errors import ConfigError
 def parse_args(argv=None) -> argparse.Namespace:
     from czii_kit.data import synth
 
-    p = argparse.ArgumentParser(description="Write a synthetic CZII dataset in the competition layout "
+    p = shared.parser("Write a synthetic CZII dataset in the competition layout "
                                             "(deterministic per seed)")
     p.add_argument("--out", required=True, help="new (or empty) output directory")
     p.add_argument("--train", type=int, default=synth.BUILTIN["n_train"], help="train runs (default %(default)s)")
@@ -53,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--copick", action="store_true",
                    help="also write a copick project over the dataset (OUT/copick/copick_<split>.json, pass it "
                         "as --data to any tool; needs the copick extra to read)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    shared.add_progress(p)
     return p.parse_args(argv)
 
 

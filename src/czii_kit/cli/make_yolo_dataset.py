@@ -1,4 +1,4 @@
-"""python tools/make_yolo_dataset.py --data ROOT --out DIR --fold K [--every N] [--min-box VOX]
+"""czii make-yolo-dataset --data ROOT --out DIR --fold K [--every N] [--min-box VOX]   (= tools/make_yolo_dataset.py)
 
 Writes z-slices of fold K's train and held-out runs (the U-Net's split) as 8-bit PNGs with YOLO
 labels (one box per particle per slice that cuts it, side = the disc's diameter) and data.yaml.
@@ -7,21 +7,21 @@ from __future__ import annotations
 
 import argparse
 
+from czii_kit.cli import args as shared
 from czii_kit.cli.common import exit_on_user_error, resolve_data
 from czii_kit.config import load_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Z-slice YOLO dataset (PNG + labels + data.yaml) for one fold")
-    p.add_argument("--data", help="competition directory (default: built-in synthetic dataset)")
+    p = shared.parser("Z-slice YOLO dataset (PNG + labels + data.yaml) for one fold")
+    shared.add_data(p)
     p.add_argument("--out", required=True, help="new dataset folder (refused if it already holds data.yaml)")
     p.add_argument("--fold", type=int, required=True, help="held-out run index in the sorted train runs; -1 = none")
     p.add_argument("--every", type=int, default=1, help="keep every N-th slice (default 1: all)")
     p.add_argument("--min-box", type=float, default=0.0, help="skip discs thinner than this many voxels (poles)")
     p.add_argument("--config", default="yolo_cpu_quick", help="config whose data: section is used (recon, level, ...)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override config keys, e.g. --set data.recon=wbp --set data.fold_file=folds.csv")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    shared.add_overrides(p, "data.recon=wbp")
+    shared.add_progress(p)
     return p.parse_args(argv)
 
 

@@ -1,4 +1,4 @@
-"""python tools/pack_kaggle_dataset.py --weights weights/EXP [...] --out build/kaggle/SLUG --slug SLUG [...]
+"""czii pack --weights weights/EXP [...] --out build/kaggle/SLUG --slug SLUG [...]   (= tools/pack_kaggle_dataset.py)
 
 Packs checkpoints, configs and wheels into a folder ready for `kaggle datasets create -p OUT --dir-mode zip`,
 for the offline notebook kaggle_notebooks/czii_inference.ipynb. Never reads Kaggle credentials.
@@ -9,21 +9,22 @@ import argparse
 import shlex
 
 import czii_kit
+from czii_kit.cli import args as shared
 from czii_kit.cli.common import exit_on_user_error
-from czii_kit.errors import ConfigError
-from czii_kit.kaggle.pack import (KAGGLE_CUDA, KAGGLE_PLATFORMS, KAGGLE_PYTHON, PLACEHOLDER_USER, TENSORRT_VERSION,
-                                  KaggleTarget, PackResult, default_user, gpu_wheel_commands, missing_from_wheelhouse,
-                                  missing_gpu_extras, pack_dataset, wheelhouse_commands)
+from czii_kit.kaggle.pack import PLACEHOLDER_USER, PackResult, default_user, pack_dataset
+from czii_kit.kaggle.wheels import (KAGGLE_CUDA, KAGGLE_PLATFORMS, KAGGLE_PYTHON, TENSORRT_VERSION, KaggleTarget,
+                                    gpu_wheel_commands, missing_from_wheelhouse, missing_gpu_extras,
+                                    wheelhouse_commands)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Pack checkpoints + the czii-kit wheel into a Kaggle dataset folder")
-    p.add_argument("--weights", nargs="+", required=True, help="experiment directories or fold*.pt files")
+    p = shared.parser("Pack checkpoints + the czii-kit wheel into a Kaggle dataset folder")
+    shared.add_weights(p)
     p.add_argument("--out", required=True, help="pack folder to write, e.g. build/kaggle/czii-kit-weights")
     p.add_argument("--slug", required=True, help="Kaggle dataset slug: 6-50 lowercase letters, digits, hyphens")
     p.add_argument("--user", help=f"Kaggle username (default: $KAGGLE_USERNAME, else {PLACEHOLDER_USER!r})")
     p.add_argument("--title", help="dataset title, 6-50 characters (default: the slug)")
-    p.add_argument("--folds", help="comma list of folds to pack from each experiment (default: all)")
+    shared.add_folds(p, "only these folds of each experiment (default: all)")
     p.add_argument("--wheels", help="folder of dependency wheels Kaggle lacks (the tool prints how to make it)")
     p.add_argument("--onnx", action="store_true", help="also pack each checkpoint's ONNX export (tools/export.py)")
     p.add_argument("--thresholds-from", metavar="REPORT",
@@ -44,17 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tensorrt-version", default=TENSORRT_VERSION,
                    help=f"TensorRT release of the printed GPU wheel commands (default {TENSORRT_VERSION}; it must "
                         "support the T4, compute capability 7.5, and the image's CUDA)")
-    p.add_argument("--no-progress", action="store_true")
+    shared.add_progress(p)
     return p.parse_args(argv)
-
-
-def parse_folds(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        return [int(f) for f in text.split(",")]
-    except ValueError:
-        raise ConfigError(f"--folds {text!r}: give a comma list of fold numbers, e.g. 0,2") from None
 
 
 def print_summary(result: PackResult) -> None:
@@ -72,12 +64,12 @@ def print_summary(result: PackResult) -> None:
 
 
 def print_wheelhouse_advice(result: PackResult) -> None:
-    missing = missing_from_wheelhouse(result.wheels, result.yolo)
+    missing = missing_from_wheelhouse(result.wheels, result.extra)
     if missing:
         print(f"WARNING: Kaggle's image lacks {', '.join(missing)}, and no packed wheel provides them: the notebook "
               "will stop before installing (preflight.py names them). Make a wheelhouse, then re-pack with "
               f"--wheels wheels {result.target.options()}:")
-        for command in wheelhouse_commands("wheels", result.target, result.yolo):
+        for command in wheelhouse_commands("wheels", result.target, result.extra):
             print(f"  {command}")
     gpu = missing_gpu_extras(result.wheels, result.target)
     if gpu:
@@ -104,7 +96,7 @@ def main(argv=None) -> int:
     user = args.user or default_user()
     target = KaggleTarget(python=args.kaggle_python, cuda=args.kaggle_cuda,
                           platforms=tuple(args.kaggle_platform or KAGGLE_PLATFORMS), tensorrt=args.tensorrt_version)
-    result = pack_dataset(args.weights, args.out, args.slug, user, title=args.title, folds=parse_folds(args.folds),
+    result = pack_dataset(args.weights, args.out, args.slug, user, title=args.title, folds=shared.folds(args.folds),
                           wheels=args.wheels, onnx=args.onnx, force=args.force, progress=not args.no_progress,
                           target=target, thresholds_from=args.thresholds_from,
                           default_thresholds=args.default_thresholds)

@@ -1,4 +1,4 @@
-"""python tools/score.py --submission P (--solution S | --data ROOT --split train|test) [--runs A,B] [--json]
+"""czii score --submission P (--solution S | --data ROOT --split train|test) [--runs A,B] [--json]
 
 Scores a submission with the exact Kaggle metric and prints the per-class table.
 With --json the last stdout line is one JSON object: {"score", "per_class", "submission", "solution"}.
@@ -10,16 +10,18 @@ import json
 import math
 import pandas as pd
 
+from czii_kit.cli import args as shared
 from czii_kit.cli.common import exit_on_user_error
 from czii_kit.data import layout
 from czii_kit.metric import format_table, score_table, table_score
-from czii_kit.data.source import open_data
+from czii_kit.data.open_data import open_data
 from czii_kit.particles import CZII
-from czii_kit.submission import read_solution, read_submission, select_runs
+from czii_kit.submission import read_submission
+from czii_kit.tables import read_solution, solution_for_runs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Score a submission.csv with the exact Kaggle CZII metric")
+    p = shared.parser("Score a submission.csv with the exact Kaggle CZII metric")
     p.add_argument("--submission", required=True, help="submission CSV (id, experiment, particle_type, x, y, z)")
     truth = p.add_mutually_exclusive_group(required=True)
     truth.add_argument("--solution", help="ground-truth CSV (experiment, particle_type, x, y, z[, id])")
@@ -58,7 +60,7 @@ def main(argv=None) -> int:
     runs = _run_list(args.runs)
     if args.solution:
         particles = CZII
-        solution, source = select_runs(read_solution(args.solution), runs, args.solution), args.solution
+        solution, source = solution_for_runs(read_solution(args.solution), runs, args.solution), args.solution
     else:
         data = open_data(args.data)
         particles = data.particles

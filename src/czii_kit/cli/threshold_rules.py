@@ -1,7 +1,7 @@
-"""python tools/threshold_rules.py --study-dir reports/NAME --test-data DIR [--data ROOT] [--tta none [flips]]
+"""czii threshold-rules --study-dir reports/NAME --test-data DIR [--data ROOT] [--tta none [flips]]
     [--smooth 1 2 3] [--arms ARM ...]
 
-For every model of a finished study (tools/ablate.py --out), picks thresholds on its own validation run by several
+For every model of a finished study (czii study --out), picks thresholds on its own validation run by several
 rules and scores each on the test split: is the highest validation F4 the right pick, how much does choosing on
 one run cost against the test-tuned ceiling, and what does TTA add at the same rule? Writes
 threshold_rules[_TTA].md and .csv into the study folder; candidates are cached next to each checkpoint (one file
@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 
+from czii_kit.cli import args as shared
 from czii_kit.cli.common import exit_on_user_error, resolve_data
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Compare threshold-picking rules on a study's models (paired)")
-    p.add_argument("--study-dir", required=True, help="a study folder written by tools/ablate.py --out")
+    p = shared.parser("Compare threshold-picking rules on a study's models (paired)")
+    p.add_argument("--study-dir", required=True, help="a study folder written by czii study --out")
     p.add_argument("--test-data", required=True, help="dataset whose test split (with ground truth) scores the models")
     p.add_argument("--data", help="the study's training data, which holds each model's validation run "
                                   "(default: the built-in synthetic dataset)")
@@ -25,7 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arms", nargs="+", metavar="ARM", help="only these arms of the study (default: all)")
     p.add_argument("--smooth", type=int, nargs="+", default=[1, 2, 3], metavar="K",
                    help="smoothed rules: F4 averaged over K grid points either side before the pick")
-    p.add_argument("--no-progress", action="store_true")
+    shared.add_progress(p)
     return p.parse_args(argv)
 
 
@@ -33,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     from pathlib import Path
 
-    from czii_kit.data.source import open_data
+    from czii_kit.data.open_data import open_data
     from czii_kit.errors import ConfigError
     from czii_kit.infer.tta import parse_tta
     from czii_kit.study import study_models, threshold_rules, tta_suffix, write_threshold_report

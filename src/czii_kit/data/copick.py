@@ -29,6 +29,7 @@ from czii_kit.data import io, layout
 from czii_kit.data.source import DataSource
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.particles import CZII, Particle, ParticleSet
+from czii_kit.tables import PICK_COLUMNS, XYZ
 
 INSTALL_HINT = "pip install 'czii-kit[copick]'"
 KAGGLE_PICKS_USER, KAGGLE_PICKS_SESSION = "curation", "0"  # how make_copick_project names the competition's picks
@@ -139,7 +140,7 @@ class CopickProject(DataSource):
                 raise DataError(f"copick picks {p.user_id}/{p.session_id}/{p.pickable_object_name} of run {run} hold "
                                 "non-finite coordinates; fix or delete them")
             rows += [(run, p.pickable_object_name, *point) for point in xyz.tolist()]
-        frame = pd.DataFrame(rows, columns=io.PICK_COLUMNS).astype({"x": float, "y": float, "z": float})
+        frame = pd.DataFrame(rows, columns=PICK_COLUMNS).astype({"x": float, "y": float, "z": float})
         return frame.drop_duplicates().reset_index(drop=True)
 
     def write_picks(self, detections: pd.DataFrame, user_id: str, session_id: str, overwrite: bool = False) -> int:
@@ -156,7 +157,7 @@ class CopickProject(DataSource):
             for particle in self.particles.names:
                 chosen = rows[rows["particle_type"] == particle]
                 picks = run.new_picks(particle, session_id, user_id, exist_ok=True)
-                picks.from_numpy(chosen[["x", "y", "z"]].to_numpy(dtype=float), scores=chosen["score"].to_numpy(float)
+                picks.from_numpy(chosen[XYZ].to_numpy(dtype=float), scores=chosen["score"].to_numpy(float)
                                  if "score" in chosen else None)
                 picks.store()
                 written += 1

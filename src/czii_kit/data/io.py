@@ -17,9 +17,7 @@ import pandas as pd
 from czii_kit.data import layout
 from czii_kit.errors import DataError
 from czii_kit.particles import CZII, VOXEL_SPACING, ParticleSet, angstrom_to_voxel
-
-XYZ = ["x", "y", "z"]  # Å coordinate columns of picks, detections and submissions
-PICK_COLUMNS = ["experiment", "particle_type", *XYZ]
+from czii_kit.tables import PICK_COLUMNS, XYZ
 
 
 # --------------------------------------------------------------------------- tomograms
@@ -267,7 +265,7 @@ def points_from_picks(picks: pd.DataFrame, spacing: float = VOXEL_SPACING,
     if unknown:
         raise DataError(f"picks name unknown particle types {unknown}; expected {', '.join(particles.names)}")
     labels = picks["particle_type"].map({c: i for i, c in enumerate(particles.names)}).to_numpy(np.int64)
-    return angstrom_to_voxel(picks[["x", "y", "z"]].to_numpy(), spacing), labels
+    return angstrom_to_voxel(picks[XYZ].to_numpy(), spacing), labels
 
 
 def read_all_picks(root, runs: list[str] | None = None) -> pd.DataFrame:

@@ -1,9 +1,9 @@
 """Where the data comes from: the Kaggle competition directory, or any copick project.
 
-Every tool's ``--data`` goes through ``open_data``: a directory is read with the kit's own reader
-(``KaggleDirectory``: the competition layout, CZII classes), a copick config JSON through the copick
-library (``czii_kit.data.copick.CopickProject``: any runs, tomogram types, voxel spacings, picks and
-particle set). Both hand out the same things, so training, evaluation and prediction never care which.
+``DataSource`` is what training, evaluation and prediction read through; ``KaggleDirectory`` reads the
+competition layout with the kit's own reader (CZII classes), ``czii_kit.data.copick.CopickProject`` a
+copick project through the copick library (any runs, tomogram types, voxel spacings, picks and particle
+set). ``czii_kit.data.open_data`` picks one from what the user passed as ``--data``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pandas as pd
 from czii_kit.data import io, layout
 from czii_kit.errors import DataError
 from czii_kit.particles import CZII, ParticleSet
-from czii_kit.submission import read_solution, select_runs, solution_from_picks
+from czii_kit.tables import PICK_COLUMNS, read_solution, solution_for_runs, solution_from_picks
 
 
 class DataSource(ABC):
@@ -47,7 +47,7 @@ class DataSource(ABC):
         runs = list(runs) if runs is not None else self.list_runs(split)
         frames = [self.read_picks(run, data_cfg) for run in runs]
         return solution_from_picks(pd.concat(frames, ignore_index=True) if frames else
-                                   pd.DataFrame(columns=io.PICK_COLUMNS))
+                                   pd.DataFrame(columns=PICK_COLUMNS))
 
     def __str__(self) -> str:
         return self.location
@@ -83,20 +83,4 @@ class KaggleDirectory(DataSource):
             raise DataError(f"no test ground truth at {path}: test labels exist only for synthetic data "
                             "(tools/make_synthetic.py writes solution.csv); for real data score train runs with "
                             "--split train")
-        return select_runs(read_solution(path), list(runs) if runs else None, str(path))
-
-
-def open_data(data: str | Path | DataSource) -> DataSource:
-    """A directory -> the Kaggle layout; a copick config JSON -> that copick project (``pip install
-    'czii-kit[copick]'``); a DataSource -> itself."""
-    if isinstance(data, DataSource):
-        return data
-    path = Path(data)
-    if path.is_file() and path.suffix.lower() == ".json":
-        from czii_kit.data.copick import CopickProject
-
-        return CopickProject(path)
-    if path.is_file():
-        raise DataError(f"--data {path} is a file but not a copick config (.json); pass the competition directory "
-                        "or a copick project's config JSON")
-    return KaggleDirectory(path)
+        return solution_for_runs(read_solution(path), list(runs) if runs else None, str(path))

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from czii_kit.checkpoints import find_checkpoints, load_checkpoint, probability_model
+from czii_kit.models import ProbabilityModel
 from czii_kit.data.io import Tomogram
 from czii_kit.data.normalize import normalize_from_config
 from czii_kit.errors import CheckpointError, ConfigError
@@ -33,7 +34,7 @@ from czii_kit.infer.export import (EngineFiles, GraphSpec, cached_export, export
                                    probability_graph)
 from czii_kit.infer.sliding_window import predict_volume
 from czii_kit.infer.tta import Transform, parse_tta
-from czii_kit.config import particle_set
+from czii_kit.config import infer_window, particle_set
 from czii_kit.particles import VOXEL_SPACING
 from czii_kit.post.fusion import fuse
 from czii_kit.post.peaks import find_peaks
@@ -53,11 +54,6 @@ class Member:
     weight: float = 1.0
     name: str = ""
     ckpt: dict = field(default_factory=dict)  # a checkpoint, or the metadata training validation provides
-
-
-def infer_window(cfg: Mapping) -> tuple[int, int, int]:
-    """The sliding window of a config: ``infer.window``, or the training patch when it is null."""
-    return tuple(cfg["infer"]["window"] or cfg["train"]["patch_size"])
 
 
 def member_name(ckpt: Mapping) -> str:
@@ -111,6 +107,8 @@ class MemberKind(ABC):
     """Everything the kit does differently for one kind of checkpoint."""
 
     name: str
+    takes_passes: bool = False  # runs TTA passes a time budget may thin out (``Passes``)
+    requires: tuple[str, ...] = ()  # distributions its inference imports beyond the kit's own (the Kaggle pack)
 
     @abstractmethod
     def matches(self, ckpt: Mapping) -> bool: ...
@@ -132,6 +130,11 @@ class MemberKind(ABC):
              files: EngineFiles) -> list[Member]: ...
 
     @abstractmethod
+    def member(self, model: torch.nn.Module, ckpt: Mapping, device) -> Member:
+        """A member running an in-memory ``model`` (training validation); ``ckpt``: the checkpoint fields it
+        will be saved with (config, normalization, stride, voxel size, ...)."""
+
+    @abstractmethod
     def candidates(self, members: Sequence[Member], tomogram: Tomogram, cfg: Mapping, floor: float,
                    passes: Passes | None = None, timings: dict | None = None) -> pd.DataFrame:
         """Raw candidates (score >= floor, before any post-processing) of this kind's members on a tomogram;
@@ -143,6 +146,7 @@ KINDS: Registry = Registry("member kind")
 
 class VolumeKind(MemberKind):
     name = "unet"
+    takes_passes = True
 
     def matches(self, ckpt: Mapping) -> bool:
         return ckpt.get("model", {}).get("name") != "yolo"
@@ -174,6 +178,10 @@ class VolumeKind(MemberKind):
             return [Member(GraphEngine(session, name=engine), 1.0, f"ensemble of {len(ckpts)}", ckpts[0])]
         return [Member(GraphEngine(graph_session(self, [c], cfg, engine, device, files), name=engine), w,
                        member_name(c), c) for c, w in zip(ckpts, weights)]
+
+    def member(self, model, ckpt, device) -> Member:
+        engine = TorchEngine(ProbabilityModel(model, ckpt["activation"]), infer_window(ckpt["config"]), device=device)
+        return Member(engine, 1.0, member_name(ckpt), ckpt)
 
     def candidates(self, members, tomogram, cfg, floor, passes=None, timings=None) -> pd.DataFrame:
         clock = StageClock(timings, device_sync(members[0].runner.device))
@@ -209,6 +217,7 @@ def ensemble_key(ckpts: Sequence[Mapping], weights: Sequence[float] | None = Non
 
 class YoloKind(MemberKind):
     name = "yolo"
+    requires = ("ultralytics",)
 
     def matches(self, ckpt: Mapping) -> bool:
         return ckpt.get("model", {}).get("name") == "yolo"
@@ -238,6 +247,9 @@ class YoloKind(MemberKind):
                                       detector.graph_geometry(ckpt)[0])
             members.append(Member(runner, weight, member_name(ckpt), ckpt))
         return members
+
+    def member(self, model, ckpt, device) -> Member:
+        return Member(detector.torch_runner(model, resolve_device(device)), 1.0, member_name(ckpt), ckpt)
 
     def candidates(self, members, tomogram, cfg, floor, passes=None, timings=None) -> pd.DataFrame:
         clock = StageClock(timings)
@@ -283,20 +295,18 @@ def kind_of(ckpt: Mapping) -> MemberKind:
 
 
 def load_checkpoints(weights: Sequence[str | Path], folds: Sequence[int] | None = None) -> list[dict]:
-    """Load every checkpoint of ``weights``; all must predict the same classes in the same order, and members
-    of one kind must be compatible."""
+    """Load every checkpoint of ``weights``; all must predict the same classes in the same order."""
     ckpts = [load_checkpoint(p) for w in weights for p in find_checkpoints(w, folds)]
     for c in ckpts[1:]:
         if list(c["classes"]) != list(ckpts[0]["classes"]):
             raise CheckpointError(f"{c['path']} predicts classes {list(c['classes'])}, but {ckpts[0]['path']} predicts "
                                   f"{list(ckpts[0]['classes'])}; ensemble only checkpoints of one class set")
-    for name, group in group_by_kind(ckpts).items():
-        KINDS[name].check([c for c, _ in group])
     return ckpts
 
 
 def group_by_kind(ckpts: Sequence[dict], weights: Sequence[float] | None = None) -> dict[str, list[tuple[dict, float]]]:
-    """{kind name: [(checkpoint, weight), ...]} in registry order, checkpoints in the order given."""
+    """{kind name: [(checkpoint, weight), ...]} in registry order, checkpoints in the order given; members of one
+    kind that cannot be used together (``MemberKind.check``) and bad weights are refused here."""
     weights = [1.0] * len(ckpts) if weights is None else list(weights)
     if len(weights) != len(ckpts):
         raise ConfigError(f"got {len(weights)} member weights for {len(ckpts)} checkpoints; give one per checkpoint")
@@ -306,4 +316,7 @@ def group_by_kind(ckpts: Sequence[dict], weights: Sequence[float] | None = None)
     groups: dict[str, list[tuple[dict, float]]] = {name: [] for name in KINDS}
     for ckpt, w in zip(ckpts, weights):
         groups[kind_of(ckpt).name].append((ckpt, float(w)))
-    return {name: group for name, group in groups.items() if group}
+    groups = {name: group for name, group in groups.items() if group}
+    for name, group in groups.items():
+        KINDS[name].check([c for c, _ in group])
+    return groups

@@ -16,8 +16,8 @@ import torch
 
 from czii_kit.infer.engines import require_tensorrt, resolve_device
 from czii_kit.infer.export import EngineFiles, parity
-from czii_kit.infer.kinds import KINDS, group_by_kind, load_checkpoints
-from czii_kit.infer.pipeline import inference_config, load_predictor
+from czii_kit.infer.kinds import KINDS
+from czii_kit.infer.plan import PredictionPlan
 from czii_kit.utils.atomic import write_text_atomic
 from czii_kit.utils.backend import use_device
 
@@ -32,15 +32,15 @@ def build_engines(weights: Sequence[str | Path], out_dir: str | Path, device: st
     trt = require_tensorrt()
     device = resolve_device(device)
     out_dir = Path(out_dir)
-    ckpts = load_checkpoints(weights)
-    cfg = inference_config(ckpts, overrides, engine="tensorrt")
     files = EngineFiles(Path(cache_dir), engine_dir=out_dir)
+    plan = PredictionPlan.from_weights(weights, overrides=overrides, engine="tensorrt", files=files)
+    cfg = plan.cfg
     records = []
     with use_device(device):
-        for name, group in group_by_kind(ckpts).items():
+        for name, group in plan.groups.items():
             for ckpt, _ in group:
                 t0 = time.monotonic()
-                (member,) = load_predictor([ckpt], cfg, device, "tensorrt", files).members[name]
+                (member,) = plan.single(name, ckpt).load(device, "tensorrt").members[name]
                 session = member.runner.session  # GraphEngine (3D) and GraphRunner (YOLO) both keep theirs
                 record = {"checkpoint": str(ckpt["path"]), "kind": name, "engine": session.path.name,
                           "input_shape": list(session.input_shape), "seconds": round(time.monotonic() - t0, 1),

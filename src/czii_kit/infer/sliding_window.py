@@ -34,11 +34,11 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.infer.engines import Engine, check_window, resolve_device
 from czii_kit.infer.tta import IDENTITY, Transform, check_tta_window
+from czii_kit.utils.progress import progress_bar
 
 BLENDS = ("gaussian", "border", "constant")
 PAD_MODES = ("reflect", "constant")
@@ -81,6 +81,11 @@ def window_origins(
         for p, w in zip(padded_shape(shape, window, stride), window)
     ]
     return list(itertools.product(*per_axis))
+
+
+def window_work(shape: Sequence[int], window: Sequence[int], stride: int, overlap: float) -> float:
+    """Voxels the tiling pushes through the network per pass, as a multiple of the volume's voxels."""
+    return len(window_origins(shape, window, stride, overlap)) * math.prod(window) / math.prod(shape)
 
 
 def importance_map(shape: Sequence[int], blend: str) -> torch.Tensor:
@@ -141,8 +146,8 @@ def predict_volume(
     weight_sum = torch.zeros(out_shape, dtype=torch.float32, device=device)
 
     n_batches = math.ceil(len(origins) / batch_size)
-    for chunk in tqdm(_chunks(origins, batch_size), total=n_batches, disable=not progress,
-                      desc=f"{len(engines)} model(s) x windows", unit="batch"):
+    for chunk in progress_bar(_chunks(origins, batch_size), total=n_batches, enabled=progress,
+                              desc=f"{len(engines)} model(s) x windows", unit="batch"):
         batch = _crop_batch(padded, chunk, window).to(first.device)
         probs = None
         for engine, share, transforms in plans:

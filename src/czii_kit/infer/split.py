@@ -1,6 +1,6 @@
 """Predict every run of a split: set up one Predictor per device first, then spread the runs over devices.
 
-The per-tomogram work is ``czii_kit.infer.pipeline`` (raw candidates, then ``finalize``); this module
+The per-tomogram work is ``czii_kit.infer.predictor`` (raw candidates, then ``finalize``); this module
 schedules it and keeps failures loud and contained:
 
 * Setup before the first tomogram: members are loaded on every device (graphs exported, TensorRT engines
@@ -17,19 +17,19 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
+import torch
 
-from czii_kit.data.source import DataSource, open_data
-from czii_kit.errors import ConfigError, DataError
+from czii_kit.errors import ConfigError, DataError, PredictionError
 from czii_kit.infer.budget import TimeBudget
-from czii_kit.infer.export import EngineFiles
-from czii_kit.infer.pipeline import Predictor, load_predictor
+from czii_kit.infer.kinds import KINDS
+from czii_kit.infer.plan import PredictionPlan
+from czii_kit.infer.predictor import Predictor
 from czii_kit.infer.tta import parse_tta
 from czii_kit.infer.workers import map_over_devices
-from czii_kit.post.fusion import ClassWeights
 from czii_kit.post.peaks import empty_detections
 from czii_kit.utils.backend import use_device
 
@@ -49,24 +49,23 @@ class SplitResult:
 
 
 def available_devices(device: str) -> list[str]:
-    """'cpu', or every visible GPU for 'auto' / 'cuda' (one worker each)."""
-    import torch
+    """'cpu'; every visible GPU for 'auto' / 'cuda' (one worker each); one GPU for 'cuda:N'."""
+    from czii_kit.infer.engines import resolve_device
 
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         return ["cpu"]
-    if device not in ("auto", "cuda"):
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda")
-    if not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto")
-    return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if device in ("auto", "cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return [str(resolve_device(device))]  # cuda:N, checked against this machine
 
 
 class Predictors:
-    """One Predictor per device and engine, loaded once (under a lock: workers share it)."""
+    """One Predictor per device and engine, loaded once from the plan (under a lock: workers share it)."""
 
-    def __init__(self, ckpts: Sequence[dict], cfg: dict, files: EngineFiles,
-                 member_weights: Sequence[float] | None) -> None:
-        self.ckpts, self.cfg, self.files, self.member_weights = ckpts, cfg, files, member_weights
+    def __init__(self, plan: PredictionPlan) -> None:
+        self.plan = plan
         self._loaded: dict[tuple[str, str], Predictor] = {}
         self._lock = threading.Lock()
 
@@ -74,9 +73,7 @@ class Predictors:
         with self._lock:
             if (device, engine) not in self._loaded:
                 with use_device(device):
-                    self._loaded[device, engine] = load_predictor(
-                        self.ckpts, {**self.cfg, "infer": {**self.cfg["infer"], "engine": engine}}, device, engine,
-                        self.files, self.member_weights)
+                    self._loaded[device, engine] = self.plan.load(device, engine)
             return self._loaded[device, engine]
 
 
@@ -101,24 +98,25 @@ def set_up(predictors: Predictors, devices: Sequence[str], engine: str,
         return "torch", [message]
 
 
-def predict_split(data: str | DataSource, split: str, runs: Sequence[str], ckpts: Sequence[dict], cfg: dict,
-                  thresholds: Mapping[str, float], devices: Sequence[str], *,
-                  member_weights: Sequence[float] | None = None, source_weights: ClassWeights | None = None,
-                  time_budget_h: float | None = None, files: EngineFiles = EngineFiles(),
+def predict_split(plan: PredictionPlan, devices: Sequence[str], *, time_budget_h: float | None = None,
                   progress: bool = True, report: Callable[[str], None] = print,
                   clock: Callable[[], float] = time.monotonic) -> SplitResult:
-    """Detections of ``runs`` (thresholded, post-processed, fused when there are several sources)."""
-    data = open_data(data)
+    """Detections of the plan's runs (thresholded, post-processed, fused when there are several sources)."""
+    if plan.runs is None or plan.thresholds is None:
+        raise PredictionError("internal: predict_split needs a plan with runs (PredictionPlan.on_runs) and thresholds")
+    data, split, runs = plan.runs.data, plan.runs.split, plan.runs.names
+    cfg, thresholds, source_weights = plan.cfg, plan.thresholds, plan.source_weights
     t0 = clock()
-    predictors = Predictors(ckpts, cfg, files, member_weights)
+    predictors = Predictors(plan)
     engine, decisions = set_up(predictors, devices, cfg["infer"]["engine"], report)
     setup_seconds = clock() - t0
     report(f"set up {len(devices)} device(s) with engine {engine} in {setup_seconds:.1f} s")
     budget = None
-    volume_members = len(predictors.get(devices[0], engine).members.get("unet", []))
-    if time_budget_h and volume_members:
-        plan = [(i, t) for i in range(volume_members) for t in parse_tta(cfg["infer"]["tta"])]
-        budget = TimeBudget(time_budget_h * 3600, len(runs), plan, workers=len(devices), clock=clock,
+    loaded = predictors.get(devices[0], engine).members
+    budgeted = sum(len(members) for name, members in loaded.items() if KINDS[name].takes_passes)
+    if time_budget_h and budgeted:
+        passes = [(i, t) for i in range(budgeted) for t in parse_tta(cfg["infer"]["tta"])]
+        budget = TimeBudget(time_budget_h * 3600, len(runs), passes, workers=len(devices), clock=clock,
                             setup_seconds=setup_seconds)
     seconds: dict[str, float] = {}
     lock = threading.Lock()

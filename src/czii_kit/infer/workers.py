@@ -12,9 +12,9 @@ import threading
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-from tqdm.auto import tqdm
 
 from czii_kit.errors import ConfigError
+from czii_kit.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def map_over_devices(
     results: dict = {}
     failures: dict = {}
     lock = threading.Lock()
-    bar = tqdm(total=len(items), disable=not progress, desc="items", unit="item")
+    bar = progress_bar(total=len(items), enabled=progress, desc="items", unit="item")
 
     def worker(device: str) -> None:
         while True:

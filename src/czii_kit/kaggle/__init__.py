@@ -1,11 +1,9 @@
-"""Kaggle delivery: pack weights and wheels into a dataset (pack.py), check the image can install them before
-``pip install`` (preflight.py, standard library only), and the machine facts the notebook decides by
-(environment.py: the GPUs, the engine to run, whether CUDA runs at all)."""
-from __future__ import annotations
+"""Kaggle delivery, in modules the notebook can import one at a time:
 
-from czii_kit.kaggle.environment import (Environment, GpuInfo, check_cuda_runs, choose_engine, describe_gpus,
-                                         format_environment)
-from czii_kit.kaggle.pack import Pack, PackResult, pack_dataset, read_pack
+* ``pack`` (with ``manifest`` and ``wheels``): pack weights, configs and wheels into a dataset folder;
+* ``preflight``: before ``pip install``, can this image install the pack's wheels? (standard library only);
+* ``runtime``: the pack as the notebook reads it, checked against its manifest;
+* ``environment``: the machine facts the notebook decides by (the GPUs, the engine to run, whether CUDA runs).
 
-__all__ = ["Environment", "GpuInfo", "Pack", "PackResult", "check_cuda_runs", "choose_engine", "describe_gpus",
-           "format_environment", "pack_dataset", "read_pack"]
+Importing this package imports none of them.
+"""

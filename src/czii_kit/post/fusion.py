@@ -15,7 +15,7 @@ weighted by source weight x score. Two scoring rules, from the two seed solution
 ``fuse_sources`` applies this per class with per-class source weights (tuned on out-of-fold
 candidates by ``czii_kit.evaluate``): a source with weight 0 is left out of a class, and a class
 left with a single source takes that source's candidates unchanged, so fusing never touches a
-class where it did not help. ``czii_kit.infer.pipeline.finalize`` then post-processes and thresholds.
+class where it did not help. ``czii_kit.infer.predictor.finalize`` then post-processes and thresholds.
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ from czii_kit.config import exact_section
 from czii_kit.errors import ConfigError
 from czii_kit.particles import CZII, ParticleSet
 from czii_kit.post.merging import check_detections, check_positive, collapse_groups, label_groups
-from czii_kit.post.peaks import DETECTION_COLUMNS, empty_detections, proximity_components
+from czii_kit.post.peaks import empty_detections, proximity_components
+from czii_kit.tables import DETECTION_COLUMNS
 
 FUSION_METHODS = ("dbscan", "vote")
 FUSION_KEYS = ("method", "eps_frac", "weights", "min_votes")  # the ``fusion`` section of configs/base.yaml

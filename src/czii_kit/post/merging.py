@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator, Mapping
 import numpy as np
 import pandas as pd
 
-from czii_kit.data.io import XYZ
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.particles import CZII, ParticleSet
-from czii_kit.post.peaks import DETECTION_COLUMNS, class_value, proximity_components
+from czii_kit.post.peaks import class_value, proximity_components
+from czii_kit.tables import DETECTION_COLUMNS, XYZ
 
 GroupLabeller = Callable[[np.ndarray, str], np.ndarray]  # (xyz of one group, class) -> label per row, -1 drops
 

@@ -30,8 +30,8 @@ from scipy.spatial import cKDTree
 
 from czii_kit.errors import ConfigError
 from czii_kit.particles import CZII, ParticleSet
-from czii_kit.data.io import XYZ
 from czii_kit.post.merging import check_detections, class_groups
+from czii_kit.tables import XYZ
 
 def offset_vectors(primary: float, diagonal: float) -> np.ndarray:
     """(14, 3) (x, y, z) offsets: +-x, +-y, +-z at ``primary``, then the 8 diagonals at ``diagonal``."""

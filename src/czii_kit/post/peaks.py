@@ -33,12 +33,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from czii_kit.data.io import PICK_COLUMNS
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.particles import CZII, VOXEL_SPACING, ParticleSet, voxel_to_angstrom
 from czii_kit.utils.backend import get_ndimage, get_xp, to_numpy
 
-DETECTION_COLUMNS = [*PICK_COLUMNS, "score"]
 CHUNK_VOXELS = 1 << 22  # voxels per z-chunk or tile batch (16 MB of float32): bounds the temporaries
 BLOCK = 16  # side of the blocks the tiled path skips when they hold no candidate (fastest of 8..64 measured)
 

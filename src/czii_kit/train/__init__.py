@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from czii_kit.infer.kinds import kind_of
+from czii_kit.infer.kinds import VolumeKind, YoloKind, kind_of
 from czii_kit.train.loop import train_fold
 from czii_kit.train.yolo import train_yolo_fold
 
-TRAINERS: dict[str, Callable[..., dict]] = {"unet": train_fold, "yolo": train_yolo_fold}  # by member kind
+TRAINERS: dict[str, Callable[..., dict]] = {VolumeKind.name: train_fold, YoloKind.name: train_yolo_fold}
 
 
 def trainer_for(cfg: dict) -> Callable[..., dict]:

@@ -1,7 +1,7 @@
 """Train one fold: patches -> model -> EMA -> full-tomogram validation with the exact metric.
 
 ``train_fold`` is four steps: ``setup`` (data, model, optimizer, resume), ``train_epoch``,
-``validate`` (the inference pipeline itself on the held-out runs, thresholds tuned per class) and
+``validate`` (the prediction plan itself on the held-out runs, thresholds tuned per class) and
 ``save_best`` / ``save_resume_state``. Everything a later user needs travels in the checkpoint
 (see czii_kit.checkpoints).
 """
@@ -18,25 +18,25 @@ import torch
 from tqdm.auto import tqdm
 
 from czii_kit import checkpoints
-from czii_kit.config import class_values, dump_config, particle_set, save_config, with_particle_set
+from czii_kit.config import class_values, dump_config, infer_window, particle_set, save_config, with_particle_set
 from czii_kit.data import io
 from czii_kit.data.dataset import PatchDataset
 from czii_kit.data.folds import split_runs
 from czii_kit.data.lookalikes import lookalike_centres
-from czii_kit.data.source import open_data
+from czii_kit.data.open_data import open_data
 from czii_kit.data.targets import TargetSpec
 from czii_kit.errors import ConfigError, DataError
-from czii_kit.infer.engines import TorchEngine, resolve_device
-from czii_kit.infer.kinds import Member, infer_window
-from czii_kit.infer.pipeline import Predictor, finalize
+from czii_kit.infer.engines import resolve_device
+from czii_kit.infer.plan import PredictionPlan
 from czii_kit.losses import DeepSupervision, build_loss
-from czii_kit.models import ProbabilityModel, build_model
+from czii_kit.models import build_model
 from czii_kit.train.data import RunData, common_spacing, load_runs
 from czii_kit.train.ema import ModelEMA
 from czii_kit.train.experiment import (FoldPaths, fold_seed, guard_output, no_validation, seed_everything,
                                        threshold_grid, thresholds_for, validation_summary, write_log)
 from czii_kit.tuning import Tuning
 from czii_kit.utils.cpu import keep_freed_memory
+from czii_kit.utils.progress import progress_bar
 
 
 @dataclass
@@ -205,8 +205,8 @@ def train_epoch(run: FoldRun, epoch: int, progress: bool = True) -> dict:
     run.loader.dataset.set_epoch(epoch)
     run.model.train()
     losses, t_epoch = [], time.monotonic()
-    bar = tqdm(run.loader, desc=f"fold {run.fold} epoch {epoch + 1}/{tc['epochs']}", disable=not progress,
-               leave=False, dynamic_ncols=True)
+    bar = progress_bar(run.loader, total=len(run.loader), desc=f"fold {run.fold} epoch {epoch + 1}/{tc['epochs']}",
+                       enabled=progress, leave=False)
     for image, target in bar:
         losses.append(train_step(run, image, target))
         rate = len(losses) * tc["batch_size"] / (time.monotonic() - t_epoch)
@@ -215,33 +215,32 @@ def train_epoch(run: FoldRun, epoch: int, progress: bool = True) -> dict:
             "seconds": time.monotonic() - t_epoch, "val_f4": np.nan}
 
 
-def validation_metadata(cfg: dict, stride: int, spacing: float) -> dict:
-    """What the pipeline needs to know of a model that is not a checkpoint yet."""
-    return {"path": "validation", "normalization": dict(cfg["normalize"]), "stride": stride, "voxel_spacing": spacing}
+def model_fields(run: FoldRun) -> dict:
+    """The checkpoint fields that describe the model (not its weights, nor what validation found): what the
+    prediction plan needs to run the model in memory during validation, and what ``save_best`` writes."""
+    cfg = run.cfg
+    return {"path": str(run.paths.best), "model": {"name": cfg["model"]["name"], "args": dict(cfg["model"]["args"])},
+            "config": cfg, "config_yaml": dump_config(cfg), "classes": list(cfg["classes"]),
+            "activation": run.loss_fn.activation, "stride": run.stride, "normalization": dict(cfg["normalize"]),
+            "window": list(infer_window(cfg)), "voxel_spacing": run.spacing, "fold": run.fold,
+            "input_multiple": run.model.input_multiple}
 
 
-def validate(model, activation: str, stride: int, val_runs: list[tuple[io.Tomogram, pd.DataFrame]], cfg: dict,
-             device, spacing: float) -> dict:
-    """The prediction pipeline on the held-out runs (raw candidates, ``finalize`` without thresholds),
-    then a per-class threshold sweep with the exact metric."""
-    engine = TorchEngine(ProbabilityModel(model, activation), infer_window(cfg), device=device)
-    predictor = Predictor(cfg, {"unet": [Member(engine, 1.0, "validation", validation_metadata(cfg, stride, spacing))]})
+def validate(run: FoldRun) -> dict:
+    """The EMA model through its prediction plan on the held-out runs (candidates down to the threshold grid's
+    floor), then a per-class threshold sweep with the exact metric."""
+    cfg = run.cfg
+    predictor = PredictionPlan.for_training(model_fields(run)).with_model(run.ema.module, run.device)
     floor = float(threshold_grid(cfg)[0])
-    cands = [finalize(predictor.raw_candidates(tomogram, floor), cfg) for tomogram, _ in val_runs]
-    solution = pd.concat([picks for _, picks in val_runs], ignore_index=True)
-    return validation_summary(solution, pd.concat(cands, ignore_index=True), cfg, [t.run for t, _ in val_runs])
+    cands = [predictor.candidates(tomogram, floor) for tomogram, _ in run.val_runs]
+    solution = pd.concat([picks for _, picks in run.val_runs], ignore_index=True)
+    return validation_summary(solution, pd.concat(cands, ignore_index=True), cfg, run.val_names)
 
 
 def save_best(run: FoldRun, best: dict) -> None:
-    cfg = run.cfg
-    checkpoints.save_checkpoint({
-        "model": {"name": cfg["model"]["name"], "args": dict(cfg["model"]["args"])},
-        "state_dict": run.ema.state_dict(), "config": cfg, "config_yaml": dump_config(cfg),
-        "classes": list(cfg["classes"]), "activation": run.loss_fn.activation, "stride": run.stride,
-        "normalization": dict(cfg["normalize"]), "window": list(infer_window(cfg)), "voxel_spacing": run.spacing,
-        "thresholds": best["thresholds"], "validation": best, "epoch": best["epoch"], "fold": run.fold,
-        "input_multiple": run.model.input_multiple,
-    }, run.paths.best)
+    fields = {k: v for k, v in model_fields(run).items() if k != "path"}
+    checkpoints.save_checkpoint({**fields, "state_dict": run.ema.state_dict(), "thresholds": best["thresholds"],
+                                 "validation": best, "epoch": best["epoch"]}, run.paths.best)
 
 
 def save_resume_state(run: FoldRun, epoch: int) -> None:
@@ -265,8 +264,7 @@ def train_fold(cfg: dict, fold: int, data_root, out_dir: str | Path, resume: boo
         out_of_time = time_limit is not None and time.monotonic() - t_start > time_limit
         last_epoch = epoch == tc["epochs"] - 1 or out_of_time
         if run.val_runs and ((epoch + 1) % cfg["validate"]["every"] == 0 or last_epoch):
-            result = validate(run.ema.module, run.loss_fn.activation, run.stride, run.val_runs, cfg, run.device,
-                              run.spacing)
+            result = validate(run)
             row["val_f4"] = result["score"]
             row.update({f"f4_{r['particle_type']}": r["f4"] for r in result["per_class"]})
             if result["score"] > run.best["score"]:

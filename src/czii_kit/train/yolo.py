@@ -19,14 +19,14 @@ import torch
 from czii_kit import checkpoints
 from czii_kit.config import dump_config, save_config, with_particle_set
 from czii_kit.data.folds import split_runs
-from czii_kit.data.source import DataSource, open_data
+from czii_kit.data.open_data import open_data
+from czii_kit.data.source import DataSource
 from czii_kit.errors import ConfigError
 from czii_kit.infer.engines import resolve_device
-from czii_kit.infer.kinds import Member
-from czii_kit.infer.pipeline import Predictor, finalize
+from czii_kit.infer.plan import PredictionPlan
 from czii_kit.train.experiment import (FoldPaths, fold_seed, guard_output, no_validation, seed_everything,
                                        threshold_grid, thresholds_for, validation_summary, write_log)
-from czii_kit.yolo.detector import build_detection_model, torch_runner
+from czii_kit.yolo.detector import build_detection_model
 from czii_kit.yolo.offline import import_ultralytics
 from czii_kit.yolo.slices import write_dataset
 
@@ -117,13 +117,12 @@ def checkpoint_payload(cfg: dict, weights: dict, validation: dict, fold: int, sp
 
 
 def validate_3d(ckpt: Mapping, cfg: dict, data: DataSource, val_runs: list[str], device: torch.device) -> dict:
-    """The prediction pipeline with this detector alone on the held-out runs (raw candidates, ``finalize``
-    without thresholds), then per-class thresholds tuned with the exact metric."""
-    member = Member(torch_runner(build_detection_model(ckpt), device), 1.0, "validation", {**ckpt, "config": cfg})
-    predictor = Predictor(cfg, {"yolo": [member]})
+    """This detector alone through its prediction plan on the held-out runs (candidates down to the threshold
+    grid's floor), then per-class thresholds tuned with the exact metric."""
+    fields = {**ckpt, "config": cfg}
+    predictor = PredictionPlan.for_training(fields).with_model(build_detection_model(fields), device)
     floor = float(threshold_grid(cfg)[0])
-    cands = [finalize(predictor.raw_candidates(data.read_run(run, "train", cfg["data"]), floor), cfg)
-             for run in val_runs]
+    cands = [predictor.candidates(data.read_run(run, "train", cfg["data"]), floor) for run in val_runs]
     solution = pd.concat([data.read_picks(run, cfg["data"]) for run in val_runs], ignore_index=True)
     return validation_summary(solution, pd.concat(cands, ignore_index=True), cfg, val_runs)
 

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from czii_kit.errors import CheckpointError, ConfigError
 from czii_kit.particles import CZII, VOXEL_SPACING, ParticleSet
+from czii_kit.utils.progress import progress_bar
 from czii_kit.yolo.cluster import SLICE_COLUMNS, slices_to_points
 from czii_kit.yolo.slices import normalize_to_uint8, pixel_to_voxel
 
@@ -119,8 +119,8 @@ def detect_slices(runner: Runner, volume_u8: np.ndarray, imgsz: int, conf: float
     from ultralytics.utils.nms import non_max_suppression
 
     rows = []
-    for zs in tqdm(list(_batches(volume_u8.shape[0], batch_size)), desc="yolo slices", disable=not progress,
-                   leave=False):
+    for zs in progress_bar(list(_batches(volume_u8.shape[0], batch_size)), desc="yolo slices", enabled=progress,
+                           leave=False):
         batch, scale, (left, top) = letterbox(volume_u8[zs], imgsz)
         for z, boxes in zip(zs, non_max_suppression(runner(batch), conf, iou, max_det=max_det)):
             b = boxes.float().cpu().numpy()

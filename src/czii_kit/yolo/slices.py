@@ -12,9 +12,11 @@ import numpy as np
 
 from czii_kit.data.folds import split_runs
 from czii_kit.data.io import points_from_picks
-from czii_kit.data.source import DataSource, open_data
+from czii_kit.data.open_data import open_data
+from czii_kit.data.source import DataSource
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.particles import CZII, VOXEL_SPACING, ParticleSet
+from czii_kit.utils.progress import progress_bar
 from czii_kit.utils.atomic import write_text_atomic
 
 
@@ -82,13 +84,12 @@ def write_split(data: DataSource, runs: list[str], split: str, out: Path, data_c
                 min_diameter: float = 0.0, progress: bool = True) -> int:
     """PNG slices and label files of ``runs`` under out/images/<split> and out/labels/<split>; returns #images."""
     from PIL import Image
-    from tqdm.auto import tqdm
 
     images, labels = out / "images" / split, out / "labels" / split
     images.mkdir(parents=True, exist_ok=True)
     labels.mkdir(parents=True, exist_ok=True)
     count = 0
-    for run in tqdm(runs, desc=f"yolo {split} slices", disable=not progress, leave=False):
+    for run in progress_bar(runs, desc=f"yolo {split} slices", enabled=progress, leave=False):
         tomogram = data.read_run(run, "train", data_cfg)
         volume = normalize_to_uint8(tomogram.volume)
         points, classes = points_from_picks(data.read_picks(run, data_cfg), tomogram.spacing, data.particles)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from czii_kit import __version__
 from czii_kit.data import io, layout
@@ -27,7 +26,8 @@ from czii_kit.data.synth.scene import Scene, sample_scene
 from czii_kit.data.synth.tiltseries import Acquisition, sample_acquisition
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.particles import CLASS_NAMES, VOXEL_SPACING, voxel_to_angstrom
-from czii_kit.submission import solution_from_picks
+from czii_kit.tables import PICK_COLUMNS, solution_from_picks
+from czii_kit.utils.progress import progress_bar
 from czii_kit.utils.timing import StageClock
 
 GENERATOR = "czii_kit.data.synth/2"  # bump when the output for a given config changes (cache key)
@@ -97,7 +97,7 @@ def _sample_submission(test_runs: list[str], shape, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng([seed, 7])
     rows = [(run, name, *voxel_to_angstrom(rng.uniform(0, np.array(shape) - 1))[0])
             for run in test_runs for name in CLASS_NAMES]
-    return solution_from_picks(pd.DataFrame(rows, columns=io.PICK_COLUMNS))
+    return solution_from_picks(pd.DataFrame(rows, columns=PICK_COLUMNS))
 
 
 def _write_run(root: Path, split: str, name: str, volumes: dict[str, np.ndarray], picks: pd.DataFrame) -> None:
@@ -135,14 +135,13 @@ def make_dataset(out: str | Path, n_train: int = 4, n_test: int = 2, shape=(96, 
     tmp.mkdir()  # plain mkdir (not mkdtemp) so the dataset gets the user's usual permissions
     try:
         solution, runs_info = [], {}
-        for split, name, index, run_recons in tqdm(jobs, desc="synthetic runs", unit="run",
-                                                   disable=None if progress else True):
+        for split, name, index, run_recons in progress_bar(jobs, desc="synthetic runs", unit="run", enabled=progress):
             volumes, picks, scene, acquisition = simulate_run(name, run_seed(seed, split, index), cfg, run_recons)
             _write_run(tmp, split, name, volumes, picks)
             if split == "test":
                 solution.append(picks)
             runs_info[name] = _run_info(split, scene, acquisition)
-        solution_df = pd.concat(solution) if solution else pd.DataFrame(columns=io.PICK_COLUMNS)
+        solution_df = pd.concat(solution) if solution else pd.DataFrame(columns=PICK_COLUMNS)
         solution_from_picks(solution_df).to_csv(tmp / layout.SOLUTION_CSV, index=False)
         _sample_submission(run_names("test", n_test), cfg.shape, seed).to_csv(tmp / "sample_submission.csv",
                                                                               index=False)

@@ -1,34 +1,21 @@
-"""What ``tools/bench_infer.py`` measures, kept testable: the work a sliding window does, and a peer built the
-way the top public solutions run inference, to compare against on the same checkpoint, volume and threads.
+"""The peer the inference benchmark compares against, built the way the top public solutions run inference, on
+the same checkpoint, volume and threads.
 
-The peer: MONAI's ``sliding_window_inference`` (gaussian blending) once per member and TTA pass, the mean
+MONAI's ``sliding_window_inference`` (gaussian blending) once per member and TTA pass, the mean
 of the outputs, then ``torch.nn.functional.max_pool3d`` non-maximum suppression per class. MONAI is a dev
 extra used only here.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from czii_kit.infer.sliding_window import window_origins
 from czii_kit.infer.tta import Transform
 from czii_kit.particles import CZII, ParticleSet
 from czii_kit.post.peaks import kernel_size
-
-
-def window_work(shape: Sequence[int], window: Sequence[int], stride: int, overlap: float) -> float:
-    """Voxels pushed through the network per pass, as a multiple of the tomogram's voxels."""
-    origins = window_origins(shape, window, stride, overlap)
-    return len(origins) * math.prod(window) / math.prod(shape)
-
-
-def single_pass_limit(shape: Sequence[int], voxels_per_second: float) -> float:
-    """Seconds one pass over the tomogram would take if the network saw every voxel exactly once."""
-    return math.prod(shape) / voxels_per_second
 
 
 def peer_probabilities(models: Sequence[torch.nn.Module], volume: np.ndarray, window: Sequence[int],

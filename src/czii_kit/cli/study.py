@@ -1,36 +1,37 @@
-"""python tools/ablate.py --study configs/studies/hard_classes.yaml --test-data DIR --out reports/NAME [--data ROOT]
-       [--arms ARM ...] [--seeds SEED ...]
+"""czii study --study configs/studies/hard_classes.yaml --test-data DIR --out reports/NAME [--data ROOT]
+       [--arms ARM ...] [--seeds SEED ...]          (= python tools/ablate.py)
 
 Trains every arm of a study with every seed on the study's fold of --data, scores each model on --test-data
 (its test split, with the thresholds it tuned on its own validation run) and writes results.csv (resumable)
-and ablation.md (mean ± spread per class and overall; a verdict per arm against the baseline).
+and study.md (mean ± spread per class and overall; a verdict per arm against the baseline).
 """
 from __future__ import annotations
 
 import argparse
 
+from czii_kit.cli import args as shared
 from czii_kit.cli.common import exit_on_user_error, resolve_data
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Recipe ablation over seeds, scored on a held-out test set")
+    p = shared.parser("Recipe study: arms x seeds, each model scored on a held-out test set")
     p.add_argument("--study", required=True, help="study YAML: config, fold, seeds, arms {name: [key=value, ...]}, "
                    "optional overrides [key=value, ...] applied before every arm")
     p.add_argument("--test-data", required=True, help="dataset whose test split (with ground truth) scores the models")
-    p.add_argument("--data", help="training data (default: the built-in synthetic dataset)")
-    p.add_argument("--out", required=True, help="study folder (results.csv, ablation.md, weights/)")
+    shared.add_data(p, what="training data")
+    p.add_argument("--out", required=True, help="study folder (results.csv, study.md, weights/)")
     p.add_argument("--baseline", default="baseline", help="the arm the others are compared with")
     p.add_argument("--arms", nargs="+", metavar="ARM", help="train only these arms now (the report covers every "
                                                              "arm in results.csv; default: all)")
     p.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="train these seeds instead of the study "
                    "file's (at least three; finished (arm, seed) pairs in results.csv are kept, not trained again)")
-    p.add_argument("--no-progress", action="store_true")
+    shared.add_progress(p)
     return p.parse_args(argv)
 
 
 @exit_on_user_error
 def main(argv=None) -> int:
-    from czii_kit.data.source import open_data
+    from czii_kit.data.open_data import open_data
     from czii_kit.errors import ConfigError
     from czii_kit.study import load_study, run_study, write_report
 

@@ -6,25 +6,22 @@ floor and before any post-processing. ``finalize`` turns sources into detections
 there are several (per-class source weights, see ``czii_kit.post.fusion.fuse_sources``), the
 post-processing switches (config ``post``), and the per-class thresholds (or none, to tune them).
 
-Prediction (``czii_kit.infer.split``), validation during training, the cross-validation report
-(``czii_kit.evaluate``), the benchmarks and the Kaggle notebook all go through these two steps,
-so they cannot drift apart.
+A ``czii_kit.infer.plan.PredictionPlan`` loads a Predictor; prediction (``czii_kit.infer.split``),
+validation during training, the cross-validation report (``czii_kit.evaluate``), the benchmarks and
+the Kaggle notebook all go through these two steps, so they cannot drift apart.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from czii_kit.config import apply_overrides, particle_set
+from czii_kit.config import particle_set
 from czii_kit.data.io import Tomogram
-from czii_kit.infer.engines import check_engine_kind
-from czii_kit.infer.export import EngineFiles
-from czii_kit.infer.kinds import KINDS, Member, Passes, group_by_kind, kind_of
-from czii_kit.infer.tta import parse_tta
+from czii_kit.infer.kinds import KINDS, Member, Passes
 from czii_kit.post.fusion import ClassWeights, fuse_sources
-from czii_kit.post.pipeline import apply_thresholds, postprocess
+from czii_kit.post.steps import apply_thresholds, postprocess
 
 
 @dataclass
@@ -45,33 +42,16 @@ class Predictor:
         return {name: KINDS[name].candidates(members, tomogram, self.cfg, floor, passes, self.timings)
                 for name, members in self.members.items()}
 
+    def candidates(self, tomogram: Tomogram, floor: float, source_weights: ClassWeights | None = None,
+                   passes: Passes | None = None) -> pd.DataFrame:
+        """Candidates of one tomogram down to ``floor``, fused and post-processed: what thresholds are tuned on."""
+        return finalize(self.raw_candidates(tomogram, floor, passes), self.cfg, None, source_weights)
+
     def predict(self, tomogram: Tomogram, thresholds: Mapping[str, float],
                 source_weights: ClassWeights | None = None, passes: Passes | None = None) -> pd.DataFrame:
         """Detections of one tomogram: raw candidates above the lowest threshold, then ``finalize``."""
         sources = self.raw_candidates(tomogram, min(thresholds.values()), passes)
         return finalize(sources, self.cfg, thresholds, source_weights)
-
-
-def inference_config(ckpts: Sequence[dict], overrides: Sequence[str] = (), tta: str | None = None,
-                     engine: str | None = None, device: str | None = None) -> dict:
-    """The config an ensemble runs with: the resolved config of its first 3D checkpoint (else its first one),
-    which carries its own schema (no configs/ needed), with the caller's overrides."""
-    primary = next((c for c in ckpts if kind_of(c).name == "unet"), ckpts[0])
-    cfg = apply_overrides(primary["config"], list(overrides), schema=primary["config"])
-    for key, value in (("tta", tta), ("engine", engine), ("device", device)):
-        if value is not None:
-            cfg["infer"][key] = value
-    check_engine_kind(cfg["infer"]["engine"])
-    parse_tta(cfg["infer"]["tta"])
-    return cfg
-
-
-def load_predictor(ckpts: Sequence[dict], cfg: dict, device="cpu", engine: str = "torch",
-                   files: EngineFiles = EngineFiles(), member_weights: Sequence[float] | None = None) -> Predictor:
-    """Every checkpoint loaded as a member of its kind on ``device`` with engine kind ``engine``."""
-    members = {name: KINDS[name].load([c for c, _ in group], [w for _, w in group], cfg, engine, device, files)
-               for name, group in group_by_kind(ckpts, member_weights).items()}
-    return Predictor(cfg, members)
 
 
 def finalize(sources: Mapping[str, pd.DataFrame], cfg: Mapping, thresholds: Mapping[str, float] | None = None,
