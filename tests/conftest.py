@@ -6,6 +6,11 @@ import os
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The suite is CPU-only by design, also on a machine with a GPU: its references are CPU numbers, and the GPU paths
+# are checked by `czii gpu-check` on the GPU itself. Set before torch first touches CUDA; CZII_TEST_GPU=1 keeps the
+# GPUs visible (tests that need "no GPU" monkeypatch torch.cuda themselves).
+if os.environ.get("CZII_TEST_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 TINY_SHAPE = (48, 96, 96)
 TINY_TRAIN_OVERRIDES = [

@@ -42,7 +42,16 @@ def fake_tensorrt(version="10.7.0", calls=None):
     class TensorIOMode:
         INPUT, OUTPUT = "in", "out"
 
+    class ExecutionContextAllocationStrategy:
+        STATIC, ON_PROFILE_CHANGE, USER_MANAGED = 0, 1, 2
+
     class Context:
+        def __init__(self):
+            self.memory = None  # (pointer, size) given by set_device_memory
+
+        def set_device_memory(self, pointer, size):
+            self.memory = (pointer, size)
+
         def set_tensor_address(self, name, pointer):
             calls.append(("address", name, current()))
 
@@ -52,8 +61,11 @@ def fake_tensorrt(version="10.7.0", calls=None):
 
     class Engine:
         num_io_tensors = 2
+        device_memory_size_v2 = 4096  # bytes of activation memory a context of this engine needs
 
-        def create_execution_context(self):
+        def create_execution_context(self, strategy=ExecutionContextAllocationStrategy.STATIC):
+            if strategy != ExecutionContextAllocationStrategy.USER_MANAGED:
+                raise AssertionError("contexts must not allocate their own activation memory")
             calls.append(("context", current()))
             return Context()
 
@@ -78,6 +90,7 @@ def fake_tensorrt(version="10.7.0", calls=None):
             return Engine()
 
     trt.Logger, trt.Runtime, trt.TensorIOMode, trt.calls = Logger, Runtime, TensorIOMode, calls
+    trt.ExecutionContextAllocationStrategy = ExecutionContextAllocationStrategy
     return trt
 
 
@@ -99,6 +112,13 @@ class RecordingCudaDevice:
         DEVICE_STACK.pop()
 
 
+def cpu_activation_memory(monkeypatch) -> None:
+    """Shared activation buffers from host memory, and a fresh set of them for this test."""
+    monkeypatch.setattr(engines_module, "_device_buffer", lambda size, device: torch.empty(size, dtype=torch.uint8))
+    monkeypatch.setattr(engines_module.SharedActivationMemory, "_buffers", {})
+    monkeypatch.setattr(engines_module.SharedActivationMemory, "_contexts", {})
+
+
 @pytest.fixture
 def fake_gpus(monkeypatch):
     """Two fake T4s: torch.cuda answers as if they were there; nothing here touches a real GPU."""
@@ -106,7 +126,9 @@ def fake_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "device", RecordingCudaDevice)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: ("stream", torch.device(device)))
     monkeypatch.setattr(engines_module, "_TRT_LOGGER", [])
+    cpu_activation_memory(monkeypatch)
     trt = fake_tensorrt()
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     return trt

@@ -126,8 +126,15 @@ def test_p100_gets_torch_with_the_reason_on_one_line(fake_gpus, fake_tensorrt, c
     assert choose_engine("tensorrt", "auto") == "torch"
     (line,) = lines(capsys.readouterr().out)
     assert line == ("engine torch: GPU 0 is a Tesla P100-PCIE-16GB (compute capability 6.0) and TensorRT 10+ needs "
-                    ">= 7.0; push with `kaggle kernels push -p kaggle_notebooks --accelerator NvidiaTeslaT4` "
-                    "(GPU T4 x2)")
+                    ">= 7.5; push with `kaggle kernels push -p kaggle_notebooks --accelerator NvidiaTeslaT4` "
+                    "(GPU T4 x2; kaggle CLI 1.8.4 or newer)")
+
+
+def test_volta_gets_torch_too_since_tensorrt_10_5_dropped_it(fake_gpus, fake_tensorrt, capsys):
+    fake_gpus(("Tesla V100-SXM2-16GB", 7, 0, 16 * GiB))
+    fake_tensorrt("10.16.1.11")
+    assert choose_engine("tensorrt", "auto") == "torch"
+    assert "compute capability 7.0) and TensorRT 10+ needs >= 7.5" in capsys.readouterr().out
 
 
 def test_every_gpu_in_use_must_support_tensorrt(fake_gpus, fake_tensorrt, capsys):
@@ -395,3 +402,52 @@ def test_preflight_runs_as_a_script_without_site_packages(tmp_path):
                           text=True)
     assert done.returncode == 1
     assert f"--kaggle-python {major}.{minor}" in done.stderr
+
+
+# --------------------------------------------------------------------------- finding the pack under /kaggle/input
+def make_pack_folder(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"format": "czii-kit-kaggle-pack", "format_version": 2}))
+    return folder
+
+
+def test_locate_pack_finds_the_one_pack_at_any_mount_depth_and_skips_zarr_stores(tmp_path):
+    root = tmp_path / "input"
+    pack = make_pack_folder(root / "datasets" / "me" / "czii-kit-weights")
+    zarr_store = root / "czii" / "train" / "denoised.zarr" / "0"
+    zarr_store.mkdir(parents=True)
+    make_pack_folder(zarr_store / "inner")  # inside a zarr store: never entered
+    (root / "other").mkdir()
+    (root / "other" / "manifest.json").write_text(json.dumps({"format": "someone-else"}))
+    assert pf.find_packs(root) == [pack]
+    assert pf.locate_pack(root) == pack
+    assert pf.locate_pack(root, pack) == pack
+
+
+def test_locate_pack_lists_what_it_found_when_there_is_no_pack_or_several(tmp_path):
+    root = tmp_path / "input"
+    (root / "czii-cryo-et-object-identification" / "train").mkdir(parents=True)
+    (root / "other").mkdir()
+    (root / "other" / "manifest.json").write_text(json.dumps({"format": "someone-else"}))
+    with pytest.raises(pf.PreflightError) as none:
+        pf.locate_pack(root)
+    message = str(none.value)
+    assert "no czii-kit pack" in message and "czii-cryo-et-object-identification/train" in message
+    assert "manifests of other formats" in message and "dataset_sources" in message
+    make_pack_folder(root / "a")
+    make_pack_folder(root / "b" / "c")
+    with pytest.raises(pf.PreflightError, match="2 czii-kit packs under .*set PACK_DIR"):
+        pf.locate_pack(root)
+    with pytest.raises(pf.PreflightError, match="PACK_DIR .* must be the folder of a pack"):
+        pf.locate_pack(root, root / "other" / "nope")
+
+
+def test_prebuilt_engines_are_found_by_their_index_wherever_mounted(tmp_path):
+    from czii_kit.kaggle.runtime import find_engines
+
+    root = tmp_path / "input"
+    (root / "kernels" / "me" / "czii-kit-engines").mkdir(parents=True)
+    (root / "kernels" / "me" / "czii-kit-engines" / "engines.json").write_text('{"engines": []}')
+    (root / "czii-kit-weights").mkdir()
+    assert find_engines(root) == [root / "kernels" / "me" / "czii-kit-engines"]
+    assert find_engines(tmp_path / "nothing-here") == []

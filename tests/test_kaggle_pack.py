@@ -288,6 +288,19 @@ def test_onnx_exports_are_packed_when_asked(experiment, tmp_path, capsys, prebui
     assert sha256(out / "exp" / onnx.name) == sha256(onnx)
 
 
+def test_a_pack_of_two_kinds_needs_tuned_fusion_weights_or_says_default_on_purpose(
+        tiny_yolo_experiment, experiment, tmp_path, capsys, prebuilt_wheel):
+    yolo = copy_experiment(tiny_yolo_experiment, tmp_path / "weights" / "yolo")
+    out = tmp_path / "out" / SLUG
+    assert pack([experiment, yolo], out) == 2
+    err = capsys.readouterr().err
+    assert "2 sources (unet, yolo) but no per-class source weights" in err and "--default-fusion" in err
+    assert not out.parent.exists()  # refused before anything was written
+    assert pack([experiment, yolo], out, "--default-fusion") == 0
+    assert manifest_of(out)["default_fusion"] is True and read_pack(out).default_fusion is True
+    assert manifest_of(out)["checkpoints"][1]["model"] == "yolo"
+
+
 def test_yolo_onnx_exports_fp32_and_fp16_are_packed(tiny_yolo_experiment, tmp_path, capsys, prebuilt_wheel):
     from czii_kit.cli.export import main as export_main
 
@@ -559,7 +572,7 @@ def test_kernel_metadata_has_what_kaggle_kernels_push_needs(metadata):
     assert (NOTEBOOK_DIR / meta["code_file"]).is_file()
     assert (meta["language"], meta["kernel_type"]) == ("python", "notebook")
     assert meta["is_private"] is True and meta["enable_gpu"] is True and meta["enable_internet"] is False
-    # GPU T4 x2: without it `kaggle kernels push` gets the P100, which TensorRT 10+ and the image's torch can't use
+    # GPU T4 x2, read by `kaggle kernels push` (kaggle 1.8.4+) when --accelerator is not given
     assert meta["machine_shape"] == "NvidiaTeslaT4"
     assert meta["competition_sources"] == ([COMPETITION] if metadata == "kernel-metadata.json" else [])
     assert meta["kernel_sources"] == []
@@ -568,7 +581,8 @@ def test_kernel_metadata_has_what_kaggle_kernels_push_needs(metadata):
     assert owner == user and KAGGLE_SLUG.fullmatch(dataset_slug)
     notebook = nbformat.read(NOTEBOOK_DIR / meta["code_file"], as_version=4)
     parameters = next(c.source for c in notebook.cells if c.cell_type == "code")
-    assert f'"CZII_PACK_DIR", "/kaggle/input/{dataset_slug}"' in parameters  # notebook and metadata agree
+    # no mount path to keep in step with the metadata: the notebook finds the pack under /kaggle/input by its manifest
+    assert 'PACK_DIR = os.environ.get("CZII_PACK_DIR")' in parameters and "/kaggle/input/czii-kit" not in parameters
 
 
 @pytest.mark.parametrize("name", ["czii_inference.ipynb", "czii_build_engines.ipynb"])
@@ -580,3 +594,22 @@ def test_notebook_is_stored_without_outputs(name):
     assert code and all(c.outputs == [] and c.execution_count is None for c in code)
     assert nb.metadata.kernelspec.name == "python3"
     assert path.stat().st_size < 20_000
+
+
+@pytest.mark.parametrize("version, advice", [(None, "not installed here: pip install 'kaggle>=1.8.4'"),
+                                             ("1.6.17", "rejects --accelerator"), ("1.8.3", "pip install -U"),
+                                             ("1.8.4", None), ("2.2.5", None)])
+def test_the_push_instructions_check_the_kaggle_client_version(version, advice):
+    said = pack_module.kaggle_cli_advice(version)
+    assert said is None if advice is None else advice in said
+
+
+def test_the_printed_next_steps_show_the_t4_push_and_the_client_check(experiment, tmp_path, capsys, prebuilt_wheel,
+                                                                     monkeypatch):
+    from czii_kit.cli import pack_kaggle_dataset as cli
+
+    monkeypatch.setattr(cli, "installed_version", lambda name: "1.8.3" if name == "kaggle" else None)
+    assert pack([experiment], tmp_path / "out" / SLUG) == 0
+    out = capsys.readouterr().out
+    assert "kaggle kernels push -p kaggle_notebooks --accelerator NvidiaTeslaT4" in out
+    assert "note: kaggle 1.8.3 is installed, and its `kernels push` rejects --accelerator" in out

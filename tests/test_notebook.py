@@ -63,9 +63,11 @@ def printed(nb) -> str:
     return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
 
-def run_notebook(data_root: Path, experiment: Path, tmp_path: Path, monkeypatch, notebook: Path = NOTEBOOK):
-    """Pack ``experiment``, install its wheels into a folder, execute the notebook like Kaggle would."""
-    pack_dir = tmp_path / "input" / "czii-kit-weights"
+def run_notebook(data_root: Path, experiment: Path, tmp_path: Path, monkeypatch, notebook: Path = NOTEBOOK,
+                 mount: str = "czii-kit-weights", find_pack: bool = False):
+    """Pack ``experiment`` into input/``mount``, install its wheels into a folder, execute the notebook like Kaggle
+    would (``find_pack``: no CZII_PACK_DIR, the notebook looks for the pack under input/ by its manifest)."""
+    pack_dir = tmp_path / "input" / mount
     assert pack_main(["--weights", str(experiment), "--out", str(pack_dir), "--slug",
                       "czii-kit-weights", "--user", "tester", "--no-progress"]) == 0
     site = tmp_path / "site-packages"
@@ -77,6 +79,9 @@ def run_notebook(data_root: Path, experiment: Path, tmp_path: Path, monkeypatch,
                         "CZII_ENGINES_DIR": tmp_path / "no-engines"}.items():
         monkeypatch.setenv(name, str(value))
     monkeypatch.delenv("CZII_CONFIG_DIR", raising=False)
+    if find_pack:
+        monkeypatch.delenv("CZII_PACK_DIR")
+        monkeypatch.setenv("CZII_INPUT_ROOT", str(tmp_path / "input"))
     before = snapshot(pack_dir)
     nb = nbformat.read(notebook, as_version=4)
     try:
@@ -134,3 +139,14 @@ def test_build_engines_notebook_stops_loudly_without_a_gpu(synthetic_root, low_t
         run_notebook(synthetic_root, low_threshold_experiment, tmp_path, monkeypatch,
                      notebook=NOTEBOOKS / "czii_build_engines.ipynb")
     assert not (tmp_path / "engines-out" / "engines.json").exists()
+
+
+def test_notebook_finds_the_pack_by_its_manifest_wherever_kaggle_mounts_it(synthetic_root, low_threshold_experiment,
+                                                                          tmp_path, monkeypatch):
+    mount = "datasets/tester/czii-kit-weights/versions/3"  # a deeper mount than /kaggle/input/SLUG
+    (tmp_path / "input" / "other-dataset" / "sub").mkdir(parents=True)  # something else attached too
+    nb, _ = run_notebook(synthetic_root, low_threshold_experiment, tmp_path, monkeypatch, mount=mount,
+                         find_pack=True)
+    assert f"pack {tmp_path / 'input' / mount}" in printed(nb)
+    assert len(read_submission(tmp_path / "working" / "submission.csv")) > 0
+

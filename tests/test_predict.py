@@ -164,8 +164,19 @@ def test_incompatible_checkpoints(tiny_experiment, tmp_path, capsys, synthetic_r
     assert "normalization" in capsys.readouterr().err
 
 
-def test_mixed_unet_and_yolo_checkpoints_are_fused(synthetic_root, tiny_experiment, tiny_yolo_experiment, tmp_path,
-                                                   monkeypatch):
+def test_mixed_unet_and_yolo_checkpoints_without_tuned_weights_are_refused(synthetic_root, tiny_experiment,
+                                                                           tiny_yolo_experiment, tmp_path, capsys):
+    out = tmp_path / "mixed.csv"
+    assert run_predict(synthetic_root, tiny_experiment, out, "--tta", "none",
+                       "--weights", str(tiny_experiment), str(tiny_yolo_experiment)) == 2
+    err = capsys.readouterr().err
+    assert "2 sources (unet, yolo) but no per-class source weights" in err
+    assert "czii evaluate" in err and "--thresholds-from REPORT" in err and "--default-fusion" in err
+    assert not out.exists()
+
+
+def test_mixed_unet_and_yolo_checkpoints_are_fused_on_purpose(synthetic_root, tiny_experiment, tiny_yolo_experiment,
+                                                              tmp_path, monkeypatch):
     from czii_kit.post import fusion
 
     calls = []
@@ -174,10 +185,26 @@ def test_mixed_unet_and_yolo_checkpoints_are_fused(synthetic_root, tiny_experime
     run = layout.list_runs(synthetic_root, "test")[0]
     out = tmp_path / "mixed.csv"
     assert run_predict(synthetic_root, tiny_experiment, out, "--tta", "none", "--runs", run,
-                       "--weights", str(tiny_experiment), str(tiny_yolo_experiment)) == 0
+                       "--weights", str(tiny_experiment), str(tiny_yolo_experiment), "--default-fusion") == 0
     assert calls == [["unet", "yolo"]]
     sub = read_submission(out)
     assert set(sub["experiment"]) <= {run}
+
+
+def test_mixed_checkpoints_fuse_with_the_weights_evaluate_tuned(synthetic_root, tiny_experiment, tiny_yolo_experiment,
+                                                                tmp_path, capsys):
+    from czii_kit.evaluate import run_evaluation
+    from czii_kit.tuning import load_tuning
+
+    report = run_evaluation(synthetic_root, [tiny_experiment, tiny_yolo_experiment], tmp_path / "report",
+                            device="cpu", tta="none", progress=False)
+    assert load_tuning(report["thresholds"]).source_weights  # evaluate tuned per-class source weights
+    out = tmp_path / "mixed.csv"
+    run = layout.list_runs(synthetic_root, "test")[0]
+    assert predict_main(["--data", str(synthetic_root), "--weights", str(tiny_experiment), str(tiny_yolo_experiment),
+                         "--out", str(out), "--device", "cpu", "--tta", "none", "--no-progress", "--runs", run,
+                         "--thresholds-from", str(tmp_path / "report")]) == 0
+    assert "thresholds from" in capsys.readouterr().out and out.exists()
 
 
 def test_export_tool_handles_yolo_checkpoints(tiny_yolo_experiment, tmp_path, capsys):

@@ -12,6 +12,10 @@ class DataError(CziiError):
     """Missing or malformed data: paths, zarr stores, picks, volumes."""
 
 
+class IncompleteDataError(DataError):
+    """A tomogram whose store lacks chunks (an interrupted copy): that run is skipped, the others go on."""
+
+
 class ConfigError(CziiError):
     """Unknown or invalid configuration keys and values."""
 

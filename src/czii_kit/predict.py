@@ -87,14 +87,15 @@ def predict_submission(*, weights: Sequence[str | Path], data: str | Path | Data
                        thresholds: str | Mapping[str, float] | None = None, thresholds_from: str | Path | None = None,
                        overrides: Sequence[str] = (), engine_cache: str | Path = "build/engines",
                        prebuilt_engines: Sequence[str | Path] = (), copick_out: str | None = None,
-                       star_out: str | Path | None = None, overwrite: bool = False,
+                       star_out: str | Path | None = None, overwrite: bool = False, default_fusion: bool = False,
                        score: bool = False, progress: bool = True,
                        report: Callable[[str], None] = print) -> PredictionReport:
     """Predict every run of ``split`` of ``data`` with the checkpoints of ``weights``; write ``out`` (and, when asked,
     copick picks of USER/SESSION into the project, and one RELION STAR file per run into ``star_out``).
 
     Thresholds: the checkpoints' own (mean over members) < a thresholds file from tools/evaluate.py
-    (``thresholds_from``, which also brings per-class source weights) < explicit ``thresholds``.
+    (``thresholds_from``, which also brings per-class source weights) < explicit ``thresholds``. Several sources
+    (U-Net and YOLO) are fused only with tuned source weights, or with the config's when ``default_fusion``.
     """
     out = Path(out)
     check_output(out)
@@ -102,7 +103,9 @@ def predict_submission(*, weights: Sequence[str | Path], data: str | Path | Data
     files = EngineFiles(Path(engine_cache), tuple(Path(p) for p in prebuilt_engines))
     plan = PredictionPlan.from_weights(
         weights, folds, overrides=overrides, tta=tta, engine=engine, device=device, member_weights=member_weights,
-        thresholds=thresholds, thresholds_from=thresholds_from, files=files).on_runs(data, split, runs)
+        thresholds=thresholds, thresholds_from=thresholds_from, default_fusion=default_fusion,
+        files=files).on_runs(data, split, runs)
+    plan.check_fusion()
     run_names, particles = plan.runs.names, plan.particles
     target = copick_target(data, copick_out, run_names, overwrite)
     if star_out is not None:
@@ -112,6 +115,8 @@ def predict_submission(*, weights: Sequence[str | Path], data: str | Path | Data
     warning = plan.warning()
     if warning:
         report(warning)
+    for run, why in plan.runs.skipped.items():
+        report(f"WARNING: {run} will be skipped, nothing is predicted for it: {why}")
     report(f"{len(plan.checkpoints)} checkpoint(s), engine {plan.cfg['infer']['engine']}, TTA "
            f"{plan.cfg['infer']['tta']}, {len(run_names)} run(s) of {data} on {', '.join(devices)}"
            + (f", thresholds from {plan.tuning.path}" if plan.tuning else ""))

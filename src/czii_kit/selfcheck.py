@@ -125,6 +125,58 @@ def gpu_checks(ckpt: dict, device: str, workdir: Path) -> list[Check]:
     return checks
 
 
+class DeviceMemorySampler:
+    """The memory each GPU really uses while it predicts: ``torch.cuda.mem_get_info`` (what the driver sees: torch's
+    allocator, TensorRT's and CuPy's memory and the CUDA context alike) sampled in a background thread; the peak per
+    device is ``peak``. Torch's allocator statistics alone would miss TensorRT's and CuPy's memory."""
+
+    def __init__(self, devices, period_s: float = 0.05, mem_get_info=None) -> None:
+        import threading
+
+        self.devices, self.period_s = list(devices), period_s
+        self.mem_get_info = mem_get_info or torch.cuda.mem_get_info
+        self.peak = {d: 0 for d in self.devices}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gpu-memory-sampler", daemon=True)
+
+    def sample(self) -> None:
+        for d in self.devices:
+            free, total = self.mem_get_info(d)
+            self.peak[d] = max(self.peak[d], total - free)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.period_s)
+
+    def __enter__(self) -> DeviceMemorySampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+def memory_summary(sampler: DeviceMemorySampler, devices) -> str:
+    """Peak GPU memory in use, and what holds it: torch's allocator, TensorRT's shared activations, CuPy's pool."""
+    from czii_kit.infer.engines import SharedActivationMemory
+
+    gib = 2**30
+    used = max(sampler.peak.values()) / gib
+    allocated = max(torch.cuda.max_memory_allocated(d) for d in devices) / gib
+    tensorrt = max(SharedActivationMemory.bytes_on(torch.device(d).index or 0) for d in devices) / gib
+    cupy_pool = 0.0
+    if importlib.util.find_spec("cupy") is not None:
+        import cupy
+
+        cupy_pool = cupy.get_default_memory_pool().total_bytes() / gib
+    return (f"peak GPU memory {used:.1f} GB in use (driver; torch allocator peak {allocated:.1f} GB, of it TensorRT "
+            f"activations {tensorrt:.2f} GB; CuPy pool {cupy_pool:.2f} GB)")
+
+
 def predict_checks(ckpt_path: Path, devices: list[str], n_runs: int, shape, workdir: Path) -> list[Check]:
     """Full-size synthetic runs through predict_split, one worker per GPU, each engine; budget projection."""
     from czii_kit.data.open_data import open_data
@@ -137,20 +189,22 @@ def predict_checks(ckpt_path: Path, devices: list[str], n_runs: int, shape, work
                         cfg=SynthConfig(shape=tuple(shape)), progress=False)
     checks = []
     for engine in ("torch", "tensorrt"):
-        plan = PredictionPlan.from_weights([ckpt_path], engine=engine, tta="flips", thresholds=dict.fromkeys(CLASS_NAMES, 0.5),
+        plan = PredictionPlan.from_weights([ckpt_path], engine=engine, tta="flips",
+                                           thresholds=dict.fromkeys(CLASS_NAMES, 0.5),
                                            files=EngineFiles(workdir / "engines")).on_runs(open_data(root), "test")
         for d in devices:
             torch.cuda.reset_peak_memory_stats(d)
         t0 = time.monotonic()
-        result = predict_split(plan, devices, time_budget_h=1.0, progress=False, report=lambda line: None)
+        with DeviceMemorySampler(devices) as sampler:
+            result = predict_split(plan, devices, time_budget_h=1.0, progress=False, report=lambda line: None)
         total = time.monotonic() - t0
-        memory = max(torch.cuda.max_memory_allocated(d) for d in devices) / 2**30
         per_run = np.mean(list(result.seconds.values())) if result.seconds else math.nan
         ok = not result.failures and result.engine == engine
         checks.append(Check(f"predict {n_runs} x {'x'.join(map(str, shape))}, flip TTA, engine {engine}",
                             f"{len(devices)} worker(s)", ok,
-                            f"{per_run:.1f} s per tomogram, {total:.0f} s in all (set-up {result.setup_seconds:.0f} s), "
-                            f"peak GPU memory {memory:.1f} GB" + ("" if ok else f"; {result.failures or result.decisions}")))
+                            f"{per_run:.1f} s per tomogram, {total:.0f} s in all (set-up {result.setup_seconds:.0f} "
+                            f"s), {memory_summary(sampler, devices)}"
+                            + ("" if ok else f"; {result.failures or result.decisions}")))
         projected = [d for d in result.decisions if d.startswith("first item")]
         if projected:
             checks.append(Check(f"budget projection, engine {engine}", "-", True,

@@ -88,6 +88,7 @@ def predict_candidates(plan, data, split: str, runs: Sequence[str] | None = None
     from czii_kit.submission import write_submission
 
     plan = plan.on_runs(open_data(data), split, runs)
+    plan.check_fusion()
     result = predict_split(plan, available_devices(plan.cfg["infer"]["device"]), progress=False,
                            report=lambda line: None)
     if result.failures:

@@ -11,9 +11,9 @@ import shlex
 import czii_kit
 from czii_kit.cli import args as shared
 from czii_kit.cli.common import exit_on_user_error
-from czii_kit.kaggle.pack import PLACEHOLDER_USER, PackResult, default_user, pack_dataset
+from czii_kit.kaggle.pack import PLACEHOLDER_USER, PackResult, default_user, kaggle_cli_advice, pack_dataset
 from czii_kit.kaggle.wheels import (KAGGLE_CUDA, KAGGLE_PLATFORMS, KAGGLE_PYTHON, TENSORRT_VERSION, KaggleTarget,
-                                    gpu_wheel_commands, missing_from_wheelhouse, missing_gpu_extras,
+                                    gpu_wheel_commands, installed_version, missing_from_wheelhouse, missing_gpu_extras,
                                     wheelhouse_commands)
 
 
@@ -33,6 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--default-thresholds", action="store_true",
                    help="pack full-data checkpoints that carry only the config's default thresholds (refused "
                         "otherwise: pass --thresholds-from)")
+    p.add_argument("--default-fusion", action="store_true",
+                   help="pack several kinds of checkpoints (U-Net + YOLO) without tuned source weights: the notebook "
+                        "fuses them with the config's fusion.weights (refused otherwise: pass --thresholds-from)")
     p.add_argument("--force", action="store_true", help="replace a different pack already at --out")
     p.add_argument("--kaggle-python", default=KAGGLE_PYTHON,
                    help=f"Python MAJOR.MINOR of the Kaggle image the wheels are for (default {KAGGLE_PYTHON}; check "
@@ -86,8 +89,12 @@ def print_next_steps(result: PackResult) -> None:
     print("next: upload with the kaggle CLI (it reads your API token itself; this tool never does):")
     print(f"  new dataset:  kaggle datasets create -p {out} --dir-mode zip")
     print(f"  new version:  kaggle datasets version -p {out} -m {message} --dir-mode zip")
-    print(f"then attach {dataset} to the notebook: PACK_DIR = \"/kaggle/input/{dataset.split('/')[1]}\" in "
-          "kaggle_notebooks/czii_inference.ipynb and dataset_sources in kernel-metadata.json")
+    print(f"then attach {dataset} to the notebook (dataset_sources in kaggle_notebooks/kernel-metadata.json; the "
+          "notebook finds the pack under /kaggle/input by its manifest) and push it on the T4s:")
+    print("  kaggle kernels push -p kaggle_notebooks --accelerator NvidiaTeslaT4")
+    advice = kaggle_cli_advice(installed_version("kaggle"))
+    if advice:
+        print(f"note: {advice}")
 
 
 @exit_on_user_error
@@ -99,7 +106,7 @@ def main(argv=None) -> int:
     result = pack_dataset(args.weights, args.out, args.slug, user, title=args.title, folds=shared.folds(args.folds),
                           wheels=args.wheels, onnx=args.onnx, force=args.force, progress=not args.no_progress,
                           target=target, thresholds_from=args.thresholds_from,
-                          default_thresholds=args.default_thresholds)
+                          default_thresholds=args.default_thresholds, default_fusion=args.default_fusion)
     print_summary(result)
     if user == PLACEHOLDER_USER:
         print(f"note: no --user and no $KAGGLE_USERNAME: dataset-metadata.json says {PLACEHOLDER_USER!r}; "

@@ -27,6 +27,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="thresholds.json (or the report folder holding it) written by tools/evaluate.py: per-class "
                         "thresholds and source weights tuned on out-of-fold predictions")
     p.add_argument("--thresholds", help="per-class overrides, e.g. ribosome=0.4,thyroglobulin=0.2")
+    p.add_argument("--default-fusion", action="store_true",
+                   help="fuse several kinds of checkpoints (U-Net + YOLO) with the config's fusion.weights although "
+                        "no tuned source weights were given (refused otherwise: tune them with czii evaluate)")
     shared.add_overrides(p, "post.offsets.enabled=true")
     p.add_argument("--engine-cache", default="build/engines", help="where exported ONNX / TensorRT engines are cached")
     p.add_argument("--engines", nargs="+", default=[], metavar="DIR",
@@ -54,6 +57,6 @@ def main(argv=None) -> int:
         member_weights=shared.member_weights(args.member_weights), thresholds=args.thresholds,
         thresholds_from=args.thresholds_from, overrides=args.overrides, engine_cache=args.engine_cache,
         prebuilt_engines=args.engines, copick_out=args.copick_out, star_out=args.star_out,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, default_fusion=args.default_fusion,
         score=args.score, progress=not args.no_progress)
     return 1 if report.result.failures else 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from czii_kit.data import layout
-from czii_kit.errors import DataError
+from czii_kit.errors import DataError, IncompleteDataError
 from czii_kit.particles import CZII, VOXEL_SPACING, ParticleSet, angstrom_to_voxel
 from czii_kit.tables import PICK_COLUMNS, XYZ
 
@@ -76,6 +77,10 @@ def read_level(path: str | Path, level: int = 0, store=None) -> tuple[np.ndarray
         raise DataError(f"{path}/{key} could not be read; the store is corrupt ({type(e).__name__}: {e})") from e
     if vol.ndim != 3:
         raise DataError(f"{path}/{key} has shape {vol.shape}; expected a 3-D (z, y, x) volume")
+    fill = _fill_value(group[key])
+    if vol.size and fill is not None and np.all(vol == fill):
+        raise IncompleteDataError(f"{path}/{key} holds nothing but its fill value {fill!r}: no chunk has data (an "
+                                  "empty or failed copy); copy or download this tomogram again")
     return np.ascontiguousarray(vol, dtype=np.float32), level_spacing(group, level, path)
 
 
@@ -109,8 +114,39 @@ def checked_level(path: str | Path, level: int, store=None):
         raise DataError(f"{path} has no level {str(level)!r} (levels present: {', '.join(have) or 'none'}); "
                         "set data.level to one of them")
     _check_chunk_layout(group, str(level), path, store)
+    _check_complete(group, str(level), path)
     return group
 
+
+def _fill_value(array):
+    fill = array.fill_value
+    return fill.item() if isinstance(fill, np.generic) else fill
+
+
+def stored_chunks(group, key: str) -> tuple[int, int]:
+    """(chunk files present, chunks in the grid) of array ``key``: zarr reads a missing chunk as its fill value
+    without a word, and its own count (``nchunks_initialized``) misses nested ``0/0/0`` keys."""
+    array = group[key]
+    separator = json.loads(group.store[f"{key}/.zarray"]).get("dimension_separator") or "."
+    prefix = f"{array.path}/" if array.path else ""
+    grid = [math.ceil(n / c) for n, c in zip(array.shape, array.chunks)]
+    pattern = re.compile(re.escape(separator).join([r"(\d+)"] * array.ndim))
+    present = 0
+    for stored in array.chunk_store.keys():
+        match = pattern.fullmatch(stored[len(prefix):]) if stored.startswith(prefix) else None
+        if match and all(int(i) < g for i, g in zip(match.groups(), grid)):
+            present += 1
+    return present, math.prod(grid)
+
+
+def _check_complete(group, key: str, path) -> None:
+    """Every chunk of the level is stored; otherwise the run is refused, not read as zeros."""
+    present, expected = stored_chunks(group, key)
+    if present < expected:
+        raise IncompleteDataError(
+            f"{path}: level {key} is missing {expected - present} of its {expected} chunk files, which zarr would "
+            f"read as {_fill_value(group[key])!r} without a word; the copy or download of this run was likely "
+            "interrupted: copy or download it again")
 
 def _check_chunk_layout(group, key: str, path, store) -> None:
     """A store that looks chunks up nested ('0/0/0') finds none of a flat array's ('0.0.0') and would return

@@ -13,6 +13,7 @@ fail with a ConfigError that says what is missing and what to use instead.
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -75,6 +76,12 @@ def check_window(window: Sequence[int], stride: int, input_multiple: int = 1) ->
     return window
 
 
+def tune_for_fixed_shapes(device: torch.device) -> None:
+    """On a GPU, let cuDNN time its convolution algorithms once and keep the fastest: the window never changes shape."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 class TorchEngine:
     """A torch module (moved to ``device`` and set to eval); fp16 autocast on CUDA by default."""
 
@@ -94,6 +101,7 @@ class TorchEngine:
         self.stride = int(prob_model.output_stride)
         self.window = check_window(window, self.stride, int(prob_model.input_multiple))
         self.model = prob_model.to(self.device).eval()
+        tune_for_fixed_shapes(self.device)
         self.num_classes = self._probe_num_classes()
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
@@ -136,11 +144,64 @@ class OnnxSession:
         return torch.from_numpy(out).to(self.device)
 
 
+def run_on_stream(stream, caller, tensors, enqueue) -> bool:
+    """``enqueue(stream handle)`` on ``stream``, ordered after the work ``caller`` (torch's current stream) has
+    queued and before any it queues next; ``tensors`` (allocated on ``caller``, used on ``stream``) are marked in
+    use by ``stream`` so torch's caching allocator does not hand their memory out before it is done."""
+    stream.wait_stream(caller)
+    ok = enqueue(stream.cuda_stream)
+    for tensor in tensors:
+        tensor.record_stream(stream)
+    caller.wait_stream(stream)
+    return ok
+
+
+def _device_buffer(size: int, device: torch.device) -> torch.Tensor:
+    """``size`` bytes on ``device`` from torch's allocator (256-byte aligned, as TensorRT requires)."""
+    return torch.empty(max(int(size), 1), dtype=torch.uint8, device=device)
+
+
+class SharedActivationMemory:
+    """One activation buffer per GPU, shared by every TensorRT execution context of this process on that GPU.
+
+    Each context would otherwise hold its own activation memory, invisible to torch: several fold members on a
+    16 GB T4 can run out of it. Sharing is safe because the contexts of one GPU never run at once: one worker per
+    GPU, and each session's stream is ordered after torch's current stream, which waits for the previous one
+    (``run_on_stream``). The buffer is the largest size any context asked for; when a larger one comes, every
+    context is pointed at the new buffer (at set-up, before any execution)."""
+
+    _buffers: dict[int, torch.Tensor] = {}
+    _contexts: dict[int, list] = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def attach(cls, context, size: int, device: torch.device) -> None:
+        index = device.index or 0
+        with cls._lock:
+            buffer = cls._buffers.get(index)
+            contexts = cls._contexts.setdefault(index, [])
+            contexts.append(context)
+            if buffer is None or buffer.numel() < size:
+                buffer = cls._buffers[index] = _device_buffer(size, device)
+                for each in contexts:
+                    each.set_device_memory(buffer.data_ptr(), buffer.numel())
+            else:
+                context.set_device_memory(buffer.data_ptr(), buffer.numel())
+
+    @classmethod
+    def bytes_on(cls, index: int) -> int:
+        """The activation memory TensorRT uses on GPU ``index`` (what torch's allocator statistics also count)."""
+        buffer = cls._buffers.get(index)
+        return 0 if buffer is None else buffer.numel()
+
+
 class TensorRTSession:
-    """A serialized one-input, one-output float32 TensorRT engine, run on torch CUDA tensors on the current stream.
+    """A serialized one-input, one-output float32 TensorRT engine, run on torch CUDA tensors on a stream of its own.
 
     Deserialization, execution-context creation and every execution happen with the session's GPU current,
-    so a second worker on cuda:1 uses cuda:1's CUDA context and stream, never GPU 0's.
+    so a second worker on cuda:1 uses cuda:1's CUDA context and stream, never GPU 0's. TensorRT asks for a
+    non-default stream (the legacy default stream adds synchronization and a warning on every call): each
+    session has its own, ordered against torch's current stream both ways (``run_on_stream``).
     """
 
     def __init__(self, engine_path: str | Path, device: str | torch.device = "cuda") -> None:
@@ -156,7 +217,10 @@ class TensorRTSession:
                 raise CheckpointError(
                     f"TensorRT could not load {self.path}: engines only run on the GPU model and TensorRT "
                     f"version that built them; delete it and rebuild with tools/build_engines.py")
-            self._context = self._engine.create_execution_context()
+            # no activation memory of its own: every context on this GPU shares one buffer (TensorRT 10 and 11)
+            self._context = self._engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            SharedActivationMemory.attach(self._context, self._engine.device_memory_size_v2, self.device)
+            self._stream = torch.cuda.Stream(self.device)
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
@@ -176,8 +240,8 @@ class TensorRTSession:
             out = torch.empty(self.output_shape, dtype=torch.float32, device=self.device)
             self._context.set_tensor_address(self._input_name, batch.data_ptr())
             self._context.set_tensor_address(self._output_name, out.data_ptr())
-            stream = torch.cuda.current_stream(self.device)
-            if not self._context.execute_async_v3(stream.cuda_stream):
+            if not run_on_stream(self._stream, torch.cuda.current_stream(self.device), (batch, out),
+                                 self._context.execute_async_v3):
                 raise RuntimeError(f"TensorRT execution failed for a batch of shape {tuple(batch.shape)}")
             return out
 

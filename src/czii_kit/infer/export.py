@@ -138,6 +138,20 @@ def parity(spec: GraphSpec, candidate: Callable[[torch.Tensor], torch.Tensor], d
     return worst
 
 
+def check_built_engine(spec: GraphSpec, session, device: str | torch.device, path: Path) -> float:
+    """Parity of an engine built in this process (in the notebook, say) against torch fp32, once, on a fixed window:
+    beyond the fp16 tolerance the engine file is removed (so it is not reused) and an error says so, which makes
+    prediction use torch for every run. Returns the max abs difference."""
+    diff = parity(spec, session, device, n_batches=1)
+    if diff > FP16_TOLERANCE:
+        Path(path).unlink(missing_ok=True)
+        raise CheckpointError(f"the TensorRT engine {Path(path).name} just built here differs from torch fp32 by "
+                              f"{diff:.2e} > {FP16_TOLERANCE:.0e} on a fixed window: it is not used (deleted from the "
+                              "cache); check the export with czii export --format onnx --precision fp16")
+    log.warning("built %s: max abs diff vs torch fp32 %.2e (tolerance %.0e)", Path(path).name, diff, FP16_TOLERANCE)
+    return diff
+
+
 def check_parity(what: str, diff: float, fp16: bool) -> None:
     """Print the max abs difference against its tolerance; raise when it is exceeded."""
     tol = FP16_TOLERANCE if fp16 else FP32_TOLERANCE

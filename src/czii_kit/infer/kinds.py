@@ -30,7 +30,7 @@ from czii_kit.data.normalize import normalize_from_config
 from czii_kit.errors import CheckpointError, ConfigError
 from czii_kit.infer.engines import GraphEngine, TorchEngine, check_engine_kind, resolve_device, run_fixed_batch
 from czii_kit.infer.ensemble import WeightedMean, check_compatible
-from czii_kit.infer.export import (EngineFiles, GraphSpec, cached_export, export_graph, open_graph,
+from czii_kit.infer.export import (EngineFiles, GraphSpec, cached_export, check_built_engine, export_graph, open_graph,
                                    probability_graph)
 from czii_kit.infer.sliding_window import predict_volume
 from czii_kit.infer.tta import Transform, parse_tta
@@ -84,16 +84,21 @@ def graph_session(kind: MemberKind, ckpts: Sequence[Mapping], cfg: Mapping, engi
                   files: EngineFiles, weights: Sequence[float] | None = None):
     """The ONNX Runtime / TensorRT session of a kind's graph. ONNX: the file tools/export.py packed next to the
     checkpoint when there is one, else one exported into the cache (never next to the checkpoint). TensorRT: a
-    prebuilt engine whose key matches, else one built into the cache."""
+    prebuilt engine whose key matches, else one built into the cache and compared with torch fp32 once
+    (``check_built_engine``: beyond the fp16 tolerance it is refused, and prediction uses torch)."""
     def onnx_for(fp16: bool) -> Path:
         return cached_export([c["path"] for c in ckpts], kind.onnx_path(ckpts, cfg, fp16, weights), files.cache_dir,
                              lambda path: export_graph(kind.graph(ckpts, cfg, weights), path, fp16))
 
-    def engine_for() -> Path:
-        return files.engine_path(graph_name(kind, ckpts, cfg, True, weights), [c["path"] for c in ckpts],
-                                 resolve_device(device))
-
-    return open_graph(engine, onnx_for, device, engine_for)
+    if engine != "tensorrt":
+        return open_graph(engine, onnx_for, device)
+    path = files.engine_path(graph_name(kind, ckpts, cfg, True, weights), [c["path"] for c in ckpts],
+                             resolve_device(device))
+    fresh = not path.is_file()  # built now, here: compared with torch before any run uses it
+    session = open_graph(engine, onnx_for, device, lambda: path)
+    if fresh:
+        check_built_engine(kind.graph(ckpts, cfg, weights), session, device, path)
+    return session
 
 
 def device_sync(device):

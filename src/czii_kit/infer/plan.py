@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 
 from czii_kit.config import apply_overrides, particle_set
 from czii_kit.data.source import DataSource
-from czii_kit.errors import ConfigError, DataError
+from czii_kit.errors import ConfigError, DataError, IncompleteDataError
 from czii_kit.infer.engines import check_engine_kind
 from czii_kit.infer.export import EngineFiles
 from czii_kit.infer.kinds import KINDS, Member, check_spacing, group_by_kind, kind_of, load_checkpoints
@@ -36,12 +36,18 @@ Geometry = tuple[tuple[int, ...], float]  # ((z, y, x) shape, Å per voxel)
 
 @dataclass(frozen=True)
 class RunSet:
-    """The runs of one split a plan predicts, each checked (metadata only) and with its geometry."""
+    """The runs of one split a plan predicts, each checked (metadata only) and with its geometry; ``skipped``:
+    runs whose tomogram is incomplete (missing chunks), refused with the reason, never read."""
 
     data: DataSource
     split: str
     names: list[str]
     geometry: dict[str, Geometry]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def to_predict(self) -> list[str]:
+        return [run for run in self.names if run not in self.skipped]
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class PredictionPlan:
     source_weights: ClassWeights | None = None
     tuning: Tuning | None = None
     explicit_thresholds: bool = False  # per-class values given by the caller (no guessed-threshold warning)
+    default_fusion: bool = False  # several sources may fuse with the config's fusion.weights (asked for on purpose)
     files: EngineFiles = EngineFiles()
     runs: RunSet | None = None
 
@@ -69,7 +76,7 @@ class PredictionPlan:
                          engine: str | None = None, device: str | None = None,
                          member_weights: Sequence[float] | None = None,
                          thresholds: str | Mapping[str, float] | None = None,
-                         thresholds_from: str | Path | None = None,
+                         thresholds_from: str | Path | None = None, default_fusion: bool = False,
                          files: EngineFiles = EngineFiles()) -> PredictionPlan:
         """Group ``ckpts`` by kind (checking member weights and that each kind's members fit together), resolve
         the inference config (the first kind's first checkpoint's, with ``overrides``, ``tta``, ``engine`` and
@@ -83,7 +90,7 @@ class PredictionPlan:
         base = tuning.thresholds if tuning else mean_thresholds(ckpts, particles)
         source_weights = tuning.source_weights if tuning else stored_source_weights(ckpts)
         return cls(groups, cfg, parse_thresholds(thresholds, base, particles), source_weights, tuning,
-                   explicit_thresholds=bool(thresholds), files=files)
+                   explicit_thresholds=bool(thresholds), default_fusion=default_fusion, files=files)
 
     @classmethod
     def for_training(cls, ckpt: dict) -> PredictionPlan:
@@ -114,6 +121,19 @@ class PredictionPlan:
                 "every run without --thresholds-from). Tune them on the fold models with tools/evaluate.py and pass "
                 "--thresholds-from REPORT here (or to tools/train_fold.py --fold -1)")
 
+    def check_fusion(self) -> None:
+        """Several sources are fused for final detections only with per-class source weights tuned on out-of-fold
+        candidates, or with the config's default weights when asked for on purpose: untuned, a U-Net and a YOLO
+        model trained on every run scored F4 0.816 together against 0.947 for the U-Net alone on held-out data."""
+        if len(self.groups) < 2 or self.source_weights is not None or self.default_fusion:
+            return
+        raise ConfigError(
+            f"the checkpoints give {len(self.groups)} sources ({', '.join(self.sources)}) but no per-class source "
+            "weights to fuse them with; untuned fusion can score below the best source alone. Tune them on the fold "
+            "models (czii evaluate --weights EXP EXP_YOLO --out REPORT) and pass --thresholds-from REPORT here (or "
+            "to czii train --fold -1), predict with one kind of checkpoint, or pass --default-fusion to fuse with "
+            "the config's fusion.weights on purpose")
+
     def single(self, kind: str, ckpt: dict) -> PredictionPlan:
         """One of its checkpoints alone, with the same config (one engine per checkpoint)."""
         return dataclasses.replace(self, groups={kind: [(ckpt, 1.0)]})
@@ -127,7 +147,8 @@ class PredictionPlan:
     # ------------------------------------------------------------------ the runs
     def on_runs(self, data: DataSource, split: str, runs: Sequence[str] | None = None) -> PredictionPlan:
         """The plan with ``runs`` of ``split`` (default: all), checked before any inference: the data has the
-        models' classes, every run exists and opens (metadata only), and has the voxel size they were trained at."""
+        models' classes, every run exists and opens (metadata only), and has the voxel size they were trained at.
+        A run whose store lacks chunks is skipped (``RunSet.skipped``, with the reason), not read as zeros."""
         if set(self.particles.names) != set(data.particles.names):
             raise ConfigError(f"the checkpoints predict {', '.join(self.particles.names)} but {data} has "
                               f"{', '.join(data.particles.names)}; use checkpoints trained on this project's classes")
@@ -136,13 +157,17 @@ class PredictionPlan:
         if unknown:
             raise DataError(f"--runs: {', '.join(unknown)} not in the {split} split of {data}")
         names = list(runs) if runs else every
-        geometry = {}
+        geometry, skipped = {}, {}
         for run in names:
-            geometry[run] = data.run_geometry(run, split, self.cfg["data"])
+            try:
+                geometry[run] = data.run_geometry(run, split, self.cfg["data"])
+            except IncompleteDataError as error:
+                skipped[run] = f"{type(error).__name__}: {error}"
+                continue
             for ckpt in self.checkpoints:
                 check_spacing(ckpt, geometry[run][1], f"run {run} ({self.cfg['data']['recon']}, "
                                                       f"level {self.cfg['data']['level']})")
-        return dataclasses.replace(self, runs=RunSet(data, split, names, geometry))
+        return dataclasses.replace(self, runs=RunSet(data, split, names, geometry, skipped))
 
     # ------------------------------------------------------------------ loading
     def load(self, device: str | torch.device = "cpu", engine: str | None = None) -> Predictor:

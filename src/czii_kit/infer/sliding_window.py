@@ -148,7 +148,7 @@ def predict_volume(
     n_batches = math.ceil(len(origins) / batch_size)
     for chunk in progress_bar(_chunks(origins, batch_size), total=n_batches, enabled=progress,
                               desc=f"{len(engines)} model(s) x windows", unit="batch"):
-        batch = _crop_batch(padded, chunk, window).to(first.device)
+        batch = upload(_crop_batch(padded, chunk, window), first.device)
         probs = None
         for engine, share, transforms in plans:
             for transform in transforms:
@@ -162,6 +162,15 @@ def predict_volume(
             weight_sum[target] += importance[source]
     summed /= weight_sum
     return summed
+
+
+def upload(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch of windows onto ``device``: on a GPU through pinned memory without blocking the host, so the
+    next batch is cropped while this one computes (torch's pinned-memory allocator keeps the buffer until the
+    copy is done); on the CPU as it is."""
+    if device.type != "cuda":
+        return batch.to(device)
+    return batch.pin_memory().to(device, non_blocking=True)
 
 
 def _member_plans(engines: Sequence[Engine], weights, tta) -> list[tuple[Engine, float, list[Transform]]]:

@@ -30,7 +30,7 @@ from czii_kit.infer.plan import PredictionPlan
 from czii_kit.infer.predictor import Predictor
 from czii_kit.infer.tta import parse_tta
 from czii_kit.infer.workers import map_over_devices
-from czii_kit.post.peaks import empty_detections
+from czii_kit.post.peaks import empty_detections, probe_gpu_peaks
 from czii_kit.utils.backend import use_device
 
 log = logging.getLogger(__name__)
@@ -77,13 +77,28 @@ class Predictors:
             return self._loaded[device, engine]
 
 
+def probe_peak_finding(devices: Sequence[str], report: Callable[[str], None]) -> list[str]:
+    """CuPy probed once on every GPU (``post.peaks.probe_gpu_peaks``, before the clock); where it fails, peaks are
+    found on the host for every run, said once. Returns those notes."""
+    notes = []
+    for device in devices:
+        if torch.device(device).type == "cuda":
+            reason = probe_gpu_peaks(device)
+            if reason is not None:
+                notes.append(f"CuPy does not run on {device} ({reason}); peaks are found on the host for every run")
+                report(f"WARNING: {notes[-1]}")
+    return notes
+
+
 def set_up(predictors: Predictors, devices: Sequence[str], engine: str,
            report: Callable[[str], None]) -> tuple[str, list[str]]:
-    """Load the members on every device with ``engine``; on failure say why once and fall back to torch."""
+    """Load the members on every device with ``engine``; on failure say why once and fall back to torch. Then
+    probe CuPy's peak finding on every GPU."""
+    notes = probe_peak_finding(devices, report)
     try:
         for device in devices:
             predictors.get(device, engine)
-        return engine, []
+        return engine, notes
     except DataError:
         raise
     except Exception as error:  # noqa: BLE001 -- any failure of the fast engine falls back, said loudly once
@@ -95,7 +110,7 @@ def set_up(predictors: Predictors, devices: Sequence[str], engine: str,
         log.exception("engine set-up failed")
         for device in devices:
             predictors.get(device, "torch")
-        return "torch", [message]
+        return "torch", [*notes, message]
 
 
 def predict_split(plan: PredictionPlan, devices: Sequence[str], *, time_budget_h: float | None = None,
@@ -104,8 +119,10 @@ def predict_split(plan: PredictionPlan, devices: Sequence[str], *, time_budget_h
     """Detections of the plan's runs (thresholded, post-processed, fused when there are several sources)."""
     if plan.runs is None or plan.thresholds is None:
         raise PredictionError("internal: predict_split needs a plan with runs (PredictionPlan.on_runs) and thresholds")
-    data, split, runs = plan.runs.data, plan.runs.split, plan.runs.names
+    data, split, runs = plan.runs.data, plan.runs.split, plan.runs.to_predict
     cfg, thresholds, source_weights = plan.cfg, plan.thresholds, plan.source_weights
+    if not runs:  # every run refused before any work (incomplete stores): nothing to load
+        return SplitResult(empty_detections(), failures=dict(plan.runs.skipped), engine=cfg["infer"]["engine"])
     t0 = clock()
     predictors = Predictors(plan)
     engine, decisions = set_up(predictors, devices, cfg["infer"]["engine"], report)
@@ -158,6 +175,8 @@ def predict_split(plan: PredictionPlan, devices: Sequence[str], *, time_budget_h
         return found
 
     results, failures = map_over_devices(list(runs), list(devices), work, progress=progress)
+    failures = {run: plan.runs.skipped.get(run) or failures[run] for run in plan.runs.names
+                if run in failures or run in plan.runs.skipped}
     frames = [results[r] for r in runs if r in results]
     detections = pd.concat(frames, ignore_index=True) if frames else empty_detections()
     decisions += budget.decisions if budget is not None else []

@@ -1,11 +1,14 @@
 """What the Kaggle machine is, and what follows from it: the engine to run, and whether CUDA runs at all.
 
-``kaggle kernels push`` without ``--accelerator`` gets the P100 (compute capability 6.0): TensorRT 10+
-does not support it, and Kaggle's current image ships a cu128 torch without Pascal (sm_60) kernels,
-so even torch's first CUDA op fails there with "no kernel image is available for execution on the
-device". ``describe_gpus`` says what the notebook got, ``choose_engine`` picks TensorRT only where it
-works and says why when it does not, and ``check_cuda_runs`` turns a GPU torch cannot run on into
-one clear error instead of a failure deep inside inference.
+Kaggle has retired the P100: since kaggle CLI 2.2.5 a session that asks for it runs on the default GPU,
+the T4 (GPU T4 x2 for ``--accelerator NvidiaTeslaT4``, which ``kaggle kernels push`` takes from kaggle 1.8.4
+on). A notebook can still land on a GPU TensorRT or the image's torch cannot use (an older kernel version,
+an editor session with another accelerator): the pinned TensorRT 10.16 needs compute capability 7.5
+(10.5 dropped Volta), and the cu128 torch has no Pascal (sm_60) kernels, so even its first CUDA op fails
+there with "no kernel image is available for execution on the device". ``describe_gpus`` says what the
+notebook got, ``choose_engine`` picks TensorRT only where it works and says why when it does not, and
+``check_cuda_runs`` turns a GPU torch cannot run on into one clear error instead of a failure deep inside
+inference.
 """
 from __future__ import annotations
 
@@ -21,9 +24,11 @@ import torch
 
 from czii_kit.errors import ConfigError
 
-TENSORRT_MIN_CAPABILITY = (7, 0)  # TensorRT 10+ supports Volta (7.0) and newer; the P100 is 6.0
+TENSORRT_MIN_CAPABILITY = (7, 5)  # TensorRT 10.5 dropped Volta (7.0): Turing (the T4, 7.5) and newer
 TENSORRT_MIN_MAJOR = 10  # the engine build needs the TensorRT 10/11 API
-PUSH_HINT = "push with `kaggle kernels push -p kaggle_notebooks --accelerator NvidiaTeslaT4` (GPU T4 x2)"
+KAGGLE_CLI_MIN = (1, 8, 4)  # the first kaggle CLI whose `kernels push` takes --accelerator (and machine_shape)
+PUSH_HINT = ("push with `kaggle kernels push -p kaggle_notebooks --accelerator NvidiaTeslaT4` (GPU T4 x2; "
+             "kaggle CLI 1.8.4 or newer)")
 NVIDIA_SMI_TIMEOUT_S = 10
 
 
@@ -117,11 +122,11 @@ def _fallback(reason: str) -> str:
 
 
 def choose_engine(requested: str, device: str, gpus: Environment | Sequence[GpuInfo] | None = None) -> str:
-    """The engine to run here: TensorRT only when every GPU it would use has compute capability >= 7.0 and
+    """The engine to run here: TensorRT only when every GPU it would use has compute capability >= 7.5 and
     tensorrt imports; otherwise torch (fp16 on a GPU), with one printed line saying why. Other engines stay.
 
-    Kaggle's image may lack tensorrt, or the notebook may have been pushed onto a P100: one line and
-    torch beat a failed submission.
+    Kaggle's image may lack tensorrt, or the notebook may have landed on an older GPU: one line and torch
+    beat a failed submission.
     """
     if requested != "tensorrt":
         return requested
@@ -163,8 +168,8 @@ def _tiny_op(index: int) -> float:
 def check_cuda_runs(env: Environment | None = None) -> Environment:
     """Run one tiny CUDA op on every visible GPU; a GPU torch cannot run on raises a ConfigError naming it.
 
-    On Kaggle's P100 with a cu128 torch, torch.cuda.is_available() is True but every kernel launch
-    fails with cudaErrorNoKernelImageForDevice: this says so before hours of inference.
+    On a Pascal GPU (a P100) with a cu128 torch, torch.cuda.is_available() is True but every kernel
+    launch fails with cudaErrorNoKernelImageForDevice: this says so before hours of inference.
     No GPU: nothing to check (the CPU path needs none).
     """
     env = env or describe_gpus()
@@ -176,8 +181,8 @@ def check_cuda_runs(env: Environment | None = None) -> Environment:
             kernels = f"kernels for {' '.join(env.arches)}" if env.arches else "its kernels"
             raise ConfigError(
                 f"CUDA does not run on GPU {gpu.index}, a {gpu.name} (compute capability {gpu.compute_capability}): "
-                f"{first}. This torch {env.torch} ships {kernels}, none for this GPU. On Kaggle the default "
-                f"accelerator of a pushed notebook is the P100, which the current image cannot use: {PUSH_HINT}, "
-                "or set machine_shape to NvidiaTeslaT4 in kernel-metadata.json"
+                f"{first}. This torch {env.torch} ships {kernels}, none for this GPU. On Kaggle ask for the T4s, "
+                f"which the current image can use: {PUSH_HINT}, or set machine_shape to NvidiaTeslaT4 in "
+                "kernel-metadata.json"
             ) from e
     return env

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import czii_kit
 from czii_kit.errors import DataError
+from czii_kit.kaggle.preflight import MANIFEST, PACK_FORMAT
 from czii_kit.utils.progress import progress_bar
 
-FORMAT = "czii-kit-kaggle-pack"
+FORMAT = PACK_FORMAT  # preflight.py (standard library only) holds the names it shares with the pack tool
 FORMAT_VERSION = 2  # 2: the manifest's "environment" and preflight.py
 PREFLIGHT = "preflight.py"
-MANIFEST = "manifest.json"
 DATASET_METADATA = "dataset-metadata.json"
-WHEELS = "wheels"
 CONFIGS = "configs"
 METADATA_FILES = (MANIFEST, DATASET_METADATA)  # describe the pack; not listed in the manifest's files
+
 
 # --------------------------------------------------------------------------- files
 def sha256_file(path: Path, bar=None) -> str:
@@ -70,7 +70,7 @@ def load_manifest(root: Path) -> dict:
 
 
 def make_manifest(files: list[dict], checkpoints: list[dict], dataset_id: str, environment: dict,
-              classes: list[str]) -> dict:
+                  classes: list[str], default_fusion: bool = False) -> dict:
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "czii_kit_version": czii_kit.__version__,
             "dataset": dataset_id, "classes": list(classes), "checkpoints": checkpoints,
-            "environment": environment, "files": files}
+            "default_fusion": default_fusion, "environment": environment, "files": files}

@@ -32,8 +32,9 @@ from pathlib import Path
 
 from czii_kit.errors import CheckpointError, ConfigError, DataError
 from czii_kit.kaggle import preflight
-from czii_kit.kaggle.manifest import (CONFIGS, DATASET_METADATA, MANIFEST, PREFLIGHT, WHEELS, file_table,
-                                      load_manifest, make_manifest, pack_files, write_json)
+from czii_kit.kaggle.manifest import (CONFIGS, DATASET_METADATA, MANIFEST, PREFLIGHT, file_table, load_manifest,
+                                      make_manifest, pack_files, write_json)
+from czii_kit.kaggle.preflight import WHEELS
 from czii_kit.kaggle.wheels import (KaggleTarget, build_project_wheel, check_ultralytics, copy_wheelhouse,
                                     environment_record, find_wheelhouse)
 
@@ -67,6 +68,21 @@ def check_user(user: str) -> str:
 def default_user() -> str:
     """$KAGGLE_USERNAME, else a placeholder to replace in dataset-metadata.json (kaggle.json is never read)."""
     return os.environ.get("KAGGLE_USERNAME") or PLACEHOLDER_USER
+
+
+def kaggle_cli_advice(version: str | None) -> str | None:
+    """A line for an installed kaggle CLI (``version``, None: not installed) that cannot push with
+    ``--accelerator`` (only 1.8.4 and newer can); None when it can."""
+    from czii_kit.kaggle.environment import KAGGLE_CLI_MIN
+
+    need = ".".join(map(str, KAGGLE_CLI_MIN))
+    if version is None:
+        return f"the kaggle CLI is not installed here: pip install 'kaggle>={need}' (it uploads and pushes)"
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+    if parts < KAGGLE_CLI_MIN:
+        return (f"kaggle {version} is installed, and its `kernels push` rejects --accelerator (needed for the T4s): "
+                f"pip install -U 'kaggle>={need}'")
+    return None
 
 
 def dataset_metadata(user: str, slug: str, title: str) -> dict:
@@ -203,12 +219,16 @@ class PackResult:
 def pack_dataset(weights: Sequence[str | Path], out: str | Path, slug: str, user: str, title: str | None = None,
                  folds: Sequence[int] | None = None, wheels: str | Path | None = None, onnx: bool = False,
                  force: bool = False, progress: bool = True, target: KaggleTarget | None = None,
-                 thresholds_from: str | Path | None = None, default_thresholds: bool = False) -> PackResult:
+                 thresholds_from: str | Path | None = None, default_thresholds: bool = False,
+                 default_fusion: bool = False) -> PackResult:
     """Pack the selected checkpoints, configs and wheels (and tools/evaluate.py's thresholds.json) into out,
-    ready for `kaggle datasets create`. A full-data checkpoint with only the config's default thresholds is
-    refused without a thresholds file (or ``default_thresholds``): on Kaggle it would score quietly low."""
-    from czii_kit.infer.kinds import KINDS, group_by_kind, load_checkpoints
-    from czii_kit.tuning import TUNING_FILE, guessed_thresholds, load_tuning
+    ready for `kaggle datasets create`. Refused before anything is written, because on Kaggle they would score
+    quietly low: a full-data checkpoint with only the config's default thresholds and no thresholds file (unless
+    ``default_thresholds``), and several kinds of checkpoints without tuned source weights (unless
+    ``default_fusion``, which the manifest records for the notebook)."""
+    from czii_kit.infer.kinds import KINDS, load_checkpoints
+    from czii_kit.infer.plan import PredictionPlan
+    from czii_kit.tuning import TUNING_FILE, guessed_thresholds
 
     target = target or KaggleTarget()
     metadata = dataset_metadata(user, slug, title or slug)
@@ -216,7 +236,9 @@ def pack_dataset(weights: Sequence[str | Path], out: str | Path, slug: str, user
     old = _existing_pack(out, force)
     ckpts = load_checkpoints(list(weights), list(folds) if folds is not None else None)
     _require_unique(ckpts)
-    tuning = load_tuning(thresholds_from, list(ckpts[0]["classes"])) if thresholds_from else None
+    plan = PredictionPlan.from_checkpoints(ckpts, thresholds_from=thresholds_from, default_fusion=default_fusion)
+    plan.check_fusion()
+    tuning = plan.tuning
     guessed = guessed_thresholds(ckpts)
     if tuning is None and guessed and not default_thresholds:
         raise ConfigError(f"{', '.join(guessed)} carry the config's default thresholds (trained on every run without "
@@ -225,7 +247,7 @@ def pack_dataset(weights: Sequence[str | Path], out: str | Path, slug: str, user
                           "--default-thresholds to pack the defaults on purpose")
     experiments = _experiment_dirs(ckpts)
     exports = {c["path"]: packed_onnx(c) if onnx else [] for c in ckpts}
-    extra = tuple(sorted({d for kind in group_by_kind(ckpts) for d in KINDS[kind].requires}))
+    extra = tuple(sorted({d for kind in plan.groups for d in KINDS[kind].requires}))
     if "ultralytics" in extra:
         check_ultralytics()
     wheelhouse = find_wheelhouse(Path(wheels), target, extra) if wheels is not None else []
@@ -243,7 +265,7 @@ def pack_dataset(weights: Sequence[str | Path], out: str | Path, slug: str, user
         packed_wheels += [tmp / WHEELS / p.name for p in copy_wheelhouse(wheelhouse, tmp / WHEELS)]
         environment = environment_record(packed_wheels, target, extra)
         manifest = make_manifest(file_table(tmp, progress), checkpoints, metadata["id"], environment,
-                             list(ckpts[0]["classes"]))
+                                 list(ckpts[0]["classes"]), default_fusion)
         write_json(tmp / MANIFEST, manifest)
         write_json(tmp / DATASET_METADATA, metadata)
         _require_same_or_forced(out, old, manifest, force)

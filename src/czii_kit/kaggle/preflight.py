@@ -33,6 +33,8 @@ from pathlib import Path
 
 MANIFEST = "manifest.json"
 WHEELS = "wheels"
+PACK_FORMAT = "czii-kit-kaggle-pack"  # manifest.json's "format" in a pack made by czii pack
+SEARCH_DEPTH = 6  # how far below /kaggle/input packs and engine folders are looked for (mounts have moved before)
 REBUILD = "python tools/pack_kaggle_dataset.py ..."
 # PEP 427 file name: name-version(-build)?-python-abi-platform.whl
 WHEEL_NAME = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(?:-(?P<build>\d[^-]*))?"
@@ -327,6 +329,55 @@ def describe(pack_dir: str | os.PathLike, env: dict | None = None) -> list[str]:
     return lines
 
 
+# --------------------------------------------------------------------------- finding the pack
+def folders(root: str | os.PathLike, max_depth: int = SEARCH_DEPTH):
+    """Every folder under ``root`` down to ``max_depth`` levels, without entering zarr stores (thousands of chunk
+    folders in the competition data), in a stable order."""
+    root = Path(root)
+    for here, subdirs, _ in os.walk(root):
+        depth = len(Path(here).relative_to(root).parts)
+        subdirs[:] = sorted(d for d in subdirs if not d.endswith(".zarr") and depth < max_depth)
+        yield Path(here)
+
+
+def _manifest_format(path: Path) -> str | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc.get("format") if isinstance(doc, dict) else None
+
+
+def find_packs(root: str | os.PathLike, max_depth: int = SEARCH_DEPTH) -> list[Path]:
+    """Folders under ``root`` holding a czii-kit pack's manifest.json, wherever Kaggle mounted them."""
+    return [d for d in folders(root, max_depth)
+            if (d / MANIFEST).is_file() and _manifest_format(d / MANIFEST) == PACK_FORMAT]
+
+
+def locate_pack(root: str | os.PathLike, pack_dir: str | os.PathLike | None = None) -> Path:
+    """``pack_dir`` when given, else the one pack under ``root``; none or several is a PreflightError that says
+    what was found and how to fix it."""
+    if pack_dir:
+        if not (Path(pack_dir) / MANIFEST).is_file():
+            raise PreflightError(f"{Path(pack_dir) / MANIFEST} does not exist: PACK_DIR (CZII_PACK_DIR) must be the "
+                                 "folder of a pack made by czii pack; leave it unset to search " + str(root))
+        return Path(pack_dir)
+    found = find_packs(root)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise PreflightError(f"{len(found)} czii-kit packs under {root}: {', '.join(map(str, found))}; set PACK_DIR "
+                             "(CZII_PACK_DIR) to the one to use")
+    seen = sorted(str(p.relative_to(root)) for p in Path(root).glob("*/*")) if Path(root).is_dir() else []
+    others = [str(d) for d in folders(root) if (d / MANIFEST).is_file()]
+    raise PreflightError(f"no czii-kit pack (a manifest.json of format {PACK_FORMAT!r}) under {root}, searched "
+                         f"{SEARCH_DEPTH} levels deep; found there: {', '.join(seen[:20]) or 'nothing'}"
+                         + (f"; manifests of other formats: {', '.join(others)}" if others else "")
+                         + ". Attach the dataset made by czii pack (uploaded with --dir-mode zip) to the notebook "
+                           "(dataset_sources in kernel-metadata.json), or set PACK_DIR (CZII_PACK_DIR)")
+
+
+# --------------------------------------------------------------------------- entry points
 def main(pack_dir: str | os.PathLike) -> list[str]:
     """Print what was checked; raise PreflightError listing every problem. Returns the wheel paths to install."""
     env = running()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from czii_kit.errors import DataError
 from czii_kit.kaggle.manifest import CONFIGS, MANIFEST, load_manifest, sha256_file
+from czii_kit.kaggle.preflight import SEARCH_DEPTH, folders
 from czii_kit.utils.progress import progress_bar
 
 
@@ -34,6 +35,11 @@ class Pack:
         from czii_kit.tuning import TUNING_FILE
 
         return self.root / TUNING_FILE if any(f["path"] == TUNING_FILE for f in self.manifest["files"]) else None
+
+    @property
+    def default_fusion(self) -> bool:
+        """Packed with --default-fusion: several kinds fuse with the config's weights, on purpose."""
+        return bool(self.manifest.get("default_fusion", False))
 
     def describe(self) -> str:
         lines = [f"pack {self.manifest['dataset']} (czii-kit {self.manifest['czii_kit_version']}): "
@@ -64,3 +70,11 @@ def read_pack(pack_dir: str | Path, verify: bool = True, progress: bool = False)
                 if sha256_file(root / entry["path"], bar) != entry["sha256"]:
                     raise DataError(f"{root / entry['path']} does not match its sha256 in {root / MANIFEST}; {fix}")
     return Pack(root, manifest)
+
+
+def find_engines(root: str | Path, max_depth: int = SEARCH_DEPTH) -> list[Path]:
+    """Folders under ``root`` holding prebuilt TensorRT engines (an ``engines.json`` written by czii build-engines,
+    e.g. the output of the engines notebook added under kernel_sources), wherever Kaggle mounted them."""
+    from czii_kit.infer.prebuild import INDEX
+
+    return [d for d in folders(root, max_depth) if (d / INDEX).is_file()]

@@ -26,6 +26,7 @@ from pathlib import Path
 import czii_kit
 from czii_kit.errors import ConfigError
 from czii_kit.kaggle import preflight
+from czii_kit.kaggle.preflight import installed_version
 
 REPRODUCIBLE_EPOCH = "315532800"  # 1980-01-01, the earliest zip time: the same sources give the same wheel bytes
 BUILD_FILES = ("pyproject.toml", "setup.cfg", "setup.py", "README.md", "MANIFEST.in", "LICENSE")
@@ -38,7 +39,7 @@ KAGGLE_PYTHON = "3.12"  # `!python --version`
 KAGGLE_CUDA = "12.8"  # `import torch; torch.version.cuda` (the image's torch is a cu128 build)
 KAGGLE_PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64")  # glibc 2.17+ and 2.28+ wheels (Kaggle: 2.35)
 CUDA_MAJORS = (12, 13)  # the CUDA families TensorRT and CuPy publish wheels for (tensorrt-cu12, cupy-cuda12x)
-# GPU extras: TensorRT 10.x supports compute capability >= 7.0 (the T4 is 7.5, the P100's 6.0 is not supported)
+# GPU extras: TensorRT 10.5+ supports compute capability >= 7.5 (the T4 is 7.5; Volta 7.0 and the P100's 6.0 are not)
 TENSORRT_VERSION = "10.16.1.11"
 CUPY_VERSION = "14.2.0"
 CUDA_PATHFINDER_VERSION = "1.9.1"  # cupy 14 imports it
@@ -214,16 +215,9 @@ def copy_wheelhouse(found: Sequence[Path], dest: Path) -> list[Path]:
     return list(found)
 
 
-def _installed(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def _pinned(name: str) -> str:
     """name==the version installed here (what was tested), or the bare name."""
-    version = _installed(name)
+    version = installed_version(name)
     return f"{name}=={version}" if version else name
 
 
@@ -283,7 +277,7 @@ def check_ultralytics() -> str:
     A packed YOLO checkpoint makes the wheelhouse pin this version, so a missing module here would be
     an ImportError on Kaggle, hours later.
     """
-    version = _installed("ultralytics")
+    version = installed_version("ultralytics")
     if version is None:
         raise ConfigError("a YOLO checkpoint is packed and ultralytics is not installed here; the wheelhouse pins "
                           "the installed version: `pip install ultralytics`, then pack again")
@@ -326,6 +320,6 @@ def environment_record(wheel_paths: Sequence[Path], target: KaggleTarget, extra:
     return {"python": target.python, "platforms": list(target.platforms), "cuda": target.cuda,
             "tensorrt": target.tensorrt, "torch": torch.__version__, "torch_cuda": torch.version.cuda,
             "packed_with_python": platform.python_version(),
-            "requires": {name: _installed(name) for name in required_distributions(extra)},
+            "requires": {name: installed_version(name) for name in required_distributions(extra)},
             "optional": target.gpu_extras(),
             "wheels": [wheel_record(p) for p in wheel_paths]}

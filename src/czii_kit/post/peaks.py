@@ -300,6 +300,34 @@ def find_peaks(prob, class_names, thresholds: Mapping[str, float], kernel_frac: 
                  separable_local_maxima)
 
 
+def probe_gpu_peaks(device) -> str | None:
+    """Run a tiny peak search with CuPy on GPU ``device`` once: None when it works, else why, recorded so that
+    every later probability volume on that GPU goes to the host peak finder instead of failing its run. Also
+    compiles CuPy's kernels before the clock starts, so the first tomogram's time does not mislead the budget."""
+    import torch
+
+    from czii_kit.particles import Particle
+    from czii_kit.utils.backend import record_cupy_failure
+
+    index = torch.device(device).index or 0
+    probe = ParticleSet((Particle("probe", 3 * VOXEL_SPACING, 1.0),))
+    try:
+        import cupy
+
+        with cupy.cuda.Device(index):
+            prob = cupy.zeros((1, 12, 12, 12), dtype=cupy.float32)
+            prob[0, 6, 5, 4] = 1.0
+            found = find_peaks(prob, probe.names, {"probe": 0.5}, particles=probe)
+            cupy.cuda.Device(index).synchronize()
+        expected = cell_to_angstrom(np.array([[6, 5, 4]]), 1)
+        reason = None if len(found) == 1 and np.allclose(found[["x", "y", "z"]].to_numpy(), expected) else (
+            f"the probe found {len(found)} peak(s) instead of the one it planted")
+    except Exception as error:  # noqa: BLE001 -- import, driver, compilation: any failure means the host path
+        reason = f"{type(error).__name__}: {error}"
+    record_cupy_failure(index, reason)
+    return reason
+
+
 def reference_peaks(prob, class_names, thresholds: Mapping[str, float], kernel_frac: float | Mapping = 0.5,
                     stride: int = 1, experiment: str = "", topk: int | None = None,
                     spacing: float = VOXEL_SPACING, particles: ParticleSet = CZII) -> pd.DataFrame:

@@ -47,17 +47,32 @@ def to_numpy(array) -> np.ndarray:
 
 
 _warned_no_cupy = False
+_CUPY_FAILED: dict[int, str] = {}  # GPU index -> why CuPy does not run there (its probe failed)
+
+
+def record_cupy_failure(index: int, reason: str | None) -> None:
+    """What a probe of CuPy on GPU ``index`` found: None when it runs, else why (then peaks go to the host)."""
+    if reason is None:
+        _CUPY_FAILED.pop(int(index), None)
+    else:
+        _CUPY_FAILED[int(index)] = reason
+
+
+def cupy_failure(index: int) -> str | None:
+    return _CUPY_FAILED.get(int(index))
 
 
 def from_torch(tensor):
     """The array behind a torch tensor, where it already is, without a copy: a NumPy view on CPU,
     a CuPy array through DLPack on a GPU (so the peak finder runs there and only candidate lists
-    cross to the host). Without CuPy on a GPU machine the tensor is copied to the host, once
-    warned about."""
+    cross to the host). Without CuPy on a GPU machine, or on a GPU where its probe failed
+    (``record_cupy_failure``), the tensor is copied to the host."""
     global _warned_no_cupy
     tensor = tensor.detach()
     if tensor.device.type == "cpu":
         return tensor.numpy()
+    if cupy_failure(tensor.device.index or 0) is not None:
+        return tensor.cpu().numpy()  # said once, when the probe failed
     try:
         import cupy
     except ImportError:
