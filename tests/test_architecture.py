@@ -17,7 +17,7 @@ FLOORS = {
     2: ("data", "metric", "submission", "post", "models", "losses", "viz", "yolo"),
     3: ("checkpoints", "infer"),
     4: ("train", "evaluate", "predict", "baseline"),
-    5: ("study", "kaggle", "bench", "selfcheck"),
+    5: ("study", "pretrain", "kaggle", "bench", "selfcheck", "scale"),
     6: ("cli",),
 }
 FLOOR_OF = {part: floor for floor, parts in FLOORS.items() for part in parts}

@@ -123,7 +123,11 @@ def test_star_files_hold_voxels_and_centred_angstroms(synthetic_root, tiny_exper
 @pytest.fixture(scope="module")
 def seven_class_project(synthetic_root, tmp_path_factory):
     """The project plus 'made-up' (radius 80 Å, weight 2): picks 30 Å from each thyroglobulin."""
-    path = make_copick_project(synthetic_root, tmp_path_factory.mktemp("copick7") / "project")
+    return make_seven_class_project(synthetic_root, tmp_path_factory.mktemp("copick7") / "project")
+
+
+def make_seven_class_project(synthetic_root, folder):
+    path = make_copick_project(synthetic_root, folder)
     config = json.loads(path.read_text())
     config["pickable_objects"].append({"name": "made-up", "is_particle": True, "label": 7, "radius": 80.0,
                                        "color": [0, 0, 0, 255], "metadata": {"weight": 2.0}})
@@ -197,3 +201,18 @@ def test_the_tool_writes_a_project(synthetic_root, tmp_path, capsys):
     test_runs = open_data(tmp_path / "p" / "copick_test.json").list_runs("test")
     assert test_runs == layout.list_runs(synthetic_root, "test")
     assert make_project_main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "q")]) == 2
+
+
+def test_a_copick_project_of_seven_classes_fine_tunes_from_a_six_class_model(synthetic_root, tiny_experiment,
+                                                                             tmp_path):
+    """train.init_from through a copick project: the six CZII channels come from the checkpoint, 'made-up' is new."""
+    from czii_kit.checkpoints import load_checkpoint
+    from czii_kit.train.loop import train_fold
+
+    seven_class_project = make_seven_class_project(synthetic_root, tmp_path / "project")  # no other test's picks
+    out = tmp_path / "seven"
+    cfg = load_config("cpu_quick", [*TINY_TRAIN_OVERRIDES, "train.epochs=1", f"train.init_from={tiny_experiment}"])
+    train_fold(cfg, 0, seven_class_project, out, progress=False)
+    ckpt = load_checkpoint(out / "fold0.pt")
+    assert ckpt["classes"][-1] == "made-up" and ckpt["init_from"]["classes"] == list(CZII.names)
+    assert ckpt["state_dict"]["head.weight"].shape[0] == 8

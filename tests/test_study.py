@@ -71,7 +71,7 @@ def test_a_study_runs_resumes_and_reports(synthetic_root, tmp_path, monkeypatch)
                                     "arms": {"baseline": tiny, "mixup": [*tiny, "augment.mixup=0.5"]}}))
     study = load_study(path)
     done = run_study(study, synthetic_root, synthetic_root, tmp_path / "out", arms=["baseline"],  # one arm: short
-                     progress=False)
+                     progress=False).results
     assert set(done["arm"]) == {"baseline"} and sorted(done["seed"]) == [0, 1, 2] and done["score"].between(0, 1).all()
     # thresholds tuned exactly on the test set can only do better than the model's own, class by class
     assert (done["score_tuned"] >= done["score"] - 1e-9).all()
@@ -80,7 +80,8 @@ def test_a_study_runs_resumes_and_reports(synthetic_root, tmp_path, monkeypatch)
     import czii_kit.train as train_package
 
     monkeypatch.setattr(train_package, "trainer_for", lambda cfg: pytest.fail("a finished arm was trained again"))
-    again = run_study(study, synthetic_root, synthetic_root, tmp_path / "out", arms=["baseline"], progress=False)
+    again = run_study(study, synthetic_root, synthetic_root, tmp_path / "out", arms=["baseline"],
+                      progress=False).results
     pd.testing.assert_frame_equal(again, pd.read_csv(tmp_path / "out" / "results.csv"))
     report = write_report(again, tmp_path / "out", ["ribosome"], "baseline").read_text()
     assert "| baseline | 3 |" in report

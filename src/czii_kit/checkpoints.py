@@ -54,7 +54,8 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a czii-kit checkpoint (no format={FORMAT!r} field)")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer czii-kit (format {ckpt['format_version']}); upgrade czii-kit")
+        raise CheckpointError(f"{path} was written by a newer czii-kit (format {ckpt['format_version']}); "
+                              "upgrade czii-kit")
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks fields {', '.join(missing)}; re-train or re-export it")
@@ -81,6 +82,12 @@ def untrained_checkpoint(cfg: dict, model: torch.nn.Module | None = None) -> dic
             "input_multiple": model.input_multiple}
 
 
+def describe_lineage(lineage: dict) -> str:
+    """One line: where a checkpoint started from."""
+    return (f"started from {lineage['path']} (sha256 {lineage['sha256'][:12]}, {lineage['model']}, classes "
+            f"{', '.join(lineage['classes'])})")
+
+
 def load_state(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
@@ -103,7 +110,8 @@ def find_checkpoints(weights: str | Path, folds: list[int] | None = None) -> lis
         if not found:
             raise CheckpointError(f"none of folds {folds} in {weights} (it has folds {have}); fix --folds")
     if not found:
-        raise CheckpointError(f"no fold*.pt checkpoints in {weights}; train with `python tools/train_fold.py --out {weights}`")
+        raise CheckpointError(f"no fold*.pt checkpoints in {weights}; train with "
+                              f"`python tools/train_fold.py --out {weights}`")
     return found
 
 

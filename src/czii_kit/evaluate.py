@@ -29,9 +29,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from czii_kit.checkpoints import find_checkpoints, load_checkpoint
+from czii_kit.checkpoints import describe_lineage, find_checkpoints, load_checkpoint
 from czii_kit.config import class_dict, particle_set
-from czii_kit.data.folds import split_runs
+from czii_kit.data.folds import fold_runs
 from czii_kit.data.open_data import open_data
 from czii_kit.data.source import DataSource
 from czii_kit.errors import CheckpointError, DataError
@@ -81,7 +81,7 @@ def fold_checkpoints(weights: list[str | Path], folds: list[int] | None = None) 
 
 def held_out_runs(data: DataSource, ckpt: Mapping) -> list[str]:
     """The run(s) the checkpoint's fold held out, by the same split its training used."""
-    _, val = split_runs(data.list_runs("train"), int(ckpt["fold"]), ckpt["config"]["data"]["fold_file"])
+    _, val = fold_runs(data, ckpt["config"]["data"], int(ckpt["fold"]))
     if not val:
         raise CheckpointError(f"{ckpt['path']} was trained on all runs (fold -1): it has no out-of-fold run")
     return val
@@ -206,8 +206,11 @@ def report_markdown(rows: pd.DataFrame, per_class: pd.DataFrame, preds: list[Fol
     best_table = per_class[(per_class["source"] == best["source"]) & (per_class["variant"] == best["variant"])]
     kinds = available_sources(preds)
     partial = sorted({k for c in checkpoints.values() for k in c} - set(kinds))
+    started = [f"- fold {fold} {kind}: {describe_lineage(ckpt['init_from'])}" for fold, by_kind in checkpoints.items()
+               for kind, ckpt in by_kind.items() if ckpt.get("init_from")]
     lines = ["# Cross-validation report", "",
              f"Folds: {', '.join(f'{p.fold} ({p.run})' for p in preds)}; models: {', '.join(kinds)}.",
+             *(["", "Fine-tuned models:", *started] if started else []),
              "Per-class thresholds are tuned jointly on all out-of-fold candidates of each row and scored on the "
              "same candidates (an upper bound; compare rows with each other).", ""]
     if partial:
@@ -287,4 +290,6 @@ def run_evaluation(root, weights: list[str | Path], out: str | Path, folds: list
     write_text_atomic(report, report_markdown(rows, per_class, preds, checkpoints, pictures, tuning, tuned_table,
                                               confusions))
     return {"rows": rows, "per_class": per_class, "report": report, "pictures": pictures, "tuning": tuning,
-            "thresholds": thresholds_file}
+            "thresholds": thresholds_file, "lineage": {f"fold {fold} {kind}": describe_lineage(ckpt["init_from"])
+                                                       for fold, by_kind in checkpoints.items()
+                                                       for kind, ckpt in by_kind.items() if ckpt.get("init_from")}}

@@ -268,6 +268,13 @@ def pick_threshold(thresholds: np.ndarray, f4: np.ndarray, smooth: int = 0) -> f
     return float(np.asarray(thresholds)[int(np.argmax(f4))])  # first max = lowest threshold
 
 
+def lowest_near_best(thresholds: np.ndarray, f4: np.ndarray, tolerance: float) -> float:
+    """The lowest threshold whose F4 is within ``tolerance`` of the highest: a recall-leaning pick where the curve
+    is flat near its top (or optimistic, on runs the model was trained on)."""
+    f4 = np.asarray(f4, dtype=np.float64)
+    return float(np.asarray(thresholds)[int(np.argmax(f4 >= f4.max() - tolerance))])
+
+
 def best_thresholds(solution: pd.DataFrame, candidates: pd.DataFrame, grid: np.ndarray | None = None,
                     particles: ParticleSet = CZII, smooth: int = 0) -> tuple[dict[str, float], pd.DataFrame]:
     """Per-class score threshold maximising the class F4, computed exactly and without re-scoring.

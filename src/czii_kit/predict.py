@@ -21,7 +21,8 @@ from czii_kit.data.star import check_star_folder, write_star_files
 from czii_kit.errors import ConfigError, DataError, PredictionError
 from czii_kit.infer.export import EngineFiles
 from czii_kit.infer.plan import PredictionPlan
-from czii_kit.infer.split import SplitResult, available_devices, predict_split
+from czii_kit.infer.split import LocalSplit, SplitResult
+from czii_kit.checkpoints import describe_lineage
 from czii_kit.submission import write_submission
 
 
@@ -88,7 +89,7 @@ def predict_submission(*, weights: Sequence[str | Path], data: str | Path | Data
                        overrides: Sequence[str] = (), engine_cache: str | Path = "build/engines",
                        prebuilt_engines: Sequence[str | Path] = (), copick_out: str | None = None,
                        star_out: str | Path | None = None, overwrite: bool = False, default_fusion: bool = False,
-                       score: bool = False, progress: bool = True,
+                       score: bool = False, progress: bool = True, executor=None,
                        report: Callable[[str], None] = print) -> PredictionReport:
     """Predict every run of ``split`` of ``data`` with the checkpoints of ``weights``; write ``out`` (and, when asked,
     copick picks of USER/SESSION into the project, and one RELION STAR file per run into ``star_out``).
@@ -96,6 +97,8 @@ def predict_submission(*, weights: Sequence[str | Path], data: str | Path | Data
     Thresholds: the checkpoints' own (mean over members) < a thresholds file from tools/evaluate.py
     (``thresholds_from``, which also brings per-class source weights) < explicit ``thresholds``. Several sources
     (U-Net and YOLO) are fused only with tuned source weights, or with the config's when ``default_fusion``.
+    ``executor`` runs the runs: this machine's devices (``LocalSplit``, the default) or Ray actors on a cluster
+    (``czii_kit.scale.predict.RayPrediction``, resumable); every check above runs first either way.
     """
     out = Path(out)
     check_output(out)
@@ -110,18 +113,22 @@ def predict_submission(*, weights: Sequence[str | Path], data: str | Path | Data
     target = copick_target(data, copick_out, run_names, overwrite)
     if star_out is not None:
         check_star_folder(star_out, run_names, overwrite)
-    devices = available_devices(plan.cfg["infer"]["device"])
+    executor = executor or LocalSplit()
+    devices = executor.devices(plan.cfg["infer"]["device"])
     solution = data.solution(split, run_names, plan.cfg["data"]) if score else None
     warning = plan.warning()
     if warning:
         report(warning)
+    for ckpt in plan.checkpoints:
+        if ckpt.get("init_from"):
+            report(f"{ckpt['path']}: {describe_lineage(ckpt['init_from'])}")
     for run, why in plan.runs.skipped.items():
         report(f"WARNING: {run} will be skipped, nothing is predicted for it: {why}")
     report(f"{len(plan.checkpoints)} checkpoint(s), engine {plan.cfg['infer']['engine']}, TTA "
            f"{plan.cfg['infer']['tta']}, {len(run_names)} run(s) of {data} on {', '.join(devices)}"
            + (f", thresholds from {plan.tuning.path}" if plan.tuning else ""))
     t0 = time.monotonic()
-    result = predict_split(plan, devices, time_budget_h=time_budget_h, progress=progress, report=report)
+    result = executor(plan, devices, time_budget_h=time_budget_h, progress=progress, report=report)
     for line in result.decisions:
         report(f"note: {line}")
     if result.failures and not result.seconds:

@@ -14,16 +14,18 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from czii_kit.config import load_config, particle_set
+from czii_kit.config import class_dict, load_config, particle_set
 from czii_kit.data.open_data import open_data
 from czii_kit.errors import ConfigError, PredictionError
-from czii_kit.metric import best_thresholds, score_table, table_score, tuned_score
+from czii_kit.metric import best_thresholds, lowest_near_best, pick_threshold, score_table, table_score, tuned_score
 from czii_kit.post.steps import apply_thresholds
 from czii_kit.utils.atomic import write_text_atomic
+from czii_kit.utils.jobs import TrialRunner, in_process
 from czii_kit.utils.markdown import markdown_table
 from czii_kit.utils.progress import progress_bar
 
 RESULTS = "results.csv"
+TRAIN_LOW_TOLERANCE = 0.02  # train-low: the lowest threshold within this much F4 of the best on the training runs
 FLOOR = 0.05  # candidates kept down to this score, so thresholds can be tuned on the test split
 
 
@@ -116,32 +118,73 @@ def score_held_out(weights: Sequence[str | Path], data, split: str = "test", ove
     return HeldOutScore(fixed, tuned, sum(result.seconds.values()) / len(result.seconds))
 
 
-def run_study(study: Mapping, train_data, test_data, out: str | Path, arms: Sequence[str] | None = None,
-              progress: bool = True) -> pd.DataFrame:
-    """Train and score every (arm, seed) not in ``out/results.csv`` yet (only ``arms`` when given); returns all
-    results."""
+@dataclass(frozen=True)
+class Trial:
+    """One (arm, seed) of a study: what a worker needs to train and score it (plain values, absolute paths)."""
+
+    arm: str
+    seed: int
+    cfg: dict
+    fold: int
+    train_data: str
+    test_data: str
+    out: str
+    progress: bool = True
+
+
+def run_trial(trial: Trial) -> dict:
+    """Train one (arm, seed) and score it on the test split: its row of results.csv."""
     from czii_kit.train import trainer_for
 
-    out = Path(out)
+    weights = model_dir(trial.out, trial.arm, trial.seed)
+    trained = trainer_for(trial.cfg)(trial.cfg, trial.fold, trial.train_data, weights, progress=trial.progress)
+    held_out = score_held_out([weights], trial.test_data, out=weights / "test.csv")
+    return {"arm": trial.arm, "seed": trial.seed, "val_f4": trained["best"]["score"], "epochs": len(trained["log"]),
+            "train_minutes": float(trained["log"]["seconds"].sum() / 60), **held_out.row()}
+
+
+def in_study_order(results: pd.DataFrame, study: Mapping) -> pd.DataFrame:
+    """Rows in the order a sequential study writes them: arms as the study lists them, then seeds; rows of arms
+    the study file no longer lists stay, after those."""
+    arms, seeds = list(study["arms"]), list(study["seeds"])
+    key = pd.DataFrame({"arm": [arms.index(a) if a in arms else len(arms) for a in results["arm"]],
+                        "seed": [seeds.index(s) if s in seeds else len(seeds) for s in results["seed"]]})
+    order = key.sort_values(["arm", "seed"], kind="stable").index
+    return results.iloc[order].reset_index(drop=True)
+
+
+@dataclass
+class StudyRun:
+    results: pd.DataFrame  # every row of results.csv, in study order
+    failures: dict[str, str]  # "arm seed N" -> why (only through a runner that goes on after a failure)
+
+
+def run_study(study: Mapping, train_data, test_data, out: str | Path, arms: Sequence[str] | None = None,
+              progress: bool = True, runner: TrialRunner = in_process) -> StudyRun:
+    """Train and score every (arm, seed) not in ``out/results.csv`` yet (only ``arms`` when given); each row is
+    saved as it comes. ``runner`` runs the trials (here one after the other, or as Ray trials)."""
+    out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / RESULTS
     done = pd.read_csv(results_path) if results_path.is_file() else pd.DataFrame(columns=["arm", "seed"])
-    test = open_data(test_data)
+    train_location, test_location = (str(Path(str(open_data(d))).resolve()) for d in (train_data, test_data))
+    trials = {}
     for arm, overrides in study["arms"].items():
         if arms is not None and arm not in arms:
             continue
         for seed in study["seeds"]:
-            if ((done["arm"] == arm) & (done["seed"] == seed)).any():
-                continue
-            cfg = load_config(study["config"], [*overrides, f"seed={seed}"])
-            weights = model_dir(out, arm, seed)
-            trained = trainer_for(cfg)(cfg, study["fold"], train_data, weights, progress=progress)
-            held_out = score_held_out([weights], test, out=weights / "test.csv")
-            row = {"arm": arm, "seed": seed, "val_f4": trained["best"]["score"], "epochs": len(trained["log"]),
-                   "train_minutes": float(trained["log"]["seconds"].sum() / 60), **held_out.row()}
-            done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
-            write_text_atomic(results_path, done.to_csv(index=False))
-    return done
+            if not ((done["arm"] == arm) & (done["seed"] == seed)).any():
+                cfg = load_config(study["config"], [*overrides, f"seed={seed}"])
+                trials[f"{arm} seed {seed}"] = Trial(arm, seed, cfg, study["fold"], train_location, test_location,
+                                                     str(out), progress)
+
+    def save(name: str, row: dict) -> None:
+        nonlocal done
+        done = in_study_order(pd.concat([done, pd.DataFrame([row])], ignore_index=True), study)
+        write_text_atomic(results_path, done.to_csv(index=False))
+
+    failures = runner(run_trial, trials, save)
+    return StudyRun(done, failures)
 
 
 def metric_columns(classes: Sequence[str], tuned: bool = False) -> list[str]:
@@ -180,7 +223,8 @@ def verdicts(results: pd.DataFrame, baseline: str, classes: Sequence[str],
         out[arm] = {}
         for c in columns:
             delta, noise = mean.loc[arm, c] - mean.loc[baseline, c], max(spread.loc[arm, c], spread.loc[baseline, c])
-            out[arm][c.removeprefix("tuned_")] = "noise" if abs(delta) <= noise else ("better" if delta > 0 else "worse")
+            verdict = "noise" if abs(delta) <= noise else ("better" if delta > 0 else "worse")
+            out[arm][c.removeprefix("tuned_")] = verdict
     return out
 
 
@@ -263,15 +307,38 @@ def study_models(study_dir: str | Path, arms: Sequence[str] | None = None) -> li
     return models
 
 
+def no_validation_rules(ckpt: dict, train, runs: Sequence[str], candidates: pd.DataFrame,
+                        tolerance: float = TRAIN_LOW_TOLERANCE) -> dict[str, dict[str, float]]:
+    """Thresholds for a model trained without a validation run (fold -1), by each rule there is: ``own`` (what its
+    checkpoint stores), ``config`` (the config's defaults), ``init`` (the thresholds of the checkpoint it started
+    from, when it did), ``train`` (the highest F4 on its own training runs) and ``train-low`` (the lowest threshold
+    within ``tolerance`` F4 of that highest: a guard against the optimism of runs the model has seen, leaning to
+    recall, which F4 weighs 16 times precision)."""
+    from czii_kit.train.experiment import threshold_grid
+
+    cfg, particles = ckpt["config"], particle_set(ckpt["config"])
+    grid, default = threshold_grid(cfg), class_dict(cfg, "threshold")
+    _, curves = best_thresholds(train.solution("train", runs), candidates, grid, particles)
+    rules = {OWN: dict(ckpt["thresholds"]), "config": default,
+             "train": {c: pick_threshold(g["threshold"], g["f4"]) for c, g in curves.groupby("particle_type")},
+             "train-low": {c: lowest_near_best(g["threshold"], g["f4"], tolerance)
+                           for c, g in curves.groupby("particle_type")}}
+    if ckpt.get("init_from"):
+        rules["init"] = {c: float(ckpt["init_from"]["thresholds"].get(c, t)) for c, t in default.items()}
+    return {rule: {c: float(picked.get(c, default[c])) for c in particles.names} for rule, picked in rules.items()}
+
+
 def threshold_rules(study_dir: str | Path, train_data, test_data, smooths: Sequence[int] = (1, 2, 3),
                     ttas: Sequence[str] = ("none",), arms: Sequence[str] | None = None,
                     progress: bool = True) -> pd.DataFrame:
     """Test score of each study model at thresholds picked on its own validation run by each rule: ``own`` (the
     highest F4 on the validation grid, what the checkpoint stores), ``smooth<k>`` (F4 averaged over k grid points
     either side first) and ``test-tuned`` (picked on the test split itself: the ceiling); both predictions with
-    each TTA of ``ttas``. One row per model, TTA and rule: score, F4 and threshold per class."""
+    each TTA of ``ttas``. A model trained without a validation run (fold -1) gets ``no_validation_rules`` instead,
+    picked on its training runs. One row per model, TTA and rule: score, F4 and threshold per class."""
     from czii_kit.checkpoints import load_checkpoint
-    from czii_kit.train.experiment import class_dict, threshold_grid
+    from czii_kit.data.folds import chosen_runs
+    from czii_kit.train.experiment import threshold_grid
 
     train, test = open_data(train_data), open_data(test_data)
     test_solution = test.solution("test")
@@ -282,11 +349,17 @@ def threshold_rules(study_dir: str | Path, train_data, test_data, smooths: Seque
         ckpt = load_checkpoint(path)
         cfg, particles, runs = ckpt["config"], particle_set(ckpt["config"]), ckpt["validation"]["runs"]
         grid, default = threshold_grid(cfg), class_dict(cfg, "threshold")
-        val = scored_candidates(path, train, "train", runs, tta, path.parent / f"candidates_val{suffix}.csv")
         held_out = scored_candidates(path, test, "test", None, tta, path.parent / f"candidates_test{suffix}.csv")
-        val_solution = train.solution("train", runs)
-        rules = {name: best_thresholds(val_solution, val, grid, particles, smooth=k)[0]
-                 for name, k in (("own", 0), *((f"smooth{k}", k) for k in smooths))}
+        if runs:
+            val = scored_candidates(path, train, "train", runs, tta, path.parent / f"candidates_val{suffix}.csv")
+            val_solution = train.solution("train", runs)
+            rules = {name: best_thresholds(val_solution, val, grid, particles, smooth=k)[0]
+                     for name, k in (("own", 0), *((f"smooth{k}", k) for k in smooths))}
+        else:  # trained on every run it had: the rules a model without a validation run can use
+            trained_on = chosen_runs(train.list_runs("train"), cfg["data"].get("runs"), str(train))
+            seen = scored_candidates(path, train, "train", trained_on, tta,
+                                     path.parent / f"candidates_train{suffix}.csv")
+            rules = no_validation_rules(ckpt, train, trained_on, seen)
         rules[TEST_TUNED] = best_thresholds(test_solution, held_out, grid, particles)[0]
         for rule, picked in rules.items():
             thresholds = {c: picked.get(c, default[c]) for c in particles.names}
@@ -305,9 +378,9 @@ def paired_differences(rows: pd.DataFrame, columns: Sequence[str], reference: st
     for rule in dict.fromkeys(rows["rule"]):
         if rule == reference:
             continue
-        line = {"rule": rule, "models": len(wide)}
+        line = {"rule": rule, "models": int(wide[(columns[0], rule)].notna().sum())}
         for c in columns:
-            delta = wide[(c, rule)] - wide[(c, reference)]
+            delta = (wide[(c, rule)] - wide[(c, reference)]).dropna()  # models that have both rules
             moved = delta[delta.abs() > 1e-12]
             line[c] = f"{delta.mean():+.3f} ± {delta.std(ddof=1):.3f} ({int((moved > 0).sum())}/{len(moved)} up)"
         out.append(line)

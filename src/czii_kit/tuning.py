@@ -22,6 +22,7 @@ from czii_kit.utils.atomic import write_text_atomic
 TUNING_FILE = "thresholds.json"
 FORMAT = "czii-kit-thresholds"
 DEFAULT_THRESHOLDS = "config defaults"  # what a full-data checkpoint trained without a thresholds file records
+INIT_THRESHOLDS = "init checkpoint"  # ... and one that started from a checkpoint (train.init_from): its thresholds
 
 
 @dataclass

@@ -87,3 +87,24 @@ def add_overrides(p: argparse.ArgumentParser, example: str = "train.epochs=5") -
 def add_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (a terminal gets bars, a log file a few plain lines, unless this is set)")
+
+
+def add_ray(p: argparse.ArgumentParser, per: str, cpus: float) -> None:
+    """--ray ADDRESS and the resources each Ray trial (or worker) declares: ``--cpus-per-PER``, ``--gpus-per-PER``."""
+    group = p.add_argument_group('Ray (optional extra: pip install -e ".[ray]"; docs/scale.md)')
+    group.add_argument("--ray", metavar="ADDRESS",
+                       help="local: start Ray on this machine; auto, HOST:6379 or ray://HOST:10001: join that cluster")
+    group.add_argument(f"--cpus-per-{per}", type=float, default=cpus, metavar="N",
+                       help=f"CPUs each Ray {per} reserves (its torch threads; default {cpus:g})")
+    group.add_argument(f"--gpus-per-{per}", type=float, metavar="N",
+                       help=f"GPUs each Ray {per} reserves (default: 1 when the cluster has GPUs and the device is not "
+                            "cpu, else 0; 0.5 lets two share one)")
+
+
+def ray_only(args: argparse.Namespace, *flags: str) -> None:
+    """Refuse Ray's flags without --ray (a flag that silently does nothing is a bug report waiting)."""
+    given = [f for f in flags if getattr(args, f.lstrip("-").replace("-", "_")) not in (None, False)]
+    if given and not args.ray:
+        from czii_kit.errors import ConfigError
+
+        raise ConfigError(f"{', '.join(given)} only work with --ray (e.g. --ray local)")

@@ -24,14 +24,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     from czii_kit.baseline import dog_score
     from czii_kit.config import load_config
-    from czii_kit.data.folds import split_runs
+    from czii_kit.data.folds import fold_runs
     from czii_kit.metric import format_table
     from czii_kit.train.data import load_runs
 
     args = parse_args(argv)
     data = resolve_data(args.data)
     cfg = load_config(args.config)
-    _, val = split_runs(data.list_runs("train"), args.fold, cfg["data"]["fold_file"])
+    _, val = fold_runs(data, cfg["data"], args.fold)
     _, table, score = dog_score(load_runs(data, val, cfg, extra_recons=False), cfg)
     print(f"DoG baseline on {', '.join(val)} (fold {args.fold}):")
     print(format_table(table, score))

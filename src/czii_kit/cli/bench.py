@@ -6,6 +6,7 @@
     czii bench train --config cpu_quick --steps 12
     czii bench windows --weights weights/cpu_quick --data data/eval_default --windows 64x128x128 96x160x160
     czii bench synth --shapes 184 630 630 --repeat 3
+    czii bench scale --weights weights/pretrained/cpu_quick --data data/eval_default --work reports/bench_scale
 
 Each prints numbers; the logic is ``czii_kit.bench``.
 """
@@ -63,10 +64,22 @@ def _synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-builtin", action="store_true", help="skip timing the built-in dataset")
 
 
+def _scale(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default="weights/pretrained/cpu_quick",
+                   help="model predicted with (default %(default)s)")
+    p.add_argument("--data", default="data/eval_default", help="full-size runs (its test split) for the overhead "
+                   "(default %(default)s, made by czii pretrain)")
+    p.add_argument("--work", default="reports/bench_scale", help="work folder: data, submissions, logs")
+    p.add_argument("--runs", type=int, default=200, help="small runs of the copick project killed and resumed")
+    parts = ["overhead", "resume", "study"]
+    p.add_argument("--only", nargs="+", choices=parts, default=parts, help="which measurements (default: all)")
+
+
 BENCHES = {"infer": (_infer, "inference speed: forward, the per-tomogram path, peaks, memory (optionally MONAI)"),
            "train": (_train, "training throughput: patches/s, data share of a step, memory"),
            "windows": (_windows, "F4 and seconds per tomogram over sliding-window sizes x overlaps"),
-           "synth": (_synth, "simulator speed: seconds per run and per built-in dataset")}
+           "synth": (_synth, "simulator speed: seconds per run and per built-in dataset"),
+           "scale": (_scale, "Ray: prediction overhead, a killed job resumed, a study equal to the sequential one")}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -108,6 +121,24 @@ def main(argv=None) -> int:
 
         windows = [parse_window(w) for w in args.windows]
         sweep(args.weights, resolve_data(args.data), args.split, windows, args.overlaps, args.device)
+    elif args.bench == "scale":
+        from pathlib import Path
+
+        from czii_kit.bench import scale
+        from czii_kit.scale.session import require_ray
+
+        require_ray()
+        weights, data, work = Path(args.weights), Path(args.data), Path(args.work)
+        if "overhead" in args.only and not (data / "test").is_dir():
+            raise ConfigError(f"--data {data}: no test split; make it with czii pretrain (data/eval_default) or "
+                              "czii make-synthetic --train 0 --test 3 --shape 184 630 630")
+        work.mkdir(parents=True, exist_ok=True)
+        if "overhead" in args.only:
+            scale.overhead(weights, data, work)
+        if "resume" in args.only:
+            scale.resume(weights, work, args.runs)
+        if "study" in args.only:
+            scale.study(work)
     else:
         from czii_kit.bench.synth import bench_builtin, bench_run, peak_rss_gb
 

@@ -3,20 +3,28 @@ from __future__ import annotations
 
 import sys
 from functools import wraps
+
 from czii_kit.data.open_data import open_data
 from czii_kit.data.source import DataSource
 from czii_kit.errors import CziiError
 
 
 def exit_on_user_error(main):
-    """Print a CziiError's message (it names the problem and the fix) and exit 2, no traceback."""
+    """Print a CziiError's message (it names the problem and the fix) and exit 2, no traceback. Under torchrun the
+    message names the rank, and any other failure says which rank failed before its traceback."""
     @wraps(main)
     def wrapper(argv=None) -> int:
+        from czii_kit.train.distributed import rank_prefix
+
         try:
             return main(argv)
         except CziiError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {rank_prefix()}{e}", file=sys.stderr)
             return 2
+        except Exception as e:
+            if rank_prefix():
+                print(f"error: {rank_prefix()}failed with {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            raise
     return wrapper
 
 

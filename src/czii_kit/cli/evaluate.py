@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     root = resolve_data(args.data)
     result = run_evaluation(root, args.weights, args.out, folds=shared.folds(args.folds), device=args.device,
                             floor=args.floor, tta=args.tta, progress=not args.no_progress)
+    for model, lineage in result["lineage"].items():
+        print(f"{model}: {lineage}")
     print(result["rows"].to_string(index=False, float_format="%.4f"))
     print(f"wrote {result['report']} and {result['thresholds']} (for predict --thresholds-from)")
     return 0

@@ -17,7 +17,7 @@ from czii_kit.cli import args as shared_args
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-synthetic": ("make_synthetic", "write a synthetic dataset in the exact competition layout"),
     "make-copick-project": ("make_copick_project", "a copick project over a competition directory"),
-    "train": ("train_fold", "train one fold (leave-one-tomogram-out; --fold -1: every run)"),
+    "train": ("train_fold", "train one fold (leave-one-tomogram-out; --fold -1: every run; --init-from)"),
     "evaluate": ("evaluate", "cross-validation report and thresholds.json from the fold models"),
     "predict": ("predict", "predict a split: submission.csv (+ copick picks, STAR files)"),
     "score": ("score", "score a submission with the exact Kaggle metric"),
@@ -27,9 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gpu-check": ("gpu_check", "check every GPU path (TensorRT, CuPy, fp16) and print one table"),
     "study": ("study", "recipe study: arms x seeds, scored on a held-out test set"),
     "threshold-rules": ("threshold_rules", "compare threshold-picking rules on a study's models"),
+    "pretrain": ("pretrain", "pretrain a starting model on the simulator (weights/pretrained/cpu_quick)"),
     "make-yolo-dataset": ("make_yolo_dataset", "z-slice PNGs and labels for the YOLO branch"),
     "baseline": ("baseline", "difference-of-Gaussians baseline on a fold's held-out run"),
-    "bench": ("bench", "benchmarks: infer | train | windows | synth"),
+    "bench": ("bench", "benchmarks: infer | train | windows | synth | scale"),
 }
 
 

@@ -1,13 +1,16 @@
 """czii predict --data ROOT --split test --weights weights/EXP [...] -> submission.csv
 
-Same as ``python tools/predict.py``."""
+Same as ``python tools/predict.py``. With ``--ray local|ADDRESS`` the runs are shared out to Ray workers and each
+finished run is kept in ``<out>.parts/``: the same command after a crash predicts only the missing runs."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from czii_kit.cli import args as shared
 from czii_kit.cli.common import exit_on_user_error, resolve_data
 from czii_kit.data import layout
+from czii_kit.errors import ConfigError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,18 +42,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--star-out", metavar="DIR", help="also write one RELION STAR file per run into DIR")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing picks of --copick-out USER/SESSION, or STAR files in --star-out")
-    p.add_argument("--score", action="store_true", help="score against the ground truth (train split, or synthetic test)")
+    p.add_argument("--score", action="store_true",
+                   help="score against the ground truth (train split, or synthetic test)")
     shared.add_progress(p)
+    shared.add_ray(p, "worker", cpus=2.0)
+    p.add_argument("--workers", type=int, help="with --ray: how many Ray workers (default: as many as the cluster's "
+                                                "resources hold, at most one per run)")
+    p.add_argument("--fresh", action="store_true", help="with --ray: delete the part files of an earlier job "
+                                                         "(<out>.parts/) and predict every run again")
     return p.parse_args(argv)
 
 
 @exit_on_user_error
 def main(argv=None) -> int:
     args = parse_args(argv)
+    shared.ray_only(args, "--gpus-per-worker", "--workers", "--fresh")
     from czii_kit.predict import predict_submission
 
+    executor, data = None, resolve_data(args.data)
+    if args.ray:
+        if args.time_budget:
+            raise ConfigError("--time-budget shares one clock between the workers of one machine; with --ray give "
+                              "the job enough workers instead (docs/scale.md), or drop --time-budget")
+        from czii_kit.infer.parts import parts_folder
+        from czii_kit.scale.predict import RayPrediction
+
+        executor = RayPrediction(args.ray, str(parts_folder(Path(args.out).resolve())), args.fresh,
+                                 args.cpus_per_worker, args.gpus_per_worker, args.workers)
+        if not Path(str(data)).is_absolute():  # workers on other nodes do not share this working directory
+            from czii_kit.data.open_data import open_data
+
+            data = open_data(Path(str(data)).resolve())
     report = predict_submission(
-        weights=args.weights, data=resolve_data(args.data), split=args.split, out=args.out, device=args.device,
+        weights=args.weights, data=data, split=args.split, out=args.out, device=args.device,
         engine=args.engine, tta=args.tta, time_budget_h=args.time_budget,
         runs=args.runs.split(",") if args.runs else None,
         folds=shared.folds(args.folds),
@@ -58,5 +82,5 @@ def main(argv=None) -> int:
         thresholds_from=args.thresholds_from, overrides=args.overrides, engine_cache=args.engine_cache,
         prebuilt_engines=args.engines, copick_out=args.copick_out, star_out=args.star_out,
         overwrite=args.overwrite, default_fusion=args.default_fusion,
-        score=args.score, progress=not args.no_progress)
+        score=args.score, progress=not args.no_progress, executor=executor)
     return 1 if report.result.failures else 0

@@ -1,5 +1,5 @@
 """czii study --study configs/studies/hard_classes.yaml --test-data DIR --out reports/NAME [--data ROOT]
-       [--arms ARM ...] [--seeds SEED ...]          (= python tools/ablate.py)
+       [--arms ARM ...] [--seeds SEED ...] [--ray local|ADDRESS ...]          (= python tools/ablate.py)
 
 Trains every arm of a study with every seed on the study's fold of --data, scores each model on --test-data
 (its test split, with the thresholds it tuned on its own validation run) and writes results.csv (resumable)
@@ -26,6 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="train these seeds instead of the study "
                    "file's (at least three; finished (arm, seed) pairs in results.csv are kept, not trained again)")
     shared.add_progress(p)
+    shared.add_ray(p, "trial", cpus=2.0)
     return p.parse_args(argv)
 
 
@@ -36,6 +37,7 @@ def main(argv=None) -> int:
     from czii_kit.study import load_study, run_study, write_report
 
     args = parse_args(argv)
+    shared.ray_only(args, "--gpus-per-trial")
     study = load_study(args.study, args.seeds)
     if args.baseline not in study["arms"]:
         raise ConfigError(f"--baseline {args.baseline!r} is not an arm of {args.study} ({', '.join(study['arms'])})")
@@ -44,6 +46,19 @@ def main(argv=None) -> int:
         raise ConfigError(f"--arms {', '.join(unknown)}: not in {args.study} ({', '.join(study['arms'])})")
     test = open_data(args.test_data)
     test.solution("test")  # the test split must have ground truth: checked before any training
-    results = run_study(study, resolve_data(args.data), test, args.out, args.arms, progress=not args.no_progress)
-    print(f"wrote {write_report(results, args.out, list(test.particles.names), args.baseline)}")
-    return 0
+    runner = {}
+    if args.ray:
+        from czii_kit.config import load_config
+        from czii_kit.scale.tasks import RayTrials
+
+        device = load_config(study["config"])["train"]["device"]
+        runner = {"runner": RayTrials(args.ray, args.cpus_per_trial, args.gpus_per_trial, device,
+                                      progress=not args.no_progress)}
+    outcome = run_study(study, resolve_data(args.data), test, args.out, args.arms,
+                        progress=not args.no_progress and not args.ray, **runner)
+    print(f"wrote {write_report(outcome.results, args.out, list(test.particles.names), args.baseline)}")
+    for trial, why in outcome.failures.items():
+        print(f"FAILED {trial}: {why}")
+    if outcome.failures:
+        print(f"{len(outcome.failures)} trial(s) failed; rerun the same command to run only those")
+    return 1 if outcome.failures else 0

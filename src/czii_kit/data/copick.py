@@ -82,6 +82,10 @@ class CopickProject(DataSource):
                             "overlay_root / static_root and pickable_objects") from e
         self.particles = particles_of(self.root.pickable_objects)
 
+    def __reduce__(self):
+        """Pickled as its config path: a Ray worker opens the project itself (copick's objects do not travel)."""
+        return (CopickProject, (self.config_path,))
+
     # ------------------------------------------------------------------ runs and tomograms
     def list_runs(self, split: str) -> list[str]:
         if split not in layout.SPLITS:

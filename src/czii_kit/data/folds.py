@@ -1,11 +1,41 @@
 """Leave-one-tomogram-out folds: fold K holds out sorted train run K (as the top teams did)."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from czii_kit.errors import ConfigError
+from czii_kit.errors import ConfigError, DataError
+
+
+def chosen_runs(runs: Sequence[str], wanted: Sequence[str] | None, where: str = "") -> list[str]:
+    """The train runs ``data.runs`` names (all of ``runs`` when it is null), sorted; an unknown name is an error."""
+    if wanted is None:
+        return sorted(runs)
+    if isinstance(wanted, str) or not wanted:
+        raise ConfigError(f"data.runs must be a non-empty list of run names, e.g. [TS_5_4], or null; got {wanted!r}")
+    unknown = sorted(set(wanted) - set(runs))
+    if unknown:
+        raise DataError(f"data.runs names {', '.join(unknown)}, not train runs of {where or 'the data'} (runs there: "
+                        f"{', '.join(sorted(runs))}); fix data.runs")
+    return sorted(set(wanted))
+
+
+def fold_runs(data, data_cfg: Mapping, fold: int) -> tuple[list[str], list[str]]:
+    """(train runs, validation runs) of ``fold`` over the data's train runs that ``data.runs`` keeps: the one split
+    training, evaluation, the YOLO slices and the baseline all use."""
+    runs = chosen_runs(data.list_runs("train"), data_cfg.get("runs"), str(data))
+    return split_runs(runs, fold, data_cfg.get("fold_file"))
+
+
+def fold_ids(data, data_cfg: Mapping) -> list[int]:
+    """Every cross-validation fold of the data (``--folds all``): one per kept train run, or the fold file's."""
+    runs = chosen_runs(data.list_runs("train"), data_cfg.get("runs"), str(data))
+    fold_file = data_cfg.get("fold_file")
+    if fold_file is None:
+        return list(range(len(runs)))
+    return sorted(set(_read_fold_file(runs, Path(fold_file)).values()))
 
 
 def split_runs(runs: list[str], fold: int, fold_file: str | Path | None = None) -> tuple[list[str], list[str]]:
@@ -23,7 +53,8 @@ def split_runs(runs: list[str], fold: int, fold_file: str | Path | None = None) 
     return [r for i, r in enumerate(runs) if i != fold], [runs[fold]]
 
 
-def _split_from_file(runs: list[str], fold: int, path: Path) -> tuple[list[str], list[str]]:
+def _read_fold_file(runs: list[str], path: Path) -> dict[str, int]:
+    """run -> fold from a fold file (columns run, fold), checked against the data's runs."""
     if not path.is_file():
         raise ConfigError(f"fold file {path} does not exist")
     table = pd.read_csv(path)
@@ -32,7 +63,11 @@ def _split_from_file(runs: list[str], fold: int, path: Path) -> tuple[list[str],
     unknown = sorted(set(table["run"]) - set(runs))
     if unknown:
         raise ConfigError(f"fold file {path} names runs that are not in the data: {', '.join(unknown)}")
-    fold_of = dict(zip(table["run"], table["fold"].astype(int)))
+    return dict(zip(table["run"], table["fold"].astype(int)))
+
+
+def _split_from_file(runs: list[str], fold: int, path: Path) -> tuple[list[str], list[str]]:
+    fold_of = _read_fold_file(runs, path)
     if fold == -1:
         return runs, []
     folds = sorted(set(fold_of.values()))

@@ -61,6 +61,17 @@ def available_devices(device: str) -> list[str]:
     return [str(resolve_device(device))]  # cuda:N, checked against this machine
 
 
+class LocalSplit:
+    """Predict's default executor: the plan's runs on this machine's devices, one worker thread each
+    (``czii_kit.scale.predict.RayPrediction`` is the other one: Ray actors on a cluster)."""
+
+    def devices(self, device: str) -> list[str]:
+        return available_devices(device)
+
+    def __call__(self, plan: PredictionPlan, devices: Sequence[str], **options) -> SplitResult:
+        return predict_split(plan, devices, **options)
+
+
 class Predictors:
     """One Predictor per device and engine, loaded once from the plan (under a lock: workers share it)."""
 
@@ -113,14 +124,39 @@ def set_up(predictors: Predictors, devices: Sequence[str], engine: str,
         return "torch", [*notes, message]
 
 
+def predict_one(predictors: Predictors, run: str, device: str, engine: str, passes=None,
+                note: Callable[[str], None] = log.warning,
+                clock: Callable[[], float] = time.monotonic) -> tuple[pd.DataFrame, float]:
+    """One run of the plan on ``device``: (detections, seconds). A run that fails on a graph engine, not because
+    of its data, is retried once on torch, and ``note`` is told."""
+    plan = predictors.plan
+    data, split, cfg = plan.runs.data, plan.runs.split, plan.cfg
+
+    def predict_with(engine_now: str) -> pd.DataFrame:
+        tomogram = data.read_run(run, split, cfg["data"])
+        return predictors.get(device, engine_now).predict(tomogram, plan.thresholds, plan.source_weights, passes)
+
+    with use_device(device):
+        started = clock()
+        try:
+            found = predict_with(engine)
+        except DataError:
+            raise  # the run's data is at fault: another engine would fail the same way
+        except Exception as error:  # noqa: BLE001
+            if engine == "torch":
+                raise
+            note(f"{run} failed on {engine} ({type(error).__name__}: {error}); retrying it on torch")
+            found = predict_with("torch")
+        return found, clock() - started
+
+
 def predict_split(plan: PredictionPlan, devices: Sequence[str], *, time_budget_h: float | None = None,
                   progress: bool = True, report: Callable[[str], None] = print,
                   clock: Callable[[], float] = time.monotonic) -> SplitResult:
     """Detections of the plan's runs (thresholded, post-processed, fused when there are several sources)."""
     if plan.runs is None or plan.thresholds is None:
         raise PredictionError("internal: predict_split needs a plan with runs (PredictionPlan.on_runs) and thresholds")
-    data, split, runs = plan.runs.data, plan.runs.split, plan.runs.to_predict
-    cfg, thresholds, source_weights = plan.cfg, plan.thresholds, plan.source_weights
+    runs, cfg = plan.runs.to_predict, plan.cfg
     if not runs:  # every run refused before any work (incomplete stores): nothing to load
         return SplitResult(empty_detections(), failures=dict(plan.runs.skipped), engine=cfg["infer"]["engine"])
     t0 = clock()
@@ -146,33 +182,19 @@ def predict_split(plan: PredictionPlan, devices: Sequence[str], *, time_budget_h
             grouped[member].append(transform)
         return dict(grouped)
 
-    def predict_once(run: str, device: str, engine_now: str, passes) -> pd.DataFrame:
-        tomogram = data.read_run(run, split, cfg["data"])
-        return predictors.get(device, engine_now).predict(tomogram, thresholds, source_weights, passes)
-
     def work(run: str, device: str) -> pd.DataFrame:
-        with use_device(device):
-            started = clock()
-            passes = passes_for(run)
-            try:
-                found = predict_once(run, device, engine, passes)
-            except DataError:
-                raise  # the run's data is at fault: another engine would fail the same way
-            except Exception as error:  # noqa: BLE001
-                if engine == "torch":
-                    raise
-                note = f"{run} failed on {engine} ({type(error).__name__}: {error}); retrying it on torch"
-                report(f"WARNING: {note}")
-                with lock:
-                    decisions.append(note)
-                found = predict_once(run, device, "torch", passes)
-            elapsed = clock() - started
+        found, elapsed = predict_one(predictors, run, device, engine, passes_for(run), note, clock)
         with lock:
             seconds[run] = elapsed
         if budget is not None:
             budget.record(run, elapsed)
         report(f"{run}: {len(found)} particles in {elapsed:.1f} s on {device}")
         return found
+
+    def note(line: str) -> None:
+        report(f"WARNING: {line}")
+        with lock:
+            decisions.append(line)
 
     results, failures = map_over_devices(list(runs), list(devices), work, progress=progress)
     failures = {run: plan.runs.skipped.get(run) or failures[run] for run in plan.runs.names

@@ -2,7 +2,8 @@
 
 Every registered class takes ``(in_channels=1, num_classes=7, **args)``, returns logits
 (B, num_classes, Z/s, Y/s, X/s) and exposes ``output_stride`` (s) and ``input_multiple``
-(each input spatial size must be a multiple of it).
+(each input spatial size must be a multiple of it), and for fine-tuning ``encoder_prefixes`` (the
+parameter names of its encoder) and ``class_heads`` (those whose first axis is the class channels).
 """
 from __future__ import annotations
 

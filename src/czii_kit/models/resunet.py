@@ -71,6 +71,9 @@ class UpBlock(nn.Module):
 class ResUNet(nn.Module):
     """Residual U-Net; one level per entry of ``filters`` (default DeepFindET's [48, 64, 80])."""
 
+    encoder_prefixes = ("stem.", "down.")  # what fine-tuning may freeze or slow down
+    class_heads = ("head.", "aux_heads.")  # parameters whose first axis is the class channels (background first)
+
     def __init__(
         self,
         in_channels: int = 1,

@@ -73,6 +73,9 @@ def check_isotropic(strides: Sequence[Sequence[int]] | None) -> None:
 class UnetSMP(nn.Module):
     """U-Net with an smp-3d encoder; logits at 1/output_stride of the input resolution."""
 
+    encoder_prefixes = ("encoder.",)  # what fine-tuning may freeze or slow down
+    class_heads = ("segmentation_head.",)  # parameters whose first axis is the class channels (background first)
+
     def __init__(
         self,
         in_channels: int = 1,

@@ -13,7 +13,7 @@ import torch
 from czii_kit.config import class_dict, particle_set, with_new_defaults, with_particle_set
 from czii_kit.errors import CheckpointError, ConfigError
 from czii_kit.metric import tuned_score
-from czii_kit.tuning import DEFAULT_THRESHOLDS, Tuning, load_tuning
+from czii_kit.tuning import DEFAULT_THRESHOLDS, INIT_THRESHOLDS, Tuning, load_tuning
 from czii_kit.utils.atomic import atomic_path
 
 
@@ -104,16 +104,21 @@ def validation_summary(solution: pd.DataFrame, cand: pd.DataFrame, cfg: dict, ru
             "runs": list(runs)}
 
 
-def no_validation(cfg: dict, tuning: Tuning | None = None) -> dict:
-    """What a fold without a held-out run (fold -1) stores: the thresholds tuned by cross-validation
-    (``tools/evaluate.py``'s thresholds.json) when given, else the config's defaults, marked as such
+def no_validation(cfg: dict, tuning: Tuning | None = None, lineage: dict | None = None) -> dict:
+    """What a fold without a held-out run (fold -1) stores, and which rule set its thresholds (``thresholds_from``):
+    those tuned by cross-validation (``tools/evaluate.py``'s thresholds.json) when given; else, for a model that
+    started from a checkpoint (``train.init_from``), that checkpoint's thresholds (tuned on its own held-out runs)
+    for the classes it knows and the config's default for the others; else the config's defaults, marked as such
     (prediction warns loudly about those)."""
-    if tuning is None:
-        return {"score": float("nan"), "thresholds": class_dict(cfg, "threshold"), "per_class": [], "runs": [],
-                "thresholds_from": DEFAULT_THRESHOLDS}
-    return {"score": float("nan"), "thresholds": dict(tuning.thresholds), "per_class": [], "runs": [],
-            "thresholds_from": str(tuning.path), "cv_score": tuning.meta.get("score"),
-            "source_weights": tuning.source_weights}
+    empty = {"score": float("nan"), "per_class": [], "runs": []}
+    if tuning is not None:
+        return {**empty, "thresholds": dict(tuning.thresholds), "thresholds_from": str(tuning.path),
+                "cv_score": tuning.meta.get("score"), "source_weights": tuning.source_weights}
+    defaults = class_dict(cfg, "threshold")
+    if lineage is not None:
+        inherited = {c: float(lineage["thresholds"].get(c, t)) for c, t in defaults.items()}
+        return {**empty, "thresholds": inherited, "thresholds_from": f"{INIT_THRESHOLDS}: {lineage['path']}"}
+    return {**empty, "thresholds": defaults, "thresholds_from": DEFAULT_THRESHOLDS}
 
 
 def thresholds_for(cfg: dict, fold: int, thresholds_from) -> Tuning | None:

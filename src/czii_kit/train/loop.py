@@ -21,7 +21,7 @@ from czii_kit import checkpoints
 from czii_kit.config import class_values, dump_config, infer_window, particle_set, save_config, with_particle_set
 from czii_kit.data import io
 from czii_kit.data.dataset import PatchDataset
-from czii_kit.data.folds import split_runs
+from czii_kit.data.folds import fold_runs
 from czii_kit.data.lookalikes import lookalike_centres
 from czii_kit.data.open_data import open_data
 from czii_kit.data.targets import TargetSpec
@@ -31,7 +31,10 @@ from czii_kit.infer.plan import PredictionPlan
 from czii_kit.losses import DeepSupervision, build_loss
 from czii_kit.models import build_model
 from czii_kit.train.data import RunData, common_spacing, load_runs
+from czii_kit.train import distributed
+from czii_kit.train.distributed import DistInfo
 from czii_kit.train.ema import ModelEMA
+from czii_kit.train.finetune import load_initial_weights, parameter_groups, set_encoder_frozen
 from czii_kit.train.experiment import (FoldPaths, fold_seed, guard_output, no_validation, seed_everything,
                                        threshold_grid, thresholds_for, validation_summary, write_log)
 from czii_kit.tuning import Tuning
@@ -63,6 +66,9 @@ class FoldRun:
     log_rows: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"score": -1.0})
     tuning: Tuning | None = None  # cross-validated thresholds for a full-data model (fold -1)
+    lineage: dict | None = None  # where the weights started (train.init_from), recorded in the checkpoint
+    dist: DistInfo = DistInfo()  # this process's rank under torchrun (rank 0 of 1 otherwise)
+    ddp: torch.nn.Module | None = None  # ``model`` wrapped for gradient averaging across ranks
 
     @property
     def val_names(self) -> list[str]:
@@ -99,7 +105,8 @@ def _check_data(train_runs: list[RunData], val_runs: list[tuple[io.Tomogram, pd.
             tqdm.write(f"warning: run {r.name} has zero particles; it only provides negative patches")
     for tomogram, picks in val_runs:
         if len(picks) == 0:
-            raise DataError(f"validation run {tomogram.run} has zero particles, so F4 is undefined; pick another --fold")
+            raise DataError(f"validation run {tomogram.run} has zero particles, so F4 is undefined; "
+                            "pick another --fold")
 
 
 def _check_geometry(model: torch.nn.Module, spec: TargetSpec, cfg: dict) -> None:
@@ -116,22 +123,27 @@ def setup(cfg: dict, fold: int, data_root, out_dir, resume: bool = False, thresh
     (written into the config with their radius and weight)."""
     data = open_data(data_root)
     cfg = with_particle_set(cfg, data.particles)
+    info = distributed.join(cfg["train"]["device"], cfg["train"]["dist_timeout_s"])
+    cfg["train"].update(world_size=info.world_size, dist_backend=info.backend)  # recorded next to the checkpoint
     particles = particle_set(cfg)
     tuning = thresholds_for(cfg, fold, thresholds_from)
     paths = FoldPaths(Path(out_dir), fold)
     guard_output(paths, cfg, resume)
     seed = fold_seed(cfg, fold)
-    seed_everything(seed)
-    device = resolve_device(cfg["train"]["device"])
+    seed_everything(seed)  # the same on every rank: the same initial weights
+    device = resolve_device(distributed.training_device(info, cfg["train"]["device"]))
     tc = cfg["train"]
 
-    train_names, val_names = split_runs(data.list_runs("train"), fold, cfg["data"]["fold_file"])
+    train_names, val_names = fold_runs(data, cfg["data"], fold)
+    model = build_model(cfg["model"]["name"], num_classes=len(particles) + 1, **cfg["model"]["args"])
+    lineage = None
+    if tc["init_from"] and not (resume and paths.last.exists()):  # checked before any tomogram is read
+        lineage = load_initial_weights(model, cfg["model"], particles.names, tc["init_from"])
     train_data = load_runs(data, train_names, cfg)
     val_runs = [(data.read_run(run, "train", cfg["data"]), data.read_picks(run, cfg["data"])) for run in val_names]
     _check_data(train_data, val_runs)
     spacing = common_spacing(train_data)
 
-    model = build_model(cfg["model"]["name"], num_classes=len(particles) + 1, **cfg["model"]["args"])
     spec = TargetSpec.from_config({**cfg["targets"], "spacing": spacing, "particles": particles})
     _check_geometry(model, spec, cfg)
     loss_fn = training_loss(cfg)
@@ -142,24 +154,29 @@ def setup(cfg: dict, fold: int, data_root, out_dir, resume: bool = False, thresh
         [r.volume for r in train_data], [r.points for r in train_data], [r.labels for r in train_data],
         patch_size=tuple(tc["patch_size"]), target_spec=spec,
         positive_fraction=tc["positive_fraction"], class_weights=class_values(cfg, "sample_weight"),
-        augment=cfg["augment"], length=tc["samples_per_epoch"], seed=seed,
+        augment=cfg["augment"], length=tc["samples_per_epoch"] // info.world_size,
+        seed=distributed.rank_seed(seed, info),
         hard_negatives=hard_negatives(train_data, particles, tc["hard_negative_fraction"]),
         hard_negative_fraction=tc["hard_negative_fraction"])
     loader = torch.utils.data.DataLoader(dataset, batch_size=tc["batch_size"], shuffle=False,
                                          num_workers=tc["num_workers"], drop_last=True,
                                          persistent_workers=tc["num_workers"] > 0)
     total_steps = len(loader) * tc["epochs"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
+    lr = tc["lr"] * (info.world_size if tc["scale_lr"] else 1)
+    optimizer = torch.optim.AdamW(parameter_groups(model, lr, tc["encoder_lr_mult"]), lr=lr,
+                                  weight_decay=tc["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_lr(s, total_steps, tc["warmup_epochs"] * len(loader)))
     use_amp = bool(tc["amp"]) and device.type == "cuda"
     run = FoldRun(cfg, fold, paths, device, use_amp, train_names, val_runs, spacing, model, ema, loss_fn,
                   spec.stride, loader, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=use_amp),
-                  tuning=tuning)
+                  tuning=tuning, lineage=lineage, dist=info, ddp=distributed.wrap(model, info, device))
     if resume and paths.last.exists():
         _resume(run)
-    paths.out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, paths.config)
+    if info.is_main:
+        paths.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, paths.config)
+    distributed.barrier(info)
     return run
 
 
@@ -178,6 +195,7 @@ def _resume(run: FoldRun) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.start_epoch, run.log_rows, run.best = state["epoch"] + 1, state["log"], state["best"]
+    run.lineage = state.get("lineage")
     torch.set_rng_state(state["torch_rng"])
     tqdm.write(f"resuming fold {run.fold} from epoch {run.start_epoch} ({run.paths.last})")
 
@@ -187,7 +205,7 @@ def train_step(run: FoldRun, image: torch.Tensor, target: torch.Tensor) -> float
     image = image.to(run.device, non_blocking=True)
     target = target.to(run.device, non_blocking=True)
     with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.use_amp):
-        loss = run.loss_fn(run.model(image), target)
+        loss = run.loss_fn((run.ddp or run.model)(image), target)  # DDP averages the gradients across ranks
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.unscale_(run.optimizer)
@@ -195,6 +213,7 @@ def train_step(run: FoldRun, image: torch.Tensor, target: torch.Tensor) -> float
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
+    distributed.broadcast_buffers(run.model, run.dist)
     run.ema.update(run.model)
     return loss.item()
 
@@ -204,14 +223,16 @@ def train_epoch(run: FoldRun, epoch: int, progress: bool = True) -> dict:
     tc = run.cfg["train"]
     run.loader.dataset.set_epoch(epoch)
     run.model.train()
+    set_encoder_frozen(run.model, epoch < tc["freeze_encoder_epochs"])
     losses, t_epoch = [], time.monotonic()
     bar = progress_bar(run.loader, total=len(run.loader), desc=f"fold {run.fold} epoch {epoch + 1}/{tc['epochs']}",
-                       enabled=progress, leave=False)
+                       enabled=progress and run.dist.is_main, leave=False)
     for image, target in bar:
         losses.append(train_step(run, image, target))
         rate = len(losses) * tc["batch_size"] / (time.monotonic() - t_epoch)
         bar.set_postfix(loss=f"{np.mean(losses):.4f}", patches_s=f"{rate:.1f}")
-    return {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": run.scheduler.get_last_lr()[0],
+    return {"epoch": epoch + 1, "train_loss": distributed.mean(float(np.mean(losses)), run.dist),
+            "lr": run.scheduler.get_last_lr()[-1],
             "seconds": time.monotonic() - t_epoch, "val_f4": np.nan}
 
 
@@ -223,7 +244,7 @@ def model_fields(run: FoldRun) -> dict:
             "config": cfg, "config_yaml": dump_config(cfg), "classes": list(cfg["classes"]),
             "activation": run.loss_fn.activation, "stride": run.stride, "normalization": dict(cfg["normalize"]),
             "window": list(infer_window(cfg)), "voxel_spacing": run.spacing, "fold": run.fold,
-            "input_multiple": run.model.input_multiple}
+            "input_multiple": run.model.input_multiple, **({"init_from": run.lineage} if run.lineage else {})}
 
 
 def validate(run: FoldRun) -> dict:
@@ -243,26 +264,39 @@ def save_best(run: FoldRun, best: dict) -> None:
                                  "validation": best, "epoch": best["epoch"]}, run.paths.best)
 
 
-def save_resume_state(run: FoldRun, epoch: int) -> None:
+def save_resume_state(run: FoldRun, epoch: int, finished: bool = False) -> None:
     checkpoints.save_state({"model": run.model.state_dict(), "ema": run.ema.state_dict(),
                             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-                            "epoch": epoch, "log": run.log_rows, "best": run.best,
-                            "torch_rng": torch.get_rng_state()}, run.paths.last)
+                            "epoch": epoch, "log": run.log_rows, "best": run.best, "lineage": run.lineage,
+                            "finished": finished, "torch_rng": torch.get_rng_state()}, run.paths.last)
 
 
 def train_fold(cfg: dict, fold: int, data_root, out_dir: str | Path, resume: bool = False,
                progress: bool = True, thresholds_from=None) -> dict:
     """Train fold ``fold`` of ``data_root`` (a directory, a copick config, or a DataSource) into ``out_dir``.
-    ``thresholds_from`` (fold -1 only): tools/evaluate.py's thresholds.json, stored in the checkpoint."""
+    ``thresholds_from`` (fold -1 only): tools/evaluate.py's thresholds.json, stored in the checkpoint. Under torchrun
+    every rank trains and rank 0 alone validates and writes (``czii_kit.train.distributed``)."""
     run = setup(cfg, fold, data_root, out_dir, resume, thresholds_from)
+    try:
+        return _train(run, progress)
+    finally:
+        distributed.leave(run.dist)
+
+
+def _train(run: FoldRun, progress: bool) -> dict:
     cfg = run.cfg
     tc = cfg["train"]
     t_start = time.monotonic()
     time_limit = tc["time_limit_min"] * 60 if tc["time_limit_min"] else None
     for epoch in range(run.start_epoch, tc["epochs"]):
         row = train_epoch(run, epoch, progress)
-        out_of_time = time_limit is not None and time.monotonic() - t_start > time_limit
+        out_of_time = distributed.agree(time_limit is not None and time.monotonic() - t_start > time_limit, run.dist)
         last_epoch = epoch == tc["epochs"] - 1 or out_of_time
+        if not run.dist.is_main:
+            distributed.barrier(run.dist)  # rank 0 validates and writes meanwhile
+            if out_of_time:
+                break
+            continue
         if run.val_runs and ((epoch + 1) % cfg["validate"]["every"] == 0 or last_epoch):
             result = validate(run)
             row["val_f4"] = result["score"]
@@ -271,16 +305,17 @@ def train_fold(cfg: dict, fold: int, data_root, out_dir: str | Path, resume: boo
                 run.best = {**result, "epoch": epoch + 1}
                 save_best(run, run.best)
         elif not run.val_runs and last_epoch:
-            run.best = {**no_validation(cfg, run.tuning), "epoch": epoch + 1}
+            run.best = {**no_validation(cfg, run.tuning, run.lineage), "epoch": epoch + 1}
             save_best(run, run.best)
         run.log_rows.append(row)
         write_log(run.paths, run.log_rows)
-        save_resume_state(run, epoch)
+        save_resume_state(run, epoch, finished=last_epoch)
         tqdm.write(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}"
                    + (f"  val F4 {row['val_f4']:.4f} (best {run.best['score']:.4f})" if not np.isnan(row["val_f4"])
                       else ""))
+        distributed.barrier(run.dist)
         if out_of_time:
             tqdm.write(f"time limit of {tc['time_limit_min']} min reached after epoch {epoch + 1}")
             break
     return {"paths": run.paths, "best": run.best, "log": pd.DataFrame(run.log_rows), "train_runs": run.train_names,
-            "val_runs": run.val_names}
+            "val_runs": run.val_names, "main": run.dist.is_main}

@@ -18,7 +18,7 @@ import torch
 
 from czii_kit import checkpoints
 from czii_kit.config import dump_config, save_config, with_particle_set
-from czii_kit.data.folds import split_runs
+from czii_kit.data.folds import fold_runs
 from czii_kit.data.open_data import open_data
 from czii_kit.data.source import DataSource
 from czii_kit.errors import ConfigError
@@ -136,6 +136,9 @@ def training_log(results: pd.DataFrame, final: dict) -> list[dict]:
 
 
 def check_yolo_config(cfg: Mapping) -> None:
+    if cfg["train"].get("init_from"):
+        raise ConfigError("train.init_from (--init-from) starts 3D models from a checkpoint; the YOLO slice detector "
+                          "trains from its architecture yaml: drop --init-from for a YOLO config")
     section = cfg.get("yolo")
     if not isinstance(section, Mapping):
         raise ConfigError("config has no 'yolo' section; train YOLO with a YOLO config (configs/yolo_cpu_quick.yaml)")
@@ -155,7 +158,7 @@ def train_yolo_fold(cfg: dict, fold: int, data_root: str | Path, out_dir: str | 
     guard_output(paths, cfg, resume)
     seed_everything(fold_seed(cfg, fold))
     device = resolve_device(cfg["train"]["device"])
-    train_runs, val_runs = split_runs(data.list_runs("train"), fold, cfg["data"]["fold_file"])
+    train_runs, val_runs = fold_runs(data, cfg["data"], fold)
     if (paths.dataset / "data.yaml").exists():
         data_yaml = paths.dataset / "data.yaml"
     else:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from czii_kit.data.folds import split_runs
+from czii_kit.data.folds import fold_runs
 from czii_kit.data.io import points_from_picks
 from czii_kit.data.open_data import open_data
 from czii_kit.data.source import DataSource
@@ -123,7 +123,7 @@ def write_dataset(data, out, fold: int, data_cfg, every: int = 1, min_diameter: 
     if (out / "data.yaml").exists():
         raise DataError(f"{out} already holds a YOLO dataset ({out / 'data.yaml'}); "
                         "delete that folder or pick another --out")
-    train_runs, val_runs = split_runs(data.list_runs("train"), fold, data_cfg["fold_file"])
+    train_runs, val_runs = fold_runs(data, data_cfg, fold)
     write_split(data, train_runs, "train", out, data_cfg, every, min_diameter, progress)
     if val_runs:
         write_split(data, val_runs, "val", out, data_cfg, every, min_diameter, progress)

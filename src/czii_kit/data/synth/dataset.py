@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -116,9 +117,12 @@ def _run_info(split: str, scene: Scene, acquisition: Acquisition) -> dict:
 
 
 def make_dataset(out: str | Path, n_train: int = 4, n_test: int = 2, shape=(96, 256, 256), seed: int = 0,
-                 recons=("denoised",), cfg: SynthConfig | None = None, progress: bool = True) -> Path:
+                 recons=("denoised",), cfg: SynthConfig | None = None, progress: bool = True,
+                 mix: Mapping[str, SynthConfig] | None = None) -> Path:
     """Write a synthetic competition directory at ``out`` (``shape`` overrides ``cfg.shape``).
 
+    ``mix`` (name -> settings) gives train run i the i-th setting, cycling, instead of ``cfg`` (a dataset with
+    more variety than any one real one: pretraining); each run's setting is recorded in synthetic.json.
     Built in a hidden sibling directory and renamed at the end, so a crash leaves nothing
     half-made. Deterministic for a seed.
     """
@@ -127,6 +131,7 @@ def make_dataset(out: str | Path, n_train: int = 4, n_test: int = 2, shape=(96, 
     if n_train < 0 or n_test < 0 or n_train + n_test == 0:
         raise ConfigError(f"need at least one run (got n_train={n_train}, n_test={n_test})")
     cfg = replace(cfg or SynthConfig(), shape=tuple(shape))
+    settings = {name: replace(c, shape=tuple(shape)) for name, c in (mix or {}).items()}
     recons = check_recons(recons)
     jobs = ([("train", name, i, recons) for i, name in enumerate(run_names("train", n_train))]
             + [("test", name, i, ("denoised",)) for i, name in enumerate(run_names("test", n_test))])
@@ -136,17 +141,20 @@ def make_dataset(out: str | Path, n_train: int = 4, n_test: int = 2, shape=(96, 
     try:
         solution, runs_info = [], {}
         for split, name, index, run_recons in progress_bar(jobs, desc="synthetic runs", unit="run", enabled=progress):
-            volumes, picks, scene, acquisition = simulate_run(name, run_seed(seed, split, index), cfg, run_recons)
+            setting = list(settings)[index % len(settings)] if settings and split == "train" else None
+            run_cfg = settings[setting] if setting else cfg
+            volumes, picks, scene, acquisition = simulate_run(name, run_seed(seed, split, index), run_cfg, run_recons)
             _write_run(tmp, split, name, volumes, picks)
             if split == "test":
                 solution.append(picks)
-            runs_info[name] = _run_info(split, scene, acquisition)
+            runs_info[name] = {**_run_info(split, scene, acquisition), **({"setting": setting} if setting else {})}
         solution_df = pd.concat(solution) if solution else pd.DataFrame(columns=PICK_COLUMNS)
         solution_from_picks(solution_df).to_csv(tmp / layout.SOLUTION_CSV, index=False)
         _sample_submission(run_names("test", n_test), cfg.shape, seed).to_csv(tmp / "sample_submission.csv",
                                                                               index=False)
         meta = {"generator": GENERATOR, "version": __version__, "seed": seed, "recons": list(recons),
-                "config": asdict(cfg), "runs": runs_info}
+                "config": asdict(cfg), "runs": runs_info,
+                **({"mix": {name: asdict(c) for name, c in settings.items()}} if settings else {})}
         (tmp / "synthetic.json").write_text(json.dumps(meta, indent=1))
         _publish(tmp, out)
     except BaseException:

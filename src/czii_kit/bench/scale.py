@@ -1,0 +1,153 @@
+"""What Ray costs and what it keeps (docs/scale.md): three measurements on this machine.
+
+1. ``overhead``: ``czii predict`` of full-size runs in one process against ``--ray local`` (the same command,
+   Ray started by it), wall-clock of the whole command; the two submissions must be identical.
+2. ``resume``: a copick project of many small runs predicted through Ray, the job killed (SIGKILL to its process
+   group, as a lost machine or a scheduler would) once about half the runs have their part, then rerun with the
+   same arguments: no run lost, none predicted twice, the submission identical to an uninterrupted one.
+3. ``study``: a 2-arm x 3-seed study (a study needs three seeds) through Ray and sequentially: identical
+   results.csv (timings aside).
+
+Workers reserve 2 CPUs, the threads of the single process: another thread count changes the floating-point
+sums of a convolution, and so the last bits of scores, which a byte-for-byte comparison would see.
+
+Every command is a child process, as a user runs it; its lines go to a log file in the work folder.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from czii_kit.infer.parts import JOB_FILE, parts_folder
+
+CZII = [sys.executable, "-m", "czii_kit.cli.main"]
+PREDICTED = re.compile(r"^(\S+): \d+ particles in ")
+SMALL_SHAPE = (48, 96, 96)
+
+
+def child_env() -> dict[str, str]:
+    """This environment without RAY_ADDRESS (which an open Ray session sets): each command starts its own Ray."""
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+SMALL_WINDOW = "infer.window=[48, 96, 96]"
+
+
+def czii(args: Sequence[str], log: Path) -> tuple[float, str]:
+    """Run ``czii ARGS`` to the end; (seconds, its output). A failure raises with the log's path."""
+    started = time.monotonic()
+    done = subprocess.run([*CZII, *map(str, args)], capture_output=True, text=True, env=child_env())
+    seconds = time.monotonic() - started
+    log.write_text(log.read_text() + done.stdout + done.stderr if log.exists() else done.stdout + done.stderr)
+    if done.returncode:
+        raise RuntimeError(f"czii {' '.join(map(str, args[:2]))} failed (exit {done.returncode}); see {log}")
+    return seconds, done.stdout
+
+
+def predicted_runs(output: str) -> list[str]:
+    """The runs a predict job says it predicted (its 'RUN: N particles in S s' lines)."""
+    return [m.group(1) for m in map(PREDICTED.match, output.splitlines()) if m]
+
+
+def records(out: Path) -> set[str]:
+    """Runs with a finished part (their record written)."""
+    folder = parts_folder(out)
+    return {p.stem for p in folder.glob("*.json") if p.name != JOB_FILE} if folder.is_dir() else set()
+
+
+def overhead(weights: Path, data: Path, work: Path, report: Callable[[str], None] = print) -> dict:
+    """Single process against ``--ray local`` on the test runs of ``data`` (full size), whole commands timed."""
+    common = ["predict", "--weights", weights, "--data", data, "--split", "test", "--device", "cpu", "--tta", "none",
+              "--no-progress"]
+    log = work / "overhead.log"
+    czii([*common, "--out", work / "warm.csv"], log)  # imports and files warm for both arms
+    single, _ = czii([*common, "--out", work / "single.csv"], log)
+    through_ray, _ = czii([*common, "--ray", "local", "--fresh", "--out", work / "ray.csv"], log)
+    same = (work / "single.csv").read_bytes() == (work / "ray.csv").read_bytes()
+    runs = len(list((parts_folder(work / "ray.csv")).glob("*.csv")))
+    result = {"runs": runs, "single_s": single, "ray_s": through_ray, "overhead": through_ray / single - 1,
+              "identical": same}
+    report(f"overhead: {runs} full-size run(s): one process {single:.1f} s, --ray local {through_ray:.1f} s "
+           f"({result['overhead']:+.1%}); submissions identical: {same}")
+    return result
+
+
+def small_project(work: Path, runs: int, report: Callable[[str], None] = print) -> Path:
+    """A copick project over ``runs`` small simulated runs (made once)."""
+    from czii_kit.data.copick import make_copick_project
+    from czii_kit.data.synth import make_dataset
+
+    config = work / "project" / "copick_train.json"
+    if not config.is_file():
+        started = time.monotonic()
+        root = make_dataset(work / "small", n_train=runs, n_test=0, shape=SMALL_SHAPE, seed=5, progress=False)
+        config = make_copick_project(root, work / "project")
+        report(f"resume: {runs} runs of {'x'.join(map(str, SMALL_SHAPE))} made in {time.monotonic() - started:.0f} s")
+    return config
+
+
+def resume(weights: Path, work: Path, runs: int = 200, report: Callable[[str], None] = print,
+           extra: Sequence[str] = ()) -> dict:
+    """Kill a Ray prediction of a copick project after about half its runs, rerun it, compare (``extra``: more
+    predict arguments, the same for every job)."""
+    project = small_project(work, runs, report)
+    common = ["predict", "--weights", weights, "--data", project, "--split", "train", "--device", "cpu",
+              "--tta", "none", "--no-progress", "--set", SMALL_WINDOW, *extra]
+    log = work / "resume.log"
+    reference_s, _ = czii([*common, "--out", work / "uninterrupted.csv"], log)
+    out = work / "resumed.csv"
+    args = [*CZII, *map(str, [*common, "--ray", "local", "--fresh", "--out", out])]
+    with open(work / "killed.log", "w") as sink:
+        job = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                               env=child_env())
+        started = time.monotonic()
+        while len(records(out)) < runs // 2 and job.poll() is None:
+            time.sleep(0.05)
+        os.killpg(job.pid, signal.SIGKILL)  # the driver, its local Ray and its workers: a machine lost
+        job.wait()
+    killed_after = time.monotonic() - started
+    time.sleep(2)  # the killed workers' last writes, if any, land before we look
+    before = records(out)
+    again_s, output = czii([*common, "--ray", "local", "--out", out], log)
+    second = predicted_runs(output)
+    result = {"runs": runs, "done_when_killed": len(before), "predicted_on_rerun": len(second),
+              "predicted_twice": len(set(second) & before), "lost": runs - len(records(out)),
+              "identical": out.read_bytes() == (work / "uninterrupted.csv").read_bytes(),
+              "killed_after_s": killed_after, "rerun_s": again_s, "uninterrupted_single_s": reference_s}
+    report(f"resume: killed after {killed_after:.0f} s with {len(before)} of {runs} runs done; the rerun predicted "
+           f"{len(second)} ({again_s:.0f} s), {result['predicted_twice']} twice, {result['lost']} lost; merged "
+           f"submission identical to an uninterrupted one: {result['identical']} (one process, uninterrupted: "
+           f"{reference_s:.0f} s)")
+    return result
+
+
+def study(work: Path, report: Callable[[str], None] = print) -> dict:
+    """A 2x3 study of tiny models through Ray and in one process: the same results.csv."""
+    import yaml
+
+    from czii_kit.data.synth import SynthConfig, make_dataset
+
+    data = work / "study_data"
+    if not (data / "train").is_dir():
+        make_dataset(data, n_train=4, n_test=2, shape=SMALL_SHAPE, seed=1, cfg=SynthConfig(density=6.0),
+                     progress=False)
+    tiny = ["model.args.filters=[8, 12, 16]", "train.patch_size=[32, 64, 64]", SMALL_WINDOW, "train.epochs=2",
+            "train.samples_per_epoch=8", "train.batch_size=2", "validate.every=1", "train.time_limit_min=null"]
+    spec = work / "study.yaml"
+    spec.write_text(yaml.safe_dump({"config": "cpu_quick", "fold": 0, "seeds": [0, 1, 2],
+                                    "arms": {"a": tiny, "b": [*tiny, "train.lr=0.003"]}}))
+    common = ["study", "--study", spec, "--data", data, "--test-data", data, "--baseline", "a", "--no-progress"]
+    log = work / "study.log"
+    sequential_s, _ = czii([*common, "--out", work / "study_seq"], log)
+    ray_s, _ = czii([*common, "--out", work / "study_ray", "--ray", "local", "--cpus-per-trial", "2"], log)
+    tables = [pd.read_csv(work / d / "results.csv").drop(columns="train_minutes") for d in ("study_seq", "study_ray")]
+    same = tables[0].equals(tables[1])
+    report(f"study: 2 arms x 3 seeds: sequential {sequential_s:.0f} s, through Ray (2 CPUs per trial) {ray_s:.0f} s; "
+           f"results.csv identical (timings aside): {same}")
+    return {"trials": len(tables[0]), "sequential_s": sequential_s, "ray_s": ray_s, "identical": same}

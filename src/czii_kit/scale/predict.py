@@ -1,0 +1,186 @@
+"""Predict thousands of tomograms on a Ray cluster: the plan's runs sharded over actors, resumable.
+
+One actor per GPU (or per CPU worker) loads the plan's members once (engines built or found, CuPy probed: the
+same ``set_up`` as one machine), then takes one run at a time from this process, reads the tomogram itself
+(the Kaggle directory or copick project must be on storage every node sees), predicts it with the one per-run
+path (``czii_kit.infer.split.predict_one``) and writes its detections to a part file (``czii_kit.infer.parts``).
+Only a short record travels back. A rerun with the same arguments predicts only the runs without a part; the
+parts are merged in the plan's run order into the detections the single-process path returns, row for row.
+
+A run that fails is reported and the others go on (a graph engine's failure is retried on torch inside the
+actor, as on one machine); an actor that dies (a lost node) is restarted once and its run tried again.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from czii_kit.errors import ConfigError, PredictionError
+from czii_kit.infer.parts import PartStore, job_key
+from czii_kit.infer.plan import PredictionPlan
+from czii_kit.infer.split import Predictors, SplitResult, available_devices, predict_one, set_up
+from czii_kit.scale.session import (Resources, check_fits, describe_failure, ray_session, require_ray,
+                                    resources_for)
+from czii_kit.utils.progress import progress_bar
+
+DEFAULT_CPUS_PER_WORKER = 2.0
+
+
+class RunWorker:
+    """A Ray actor: the plan's members loaded once on this worker's device; predicts one run per call."""
+
+    def __init__(self, plan: PredictionPlan, folder: str, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.plan, self.store = plan, PartStore(Path(folder))
+        self.device = available_devices(plan.cfg["infer"]["device"])[0]  # Ray shows the actor its GPU(s) only
+        started = time.monotonic()
+        self.predictors = Predictors(plan)
+        self.engine, self.notes = set_up(self.predictors, [self.device], plan.cfg["infer"]["engine"], print)
+        self.setup_seconds = time.monotonic() - started
+
+    def ready(self) -> dict:
+        import socket
+
+        return {"device": self.device, "engine": self.engine, "notes": self.notes, "host": socket.gethostname(),
+                "setup_seconds": self.setup_seconds}
+
+    def predict(self, run: str) -> dict:
+        notes: list[str] = []
+        found, seconds = predict_one(self.predictors, run, self.device, self.engine, note=notes.append)
+        record = {"seconds": seconds, "device": self.device, "engine": self.engine, "notes": notes}
+        self.store.write(run, found, record)
+        return {"run": run, "rows": len(found), **record}
+
+
+@dataclass
+class RayPrediction:
+    """Predict's executor on Ray (see ``czii_kit.predict.predict_submission``): ``folder`` holds the parts,
+    ``fresh`` deletes earlier parts first; ``gpus`` None means one GPU per worker when the cluster has GPUs and the
+    device allows, else CPU workers; ``workers`` None means as many as the cluster's resources hold."""
+
+    address: str
+    folder: str
+    fresh: bool = False
+    cpus: float = DEFAULT_CPUS_PER_WORKER
+    gpus: float | None = None
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        require_ray()  # said when the command starts, not after the checkpoints are loaded
+
+    def devices(self, device: str) -> list[str]:
+        """What the runs will run on, said before any work; refuses a device the workers will not have."""
+        if device == "cpu" and self.gpus:
+            raise ConfigError("--device cpu with --gpus-per-worker > 0 reserves GPUs nobody uses; drop one of them")
+        if device.startswith("cuda") and self.gpus == 0:
+            raise ConfigError(f"--device {device} with --ray needs GPU workers: --gpus-per-worker 1 (or --device auto)")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        return [f"Ray workers at {self.address}"]
+
+    def _worker_count(self, ray, resources: Resources, runs: int) -> int:
+        if self.workers is not None:
+            return min(self.workers, runs)
+        total = ray.cluster_resources()
+        fits = total.get("GPU", 0) // resources.gpus if resources.gpus else total.get("CPU", 0) // resources.cpus
+        return int(max(1, min(fits, runs)))
+
+    def __call__(self, plan: PredictionPlan, devices: Sequence[str], *, time_budget_h: float | None = None,
+                 progress: bool = True, report: Callable[[str], None] = print) -> SplitResult:
+        if time_budget_h:
+            raise ConfigError("--time-budget shares one clock between the workers of one machine; with --ray give "
+                              "the job enough workers instead (docs/scale.md), or drop --ray")
+        store = PartStore(Path(self.folder))
+        done = set(store.open(job_key(plan), self.fresh))
+        names, skipped = plan.runs.names, plan.runs.skipped
+        todo = [run for run in plan.runs.to_predict if run not in done]
+        report(f"{len(done & set(names))} of {len(names)} run(s) already predicted in {self.folder}; "
+               f"{len(todo)} to predict through Ray")
+        seconds = {run: float(store.record(run)["seconds"]) for run in names if run in done}
+        failures: dict[str, str] = {}
+        decisions: list[str] = []
+        engine, setup_seconds = plan.cfg["infer"]["engine"], 0.0
+        if todo:
+            with ray_session(self.address, report) as ray:
+                resources = resources_for(ray, self.cpus, self.gpus, plan.cfg["infer"]["device"], self.address)
+                check_fits(ray, resources, "prediction")
+                count = self._worker_count(ray, resources, len(todo))
+                actor = ray.remote(RunWorker).options(**resources.options(), max_restarts=1, max_task_retries=1)
+                plan_ref = ray.put(plan)
+                workers = [actor.remote(plan_ref, self.folder, resources.threads) for _ in range(count)]
+                engine, setup_seconds, workers = self._start(ray, workers, decisions, report)
+                self._predict(ray, workers, todo, seconds, failures, decisions, progress, report)
+        for run, why in skipped.items():
+            failures.setdefault(run, why)
+        failures = {run: failures[run] for run in names if run in failures}
+        finished = [run for run in names if run in seconds]
+        return SplitResult(store.read(finished), seconds, failures, decisions, engine, setup_seconds)
+
+    @staticmethod
+    def _start(ray, workers: list, decisions: list[str], report: Callable[[str], None]):
+        """Wait for every actor to load its members; said once per distinct note. Actors that fail to start are
+        dropped; none left is an error before any run."""
+        alive, errors, ready = [], [], []
+        for worker, ref in [(w, w.ready.remote()) for w in workers]:
+            try:
+                ready.append(ray.get(ref))
+                alive.append(worker)
+            except Exception as error:  # noqa: BLE001 -- one bad node must not stop the job
+                errors.append(describe_failure(error))
+        if not alive:
+            raise PredictionError(f"no Ray worker could load the checkpoints: {errors[0]}")
+        for note in dict.fromkeys(n for r in ready for n in r["notes"]):
+            decisions.append(note)
+        for error in dict.fromkeys(errors):
+            report(f"WARNING: a Ray worker did not start ({error}); going on with {len(alive)}")
+        hosts, engines = sorted({r["host"] for r in ready}), sorted({r["engine"] for r in ready})
+        devices, setup = sorted({r["device"] for r in ready}), max(r["setup_seconds"] for r in ready)
+        report(f"set up {len(alive)} Ray worker(s) on {len(hosts)} node(s) ({', '.join(devices)}) with engine "
+               f"{', '.join(engines)} in {setup:.1f} s")
+        return engines[0] if len(engines) == 1 else ",".join(engines), setup, alive
+
+    @staticmethod
+    def _predict(ray, workers: list, todo: list[str], seconds: dict, failures: dict, decisions: list[str],
+                 progress: bool, report: Callable[[str], None]) -> None:
+        """One run at a time per actor, the next as soon as it is free; records land in ``seconds`` / ``failures``."""
+        queue = list(reversed(todo))
+        running: dict = {}
+
+        def give(worker) -> None:
+            if queue:
+                run = queue.pop()
+                running[worker.predict.remote(run)] = (run, worker)
+
+        for worker in workers:
+            give(worker)
+        with progress_bar(total=len(todo), desc="runs", unit="run", enabled=progress) as bar:
+            while running:
+                (ref,), _ = ray.wait(list(running), num_returns=1)
+                run, worker = running.pop(ref)
+                try:
+                    record = ray.get(ref)
+                except ray.exceptions.RayActorError as error:  # the actor is gone (after its one restart)
+                    failures[run] = describe_failure(error)
+                    report(f"FAILED {run}: its Ray worker died ({failures[run]})")
+                    workers.remove(worker)
+                    if not workers:
+                        for left in reversed(queue):
+                            failures[left] = "no Ray worker left to predict it"
+                        queue.clear()
+                    bar.update()
+                    continue
+                except Exception as error:  # noqa: BLE001 -- the run failed, the worker lives on
+                    failures[run] = describe_failure(error)
+                    report(f"FAILED {run}: {failures[run]}")
+                else:
+                    seconds[run] = record["seconds"]
+                    for note in record["notes"]:
+                        report(f"WARNING: {note}")
+                        decisions.append(note)
+                    report(f"{run}: {record['rows']} particles in {record['seconds']:.1f} s on {record['device']}")
+                bar.update()
+                give(worker)

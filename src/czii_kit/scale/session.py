@@ -1,0 +1,100 @@
+"""Start Ray on this machine (``--ray local``) or join a running cluster (``--ray auto``, ``--ray HOST:6379``,
+``--ray ray://HOST:10001``), and leave it again when the job ends."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from czii_kit.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+INSTALL = 'pip install -e ".[ray]"'
+LOCAL = "local"
+
+
+def require_ray():
+    """The ray module, or a ConfigError saying how to install the optional extra."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(f"--ray needs Ray, an optional extra of czii-kit: {INSTALL} (or pip install "
+                          "'ray[client]>=2.9'); without --ray every job runs in this process") from None
+    return ray
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial or worker asks Ray for."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.cpus <= 0 or self.gpus < 0:
+            raise ConfigError(f"a Ray trial needs cpus > 0 and gpus >= 0, got cpus {self.cpus}, gpus {self.gpus}")
+
+    @property
+    def threads(self) -> int:
+        """torch threads inside the trial: the CPUs it reserved (at least one)."""
+        return max(1, int(self.cpus))
+
+    def options(self) -> dict:
+        return {"num_cpus": self.cpus, "num_gpus": self.gpus}
+
+
+@contextlib.contextmanager
+def ray_session(address: str, report: Callable[[str], None] = print) -> Iterator[object]:
+    """Ray, started (``local``) or joined (any other address) for the duration of the block; a session that was
+    already open (a test, a notebook) is used as it is and left open."""
+    ray = require_ray()
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # plain worker-line prefixes in a log file
+    if ray.is_initialized():
+        yield ray
+        return
+    options = {"include_dashboard": False, "logging_level": logging.WARNING}
+    try:
+        ray.init(address=address, **options)  # "local": a new instance, never a cluster someone else started
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ConfigError(f"--ray {address}: could not join a Ray cluster there ({type(e).__name__}: {e}); start "
+                          "one with `ray start --head` (docs/scale.md), or use --ray local") from None
+    try:
+        resources = ray.cluster_resources()
+        report(f"Ray at {address}: {resources.get('CPU', 0):g} CPU(s), {resources.get('GPU', 0):g} GPU(s), "
+               f"{len([n for n in ray.nodes() if n.get('Alive')])} node(s)")
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def resources_for(ray, cpus: float, gpus: float | None, device: str, address: str) -> Resources:
+    """What each trial or worker asks for; ``gpus`` None: one GPU when the cluster has one and ``device`` is not
+    cpu (a GPU cluster is not left idle by forgetting a flag), else none."""
+    if gpus is None:
+        gpus = 1.0 if device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    if str(device).startswith("cuda") and not gpus:
+        raise ConfigError(f"device {device} asked for, but the Ray cluster at {address} offers no GPU to the "
+                          "workers; use --device auto or cpu, or add GPU nodes")
+    return Resources(cpus, gpus)
+
+
+def check_fits(ray, resources: Resources, what: str) -> None:
+    """Refuse before any work when no node of the cluster could ever give one trial what it asks for."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if not any(n.get("CPU", 0) >= resources.cpus and n.get("GPU", 0) >= resources.gpus for n in nodes):
+        biggest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+        raise ConfigError(f"{what} asks each Ray worker for {resources.cpus:g} CPU(s) and {resources.gpus:g} GPU(s), "
+                          f"but the largest node offers {biggest.get('CPU', 0):g} CPU(s) and {biggest.get('GPU', 0):g} "
+                          "GPU(s); lower --cpus-per-trial / --gpus-per-trial (or the -per-worker flags)")
+
+
+def describe_failure(error: BaseException) -> str:
+    """'Type: message' of what failed inside a Ray task (its cause, not Ray's wrapper)."""
+    cause = getattr(error, "cause", None) or error
+    text = " ".join(line.strip() for line in str(cause).strip().splitlines())
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__

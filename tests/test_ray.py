@@ -1,0 +1,241 @@
+"""Ray across folds, study trials and tomograms, on a local Ray of 2 CPUs: the same files as the sequential path,
+finished work skipped on a rerun, a failed trial retried once then reported, prediction resumable from its parts
+and merged into the same submission, row for row."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import TINY_TRAIN_OVERRIDES
+from czii_kit.checkpoints import load_checkpoint
+from czii_kit.cli.predict import main as predict_main
+from czii_kit.cli.train_fold import main as train_main
+from czii_kit.config import load_config, save_config, with_particle_set
+from czii_kit.errors import ConfigError
+from czii_kit.infer.parts import JOB_FILE, PartStore, parts_folder
+from czii_kit.scale.session import describe_failure
+from czii_kit.scale.tasks import RayTrials
+from czii_kit.particles import CZII
+from czii_kit.study import load_study, run_study
+from czii_kit.train.jobs import fold_finished, train_folds
+
+ray = pytest.importorskip("ray", reason="the ray extra (pip install -e '.[ray]') is part of .[dev]")
+
+LOW = "apo-ferritin=0.005,beta-amylase=0.005,beta-galactosidase=0.005,ribosome=0.005,thyroglobulin=0.005," \
+      "virus-like-particle=0.005"  # the tiny model's weak peaks: thousands of rows to compare
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray of 2 CPUs for the module (the tools reuse a session that is already open), shut down after."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def tiny_cfg(data):
+    cfg = load_config("cpu_quick", TINY_TRAIN_OVERRIDES)
+    cfg["data"]["root"] = str(data)
+    return cfg
+
+
+def same_weights(a, b) -> bool:
+    sa, sb = load_checkpoint(a)["state_dict"], load_checkpoint(b)["state_dict"]
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_folds_through_ray_write_what_the_sequential_job_writes_and_a_rerun_skips_them(local_ray, synthetic_root,
+                                                                                       tmp_path):
+    cfg = tiny_cfg(synthetic_root)
+    threads = torch.get_num_threads()  # a trial reserves as many CPUs as this process uses: the same arithmetic
+    sequential, _ = train_folds(cfg, [0, 1], synthetic_root, tmp_path / "seq", progress=False, report=lambda s: None)
+    lines: list[str] = []
+    runner = RayTrials("local", cpus=threads, gpus=None, device="cpu", progress=False, report=lines.append)
+    done, failures = train_folds(cfg, [0, 1], synthetic_root, tmp_path / "ray", runner=runner, report=lines.append)
+    assert failures == {} and sorted(done) == [0, 1]
+    for fold in (0, 1):
+        assert same_weights(tmp_path / "seq" / f"fold{fold}.pt", tmp_path / "ray" / f"fold{fold}.pt")
+        assert done[fold]["score"] == sequential[fold]["score"]
+        assert fold_finished(cfg, tmp_path / "ray", fold)
+        seq_log, ray_log = (pd.read_csv(tmp_path / d / f"fold{fold}_log.csv") for d in ("seq", "ray"))
+        pd.testing.assert_frame_equal(seq_log.drop(columns="seconds"), ray_log.drop(columns="seconds"))
+    assert "2 trial(s) submitted to Ray, each with" in "\n".join(lines)
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ray").iterdir()}
+    again: list[str] = []
+    done, failures = train_folds(cfg, [0, 1], synthetic_root, tmp_path / "ray", runner=runner, report=again.append)
+    assert done == {} and failures == {}
+    assert again[0].startswith("skipping fold(s) 0, 1: already finished")
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ray").iterdir()} == stamps  # nothing rewritten
+
+
+def test_a_stopped_fold_resumes_and_an_unfinished_one_is_not_skipped(synthetic_root, tmp_path):
+    cfg = tiny_cfg(synthetic_root)
+    half = {**cfg, "train": {**cfg["train"], "epochs": 1}}
+    train_folds(half, [0], synthetic_root, tmp_path, progress=False, report=lambda s: None)
+    state = torch.load(tmp_path / "fold0_last.pt", weights_only=False)
+    state["finished"] = False  # as if the job had been stopped after epoch 1 of 2
+    torch.save(state, tmp_path / "fold0_last.pt")
+    save_config(with_particle_set(cfg, CZII), tmp_path / "config.yaml")
+    assert not fold_finished(cfg, tmp_path, 0)
+    done, _ = train_folds(cfg, [0], synthetic_root, tmp_path, progress=False, report=lambda s: None)
+    assert done[0]["epochs"] == 2 and list(pd.read_csv(tmp_path / "fold0_log.csv")["epoch"]) == [1, 2]
+
+
+def test_a_failed_trial_is_retried_once_then_reported_while_the_others_finish(local_ray, tmp_path):
+    def trial(spec):
+        kind, folder = spec
+        attempts = folder / f"{kind}.attempts"
+        attempts.write_text(attempts.read_text() + "x" if attempts.exists() else "x")
+        if kind == "always" or (kind == "flaky" and len(attempts.read_text()) == 1):
+            raise ValueError(f"{kind} trial failed on purpose")
+        return kind
+
+    lines, finished = [], {}
+    runner = RayTrials("local", cpus=1, gpus=0, device="cpu", progress=False, report=lines.append)
+    failures = runner(trial, {k: (k, tmp_path) for k in ("fine", "flaky", "always")}, finished.__setitem__)
+    assert finished == {"fine": "fine", "flaky": "flaky"}
+    assert failures == {"always": "ValueError: always trial failed on purpose"}
+    assert [len((tmp_path / f"{k}.attempts").read_text()) for k in ("fine", "flaky", "always")] == [1, 2, 2]
+    assert "FAILED always after 2 attempt(s): ValueError: always trial failed on purpose" in lines
+
+
+def test_a_study_through_ray_writes_the_sequential_results(local_ray, synthetic_root, tmp_path):
+    tiny = [*TINY_TRAIN_OVERRIDES, "train.epochs=1"]
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"config": "cpu_quick", "fold": 0, "seeds": [0, 1, 2],
+                                    "arms": {"a": tiny, "b": [*tiny, "train.lr=0.003"]}}))
+    study = load_study(path)
+    study["seeds"] = [0, 1]  # 2 arms x 2 seeds (load_study asks three of a real study)
+    sequential = run_study(study, synthetic_root, synthetic_root, tmp_path / "seq", progress=False)
+    runner = RayTrials("local", cpus=torch.get_num_threads(), gpus=0, device="cpu", progress=False,
+                       report=lambda s: None)
+    through_ray = run_study(study, synthetic_root, synthetic_root, tmp_path / "ray", progress=False, runner=runner)
+    assert through_ray.failures == {}
+    timing = ["train_minutes"]
+    ours, theirs = (pd.read_csv(tmp_path / d / "results.csv").drop(columns=timing) for d in ("seq", "ray"))
+    assert list(ours[["arm", "seed"]].itertuples(index=False)) == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    pd.testing.assert_frame_equal(ours, theirs)
+    pd.testing.assert_frame_equal(sequential.results.drop(columns=timing),
+                                  through_ray.results.drop(columns=timing))
+
+
+def predict_args(data, weights, out, *extra):
+    return ["--data", str(data), "--weights", str(weights), "--split", "train", "--device", "cpu", "--tta", "none",
+            "--thresholds", LOW, "--out", str(out), "--no-progress", *extra]
+
+
+def test_prediction_through_ray_is_resumable_and_merges_into_the_same_submission(local_ray, synthetic_root,
+                                                                                 tiny_experiment, tmp_path, capsys):
+    single, merged = tmp_path / "single.csv", tmp_path / "ray" / "submission.csv"
+    assert predict_main(predict_args(synthetic_root, tiny_experiment, single)) == 0
+    assert predict_main(predict_args(synthetic_root, tiny_experiment, merged, "--ray", "local")) == 0
+    assert len(pd.read_csv(single)) > 100 and merged.read_bytes() == single.read_bytes()  # identical rows, ids and all
+    parts = parts_folder(merged)
+    assert parts == tmp_path / "ray" / "submission.csv.parts"
+    runs = sorted(p.stem for p in parts.glob("*.csv"))
+    assert runs == sorted(p.name for p in (synthetic_root / "train" / "static" / "ExperimentRuns").iterdir())
+    assert len(runs) == 4 and (parts / JOB_FILE).is_file()
+    # a job killed after two runs: their records gone (a run is done once its record exists)
+    for run in runs[2:]:
+        (parts / f"{run}.json").unlink()
+    capsys.readouterr()
+    assert predict_main(predict_args(synthetic_root, tiny_experiment, merged, "--ray", "local")) == 0
+    out = capsys.readouterr().out
+    assert "2 of 4 run(s) already predicted" in out and "2 to predict through Ray" in out
+    predicted = {line.split(":")[0] for line in out.splitlines() if " particles in " in line}
+    assert predicted == set(runs[2:])  # the missing runs, and only those
+    assert merged.read_bytes() == single.read_bytes()
+    # other thresholds are another job: refused until --fresh
+    other = predict_args(synthetic_root, tiny_experiment, merged, "--ray", "local")
+    other[other.index("--thresholds") + 1] = LOW.replace("0.005", "0.05")
+    assert predict_main(other) == 2
+    assert "--fresh" in capsys.readouterr().err and merged.read_bytes() == single.read_bytes()
+    assert predict_main([*other, "--fresh"]) == 0
+    assert "0 of 4 run(s) already predicted" in capsys.readouterr().out
+    assert merged.read_bytes() != single.read_bytes()  # fewer rows at the higher thresholds
+
+
+def test_a_copick_project_is_predicted_through_ray_by_the_workers_themselves(local_ray, synthetic_root,
+                                                                            tiny_experiment, tmp_path):
+    from czii_kit.data.copick import make_copick_project
+
+    copick = pytest.importorskip("copick")
+    project = make_copick_project(synthetic_root, tmp_path / "project")
+    single, merged = tmp_path / "single.csv", tmp_path / "merged.csv"
+    runs = ["--runs", "TS_5_4,TS_6_4"]
+    assert predict_main(predict_args(project, tiny_experiment, single, *runs)) == 0
+    assert predict_main(predict_args(project, tiny_experiment, merged, *runs, "--ray", "local", "--copick-out",
+                                     "czii/ray")) == 0
+    assert len(pd.read_csv(single)) > 100 and merged.read_bytes() == single.read_bytes()
+    submission = pd.read_csv(merged)
+    root = copick.from_file(str(project))  # read back with copick itself
+    for run in root.runs:
+        mine = run.get_picks(user_id="czii", session_id="ray")
+        assert sum(len(p.numpy()[0]) for p in mine) == int((submission["experiment"] == run.name).sum())
+
+
+def test_a_killed_ray_prediction_resumes_without_losing_or_repeating_a_run(tiny_experiment, tmp_path):
+    from czii_kit.bench.scale import resume
+
+    lines: list[str] = []
+    result = resume(tiny_experiment, tmp_path, runs=24, report=lines.append, extra=["--thresholds", LOW])
+    assert 0 < result["done_when_killed"] < 24, lines  # killed halfway, not before the first run nor after the last
+    assert result["predicted_on_rerun"] == 24 - result["done_when_killed"]
+    assert result["predicted_twice"] == 0 and result["lost"] == 0
+    assert result["identical"] and len(pd.read_csv(tmp_path / "resumed.csv")) > 100
+
+
+def test_parts_of_another_folder_or_a_bad_record_are_refused(tmp_path):
+    folder = tmp_path / "sub.csv.parts"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a parts folder"):
+        PartStore(folder).open({"k": 1}, fresh=True)
+    assert (folder / "notes.txt").read_text() == "mine"  # nothing of the user's deleted
+    store = PartStore(tmp_path / "ok.parts")
+    assert store.open({"k": 1}) == []
+    frame = pd.DataFrame({"experiment": ["TS_0"], "particle_type": ["ribosome"], "x": [0.1 + 0.2], "y": [1 / 3],
+                          "z": [2.0], "score": [0.7]})
+    store.write("TS_0", frame, {"seconds": 1.0})
+    back = store.read(["TS_0"])
+    assert back["x"].iloc[0] == 0.1 + 0.2 and back["y"].iloc[0] == 1 / 3  # every bit of the floats
+    assert store.open({"k": 1}) == ["TS_0"]
+    (store.folder / "TS_0.json").write_text(json.dumps({"run": "TS_0", "rows": 5, "seconds": 1.0}))
+    with pytest.raises(Exception, match="holds 1 rows, its record says 5"):
+        store.read(["TS_0"])
+    store.clear()
+    assert not store.folder.exists()
+
+
+def test_ray_flags_are_checked_before_any_work(synthetic_root, tiny_experiment, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "s.csv"
+    assert predict_main(predict_args(synthetic_root, tiny_experiment, out, "--workers", "2")) == 2
+    assert "--workers only work with --ray" in capsys.readouterr().err
+    assert predict_main(predict_args(synthetic_root, tiny_experiment, out, "--ray", "local", "--time-budget",
+                                     "1")) == 2
+    assert "--time-budget shares one clock" in capsys.readouterr().err
+    assert train_main(["--fold", "0", "--data", str(synthetic_root), "--ray", "local", "--out",
+                       str(tmp_path / "w")]) == 2
+    assert "give --folds" in capsys.readouterr().err
+    assert train_main(["--folds", "0,9", "--data", str(synthetic_root), "--config", "cpu_quick", "--out",
+                       str(tmp_path / "w")]) == 2
+    assert "fold 9 is out of range" in capsys.readouterr().err and not (tmp_path / "w").exists()
+    with pytest.raises(ConfigError, match="torchrun"):
+        RayTrials("local", gpus=2)
+    monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed
+    assert predict_main(predict_args(synthetic_root, tiny_experiment, out, "--ray", "local")) == 2
+    assert 'pip install -e ".[ray]"' in capsys.readouterr().err and not out.exists()
+
+
+def test_a_failure_inside_ray_is_named_by_its_cause():
+    class Wrapped(Exception):
+        cause = KeyError("TS_9")
+
+    assert describe_failure(Wrapped("ray's long wrapper text")) == "KeyError: 'TS_9'"
+    assert describe_failure(ValueError("line one\nline two")) == "ValueError: line one line two"
+
