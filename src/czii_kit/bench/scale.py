@@ -100,7 +100,8 @@ def resume(weights: Path, work: Path, runs: int = 200, report: Callable[[str], N
     common = ["predict", "--weights", weights, "--data", project, "--split", "train", "--device", "cpu",
               "--tta", "none", "--no-progress", "--set", SMALL_WINDOW, *extra]
     log = work / "resume.log"
-    reference_s, _ = czii([*common, "--out", work / "uninterrupted.csv"], log)
+    # the reference: the same job uninterrupted (Ray against one process is the overhead's and the tests' check)
+    reference_s, _ = czii([*common, "--ray", "local", "--fresh", "--out", work / "uninterrupted.csv"], log)
     out = work / "resumed.csv"
     args = [*CZII, *map(str, [*common, "--ray", "local", "--fresh", "--out", out])]
     with open(work / "killed.log", "w") as sink:
@@ -119,11 +120,10 @@ def resume(weights: Path, work: Path, runs: int = 200, report: Callable[[str], N
     result = {"runs": runs, "done_when_killed": len(before), "predicted_on_rerun": len(second),
               "predicted_twice": len(set(second) & before), "lost": runs - len(records(out)),
               "identical": out.read_bytes() == (work / "uninterrupted.csv").read_bytes(),
-              "killed_after_s": killed_after, "rerun_s": again_s, "uninterrupted_single_s": reference_s}
+              "killed_after_s": killed_after, "rerun_s": again_s, "uninterrupted_s": reference_s}
     report(f"resume: killed after {killed_after:.0f} s with {len(before)} of {runs} runs done; the rerun predicted "
            f"{len(second)} ({again_s:.0f} s), {result['predicted_twice']} twice, {result['lost']} lost; merged "
-           f"submission identical to an uninterrupted one: {result['identical']} (one process, uninterrupted: "
-           f"{reference_s:.0f} s)")
+           f"submission identical to an uninterrupted one: {result['identical']} (uninterrupted: {reference_s:.0f} s)")
     return result
 
 
