@@ -16,6 +16,7 @@ from czii_kit.models import build_model
 from czii_kit.particles import CLASS_NAMES
 from czii_kit.train import finetune
 from czii_kit.train.loop import train_fold
+from czii_kit.utils.digest import sha256_file
 
 
 def tiny_cfg(root, *extra):
@@ -77,7 +78,7 @@ def finetuned(tiny_experiment, synthetic_root, tmp_path_factory):
 def test_the_checkpoint_records_where_it_started(finetuned, tiny_experiment):
     lineage = finetuned["ckpt"]["init_from"]
     assert lineage["path"] == str(tiny_experiment / "fold0.pt")
-    assert lineage["sha256"] == finetune.file_digest(tiny_experiment / "fold0.pt")
+    assert lineage["sha256"] == sha256_file(tiny_experiment / "fold0.pt")
     assert lineage["classes"] == list(CLASS_NAMES) and lineage["model"] == "resunet" and lineage["fold"] == 0
     assert finetuned["result"]["train_runs"] == [finetuned["run"]]  # data.runs: one labelled run
 

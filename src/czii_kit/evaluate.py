@@ -79,6 +79,12 @@ def fold_checkpoints(weights: list[str | Path], folds: list[int] | None = None) 
     return dict(sorted(found.items()))
 
 
+def lineages(checkpoints: Mapping[int, Mapping[str, Mapping]]) -> dict[str, str]:
+    """'fold K KIND' -> where that model started, for the fine-tuned ones (``train.init_from``)."""
+    return {f"fold {fold} {kind}": describe_lineage(ckpt["init_from"]) for fold, by_kind in checkpoints.items()
+            for kind, ckpt in by_kind.items() if ckpt.get("init_from")}
+
+
 def held_out_runs(data: DataSource, ckpt: Mapping) -> list[str]:
     """The run(s) the checkpoint's fold held out, by the same split its training used."""
     _, val = fold_runs(data, ckpt["config"]["data"], int(ckpt["fold"]))
@@ -206,8 +212,7 @@ def report_markdown(rows: pd.DataFrame, per_class: pd.DataFrame, preds: list[Fol
     best_table = per_class[(per_class["source"] == best["source"]) & (per_class["variant"] == best["variant"])]
     kinds = available_sources(preds)
     partial = sorted({k for c in checkpoints.values() for k in c} - set(kinds))
-    started = [f"- fold {fold} {kind}: {describe_lineage(ckpt['init_from'])}" for fold, by_kind in checkpoints.items()
-               for kind, ckpt in by_kind.items() if ckpt.get("init_from")]
+    started = [f"- {model}: {lineage}" for model, lineage in lineages(checkpoints).items()]
     lines = ["# Cross-validation report", "",
              f"Folds: {', '.join(f'{p.fold} ({p.run})' for p in preds)}; models: {', '.join(kinds)}.",
              *(["", "Fine-tuned models:", *started] if started else []),
@@ -290,6 +295,4 @@ def run_evaluation(root, weights: list[str | Path], out: str | Path, folds: list
     write_text_atomic(report, report_markdown(rows, per_class, preds, checkpoints, pictures, tuning, tuned_table,
                                               confusions))
     return {"rows": rows, "per_class": per_class, "report": report, "pictures": pictures, "tuning": tuning,
-            "thresholds": thresholds_file, "lineage": {f"fold {fold} {kind}": describe_lineage(ckpt["init_from"])
-                                                       for fold, by_kind in checkpoints.items()
-                                                       for kind, ckpt in by_kind.items() if ckpt.get("init_from")}}
+            "thresholds": thresholds_file, "lineage": lineages(checkpoints)}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from czii_kit.checkpoints import describe_lineage
 from czii_kit.data.open_data import open_data
 from czii_kit.data.source import DataSource
 from czii_kit.data.star import check_star_folder, write_star_files
@@ -22,7 +23,6 @@ from czii_kit.errors import ConfigError, DataError, PredictionError
 from czii_kit.infer.export import EngineFiles
 from czii_kit.infer.plan import PredictionPlan
 from czii_kit.infer.split import LocalSplit, SplitResult
-from czii_kit.checkpoints import describe_lineage
 from czii_kit.submission import write_submission
 
 

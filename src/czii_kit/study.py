@@ -314,7 +314,7 @@ def no_validation_rules(ckpt: dict, train, runs: Sequence[str], candidates: pd.D
     from, when it did), ``train`` (the highest F4 on its own training runs) and ``train-low`` (the lowest threshold
     within ``tolerance`` F4 of that highest: a guard against the optimism of runs the model has seen, leaning to
     recall, which F4 weighs 16 times precision)."""
-    from czii_kit.train.experiment import threshold_grid
+    from czii_kit.train.experiment import inherited_thresholds, threshold_grid
 
     cfg, particles = ckpt["config"], particle_set(ckpt["config"])
     grid, default = threshold_grid(cfg), class_dict(cfg, "threshold")
@@ -324,7 +324,7 @@ def no_validation_rules(ckpt: dict, train, runs: Sequence[str], candidates: pd.D
              "train-low": {c: lowest_near_best(g["threshold"], g["f4"], tolerance)
                            for c, g in curves.groupby("particle_type")}}
     if ckpt.get("init_from"):
-        rules["init"] = {c: float(ckpt["init_from"]["thresholds"].get(c, t)) for c, t in default.items()}
+        rules["init"] = inherited_thresholds(cfg, ckpt["init_from"])
     return {rule: {c: float(picked.get(c, default[c])) for c in particles.names} for rule, picked in rules.items()}
 
 
@@ -337,7 +337,7 @@ def threshold_rules(study_dir: str | Path, train_data, test_data, smooths: Seque
     each TTA of ``ttas``. A model trained without a validation run (fold -1) gets ``no_validation_rules`` instead,
     picked on its training runs. One row per model, TTA and rule: score, F4 and threshold per class."""
     from czii_kit.checkpoints import load_checkpoint
-    from czii_kit.data.folds import chosen_runs
+    from czii_kit.data.folds import fold_runs
     from czii_kit.train.experiment import threshold_grid
 
     train, test = open_data(train_data), open_data(test_data)
@@ -356,7 +356,7 @@ def threshold_rules(study_dir: str | Path, train_data, test_data, smooths: Seque
             rules = {name: best_thresholds(val_solution, val, grid, particles, smooth=k)[0]
                      for name, k in (("own", 0), *((f"smooth{k}", k) for k in smooths))}
         else:  # trained on every run it had: the rules a model without a validation run can use
-            trained_on = chosen_runs(train.list_runs("train"), cfg["data"].get("runs"), str(train))
+            trained_on, _ = fold_runs(train, cfg["data"], int(ckpt["fold"]))  # the split its training used
             seen = scored_candidates(path, train, "train", trained_on, tta,
                                      path.parent / f"candidates_train{suffix}.csv")
             rules = no_validation_rules(ckpt, train, trained_on, seen)

@@ -44,7 +44,8 @@ def czii(args: Sequence[str], log: Path) -> tuple[float, str]:
     started = time.monotonic()
     done = subprocess.run([*CZII, *map(str, args)], capture_output=True, text=True, env=child_env())
     seconds = time.monotonic() - started
-    log.write_text(log.read_text() + done.stdout + done.stderr if log.exists() else done.stdout + done.stderr)
+    with open(log, "a") as sink:
+        sink.write(done.stdout + done.stderr)
     if done.returncode:
         raise RuntimeError(f"czii {' '.join(map(str, args[:2]))} failed (exit {done.returncode}); see {log}")
     return seconds, done.stdout

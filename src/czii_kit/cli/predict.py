@@ -10,7 +10,6 @@ from pathlib import Path
 from czii_kit.cli import args as shared
 from czii_kit.cli.common import exit_on_user_error, resolve_data
 from czii_kit.data import layout
-from czii_kit.errors import ConfigError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,9 +60,6 @@ def main(argv=None) -> int:
 
     executor, data = None, resolve_data(args.data)
     if args.ray:
-        if args.time_budget:
-            raise ConfigError("--time-budget shares one clock between the workers of one machine; with --ray give "
-                              "the job enough workers instead (docs/scale.md), or drop --time-budget")
         from czii_kit.infer.parts import parts_folder
         from czii_kit.scale.predict import RayPrediction
 

@@ -28,6 +28,7 @@ from czii_kit.errors import CheckpointError, ConfigError
 from czii_kit.infer.engines import (GraphSession, OnnxSession, TensorRTSession, check_window, require_tensorrt,
                                     tensorrt_logger)
 from czii_kit.utils.atomic import atomic_path
+from czii_kit.utils.digest import sha256_file
 
 log = logging.getLogger(__name__)
 FP32_TOLERANCE = 1e-4  # torch vs an fp32 graph, on probabilities (YOLO: scores, boxes relative to size)
@@ -182,11 +183,8 @@ class EngineFiles:
 
 @functools.lru_cache(maxsize=256)
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Cached by size and modification time: a file is hashed once per process unless it changes."""
+    return sha256_file(path)
 
 
 def weights_digest(sources: Sequence[str | Path]) -> str:

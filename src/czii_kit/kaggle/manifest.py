@@ -5,13 +5,13 @@ Shared by the pack tool (``czii_kit.kaggle.pack``, which writes them) and the no
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import czii_kit
 from czii_kit.errors import DataError
 from czii_kit.kaggle.preflight import MANIFEST, PACK_FORMAT
+from czii_kit.utils.digest import sha256_file  # noqa: F401 -- kaggle.runtime reads it from here
 from czii_kit.utils.progress import progress_bar
 
 FORMAT = PACK_FORMAT  # preflight.py (standard library only) holds the names it shares with the pack tool
@@ -23,16 +23,6 @@ METADATA_FILES = (MANIFEST, DATASET_METADATA)  # describe the pack; not listed i
 
 
 # --------------------------------------------------------------------------- files
-def sha256_file(path: Path, bar=None) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-    return digest.hexdigest()
-
-
 def pack_files(root: Path) -> list[Path]:
     """Every file of a pack folder but the two metadata files, as sorted relative paths."""
     return sorted(rel for p in root.rglob("*")

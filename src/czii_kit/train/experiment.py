@@ -3,6 +3,7 @@ and how a model's held-out candidates become the thresholds and scores a checkpo
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +105,12 @@ def validation_summary(solution: pd.DataFrame, cand: pd.DataFrame, cfg: dict, ru
             "runs": list(runs)}
 
 
+def inherited_thresholds(cfg: dict, lineage: Mapping) -> dict[str, float]:
+    """The thresholds of the checkpoint a model started from (``train.init_from``) for the classes it knows, the
+    config's default for the others."""
+    return {c: float(lineage["thresholds"].get(c, t)) for c, t in class_dict(cfg, "threshold").items()}
+
+
 def no_validation(cfg: dict, tuning: Tuning | None = None, lineage: dict | None = None) -> dict:
     """What a fold without a held-out run (fold -1) stores, and which rule set its thresholds (``thresholds_from``):
     those tuned by cross-validation (``tools/evaluate.py``'s thresholds.json) when given; else, for a model that
@@ -114,11 +121,10 @@ def no_validation(cfg: dict, tuning: Tuning | None = None, lineage: dict | None 
     if tuning is not None:
         return {**empty, "thresholds": dict(tuning.thresholds), "thresholds_from": str(tuning.path),
                 "cv_score": tuning.meta.get("score"), "source_weights": tuning.source_weights}
-    defaults = class_dict(cfg, "threshold")
     if lineage is not None:
-        inherited = {c: float(lineage["thresholds"].get(c, t)) for c, t in defaults.items()}
-        return {**empty, "thresholds": inherited, "thresholds_from": f"{INIT_THRESHOLDS}: {lineage['path']}"}
-    return {**empty, "thresholds": defaults, "thresholds_from": DEFAULT_THRESHOLDS}
+        return {**empty, "thresholds": inherited_thresholds(cfg, lineage),
+                "thresholds_from": f"{INIT_THRESHOLDS}: {lineage['path']}"}
+    return {**empty, "thresholds": class_dict(cfg, "threshold"), "thresholds_from": DEFAULT_THRESHOLDS}
 
 
 def thresholds_for(cfg: dict, fold: int, thresholds_from) -> Tuning | None:

@@ -8,7 +8,6 @@ fine-tuning options (``train.encoder_lr_mult``, ``train.freeze_encoder_epochs``)
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from czii_kit.checkpoints import find_checkpoints, load_checkpoint
 from czii_kit.errors import CheckpointError
+from czii_kit.utils.digest import sha256_file
 
 SHOWN = 4  # mismatching layers quoted in an error
 
@@ -39,14 +39,6 @@ def init_checkpoint_path(path: str | Path) -> Path:
         return full[0]
     raise CheckpointError(f"--init-from {path}: {len(found)} checkpoints and none has a validation score; pass one of "
                           f"them: {', '.join(map(str, found))}")
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _is_head(name: str, model: torch.nn.Module) -> bool:
@@ -104,7 +96,7 @@ def load_initial_weights(model: torch.nn.Module, model_cfg: dict, classes: Seque
                               "start from a checkpoint of the same model (its config.yaml says which)")
     check_fits(model, ckpt["state_dict"], where)
     model.load_state_dict(mapped_state(model, ckpt["state_dict"], ckpt["classes"], classes))
-    return {"path": str(path), "sha256": file_digest(path), "model": ckpt["model"]["name"],
+    return {"path": str(path), "sha256": sha256_file(path), "model": ckpt["model"]["name"],
             "classes": list(ckpt["classes"]), "fold": ckpt["fold"], "thresholds": dict(ckpt["thresholds"]),
             "thresholds_from": ckpt["validation"].get("thresholds_from", f"its validation run(s) "
                                                       f"{', '.join(ckpt['validation'].get('runs', [])) or '?'}")}
