@@ -31,12 +31,12 @@ from czii_kit.infer.parts import JOB_FILE, parts_folder
 CZII = [sys.executable, "-m", "czii_kit.cli.main"]
 PREDICTED = re.compile(r"^(\S+): \d+ particles in ")
 SMALL_SHAPE = (48, 96, 96)
+SMALL_WINDOW = "infer.window=[48, 96, 96]"
 
 
 def child_env() -> dict[str, str]:
     """This environment without RAY_ADDRESS (which an open Ray session sets): each command starts its own Ray."""
     return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-SMALL_WINDOW = "infer.window=[48, 96, 96]"
 
 
 def czii(args: Sequence[str], log: Path) -> tuple[float, str]:
