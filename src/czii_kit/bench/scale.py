@@ -31,7 +31,7 @@ from czii_kit.infer.parts import JOB_FILE, parts_folder
 CZII = [sys.executable, "-m", "czii_kit.cli.main"]
 PREDICTED = re.compile(r"^(\S+): \d+ particles in ")
 SMALL_SHAPE = (48, 96, 96)
-SMALL_WINDOW = "infer.window=[48, 96, 96]"
+SMALL_WINDOW = f"infer.window=[{', '.join(map(str, SMALL_SHAPE))}]"  # one window per small run
 
 
 def child_env() -> dict[str, str]:
