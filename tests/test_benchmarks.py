@@ -97,3 +97,15 @@ def test_training_bench_times_the_real_training_step(synthetic_root, tmp_path, m
     assert r["patches_per_s"] == pytest.approx(2 / (r["data_s_per_batch"] + r["model_s_per_batch"]))
     assert 0 < r["data_share"] < 1 and r["voxels_per_s"] == pytest.approx(r["patches_per_s"] * 32 * 64 * 64)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_scale_bench_reads_runs_and_seconds_from_a_predict_log():
+    from czii_kit.bench.scale import mean_sd, predicted_runs, run_seconds
+
+    output = ("1 checkpoint(s), engine torch\nTS_5_4: 271 particles in 10.5 s on cpu\nnote: TS_6_4: 3 particles in x\n"
+              "TS_6_4: 0 particles in 8.25 s on cpu\nwrote s.csv: 271 rows from 2 run(s) in 19.0 s (9.4 s per run)\n")
+    assert predicted_runs(output) == ["TS_5_4", "TS_6_4"]
+    assert run_seconds(output) == [10.5, 8.25]
+    mean, sd = mean_sd([30.0, 32.0, 34.0])
+    assert mean == 32.0 and math.isclose(sd, 2.0)
+    assert mean_sd([5.0]) == (5.0, 0.0)

@@ -29,7 +29,7 @@ import pandas as pd
 from czii_kit.infer.parts import JOB_FILE, parts_folder
 
 CZII = [sys.executable, "-m", "czii_kit.cli.main"]
-PREDICTED = re.compile(r"^(\S+): \d+ particles in ")
+PREDICTED = re.compile(r"^(\S+): \d+ particles in ([0-9.]+) s")
 SMALL_SHAPE = (48, 96, 96)
 SMALL_WINDOW = f"infer.window=[{', '.join(map(str, SMALL_SHAPE))}]"  # one window per small run
 
@@ -62,20 +62,44 @@ def records(out: Path) -> set[str]:
     return {p.stem for p in folder.glob("*.json") if p.name != JOB_FILE} if folder.is_dir() else set()
 
 
-def overhead(weights: Path, data: Path, work: Path, report: Callable[[str], None] = print) -> dict:
-    """Single process against ``--ray local`` on the test runs of ``data`` (full size), whole commands timed."""
+def run_seconds(output: str) -> list[float]:
+    """The per-run seconds a predict job reports (its 'RUN: N particles in S s' lines), in order."""
+    return [float(m.group(2)) for m in map(PREDICTED.match, output.splitlines()) if m]
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    return mean, (sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)) ** 0.5
+
+
+def overhead(weights: Path, data: Path, work: Path, repeats: int = 3,
+             report: Callable[[str], None] = print) -> dict:
+    """Single process against ``--ray local`` on the test runs of ``data`` (full size), whole commands timed,
+    ``repeats`` times each, the two arms alternating (a slow minute of the machine hits both)."""
     common = ["predict", "--weights", weights, "--data", data, "--split", "test", "--device", "cpu", "--tta", "none",
               "--no-progress"]
     log = work / "overhead.log"
     czii([*common, "--out", work / "warm.csv"], log)  # imports and files warm for both arms
-    single, _ = czii([*common, "--out", work / "single.csv"], log)
-    through_ray, _ = czii([*common, "--ray", "local", "--fresh", "--out", work / "ray.csv"], log)
-    same = (work / "single.csv").read_bytes() == (work / "ray.csv").read_bytes()
-    runs = len(list((parts_folder(work / "ray.csv")).glob("*.csv")))
-    result = {"runs": runs, "single_s": single, "ray_s": through_ray, "overhead": through_ray / single - 1,
-              "identical": same}
-    report(f"overhead: {runs} full-size run(s): one process {single:.1f} s, --ray local {through_ray:.1f} s "
-           f"({result['overhead']:+.1%}); submissions identical: {same}")
+    arms = {"single": [], "ray": []}
+    runs = {"single": [], "ray": []}
+    same = True
+    for _ in range(repeats):
+        seconds, output = czii([*common, "--out", work / "single.csv"], log)
+        arms["single"].append(seconds)
+        runs["single"] += run_seconds(output)
+        seconds, output = czii([*common, "--ray", "local", "--fresh", "--out", work / "ray.csv"], log)
+        arms["ray"].append(seconds)
+        runs["ray"] += run_seconds(output)
+        same = same and (work / "single.csv").read_bytes() == (work / "ray.csv").read_bytes()
+    count = len(list((parts_folder(work / "ray.csv")).glob("*.csv")))
+    (single, single_sd), (through_ray, ray_sd) = mean_sd(arms["single"]), mean_sd(arms["ray"])
+    result = {"runs": count, "repeats": repeats, "single_s": single, "single_sd": single_sd, "ray_s": through_ray,
+              "ray_sd": ray_sd, "overhead": through_ray / single - 1, "identical": same,
+              "run_single_s": mean_sd(runs["single"])[0], "run_ray_s": mean_sd(runs["ray"])[0]}
+    report(f"overhead: {count} full-size run(s), {repeats} time(s) each: one process {single:.1f} ± {single_sd:.1f} s, "
+           f"--ray local {through_ray:.1f} ± {ray_sd:.1f} s ({result['overhead']:+.1%}); per run (as each job "
+           f"reports it) {result['run_single_s']:.1f} s against {result['run_ray_s']:.1f} s; submissions identical: "
+           f"{same}")
     return result
 
 

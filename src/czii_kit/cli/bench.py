@@ -71,6 +71,7 @@ def _scale(p: argparse.ArgumentParser) -> None:
                    "(default %(default)s, made by czii pretrain)")
     p.add_argument("--work", default="reports/bench_scale", help="work folder: data, submissions, logs")
     p.add_argument("--runs", type=int, default=200, help="small runs of the copick project killed and resumed")
+    p.add_argument("--repeats", type=int, default=3, help="timings of each overhead arm, alternating (default 3)")
     parts = ["overhead", "resume", "study"]
     p.add_argument("--only", nargs="+", choices=parts, default=parts, help="which measurements (default: all)")
 
@@ -129,12 +130,14 @@ def main(argv=None) -> int:
 
         require_ray()
         weights, data, work = Path(args.weights), Path(args.data), Path(args.work)
+        if args.repeats < 1:
+            raise ConfigError(f"--repeats must be at least 1, got {args.repeats}")
         if "overhead" in args.only and not (data / "test").is_dir():
             raise ConfigError(f"--data {data}: no test split; make it with czii pretrain (data/eval_default) or "
                               "czii make-synthetic --train 0 --test 3 --shape 184 630 630")
         work.mkdir(parents=True, exist_ok=True)
         if "overhead" in args.only:
-            scale.overhead(weights, data, work)
+            scale.overhead(weights, data, work, args.repeats)
         if "resume" in args.only:
             scale.resume(weights, work, args.runs)
         if "study" in args.only:
