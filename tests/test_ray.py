@@ -32,8 +32,9 @@ LOW = "apo-ferritin=0.005,beta-amylase=0.005,beta-galactosidase=0.005,ribosome=0
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray of 2 CPUs for the module (the tools reuse a session that is already open), shut down after."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    """One new local Ray of 2 CPUs for the module (the tools reuse a session that is already open), shut down after;
+    ``address="local"``: a cluster file another job left in /tmp/ray is never joined."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 
