@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -68,8 +69,8 @@ def run_seconds(output: str) -> list[float]:
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    return mean, (sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)) ** 0.5
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def overhead(weights: Path, data: Path, work: Path, repeats: int = 3,
@@ -80,16 +81,15 @@ def overhead(weights: Path, data: Path, work: Path, repeats: int = 3,
               "--no-progress"]
     log = work / "overhead.log"
     czii([*common, "--out", work / "warm.csv"], log)  # imports and files warm for both arms
-    arms = {"single": [], "ray": []}
-    runs = {"single": [], "ray": []}
+    extra = {"single": [], "ray": ["--ray", "local", "--fresh"]}
+    arms: dict[str, list[float]] = {arm: [] for arm in extra}
+    runs: dict[str, list[float]] = {arm: [] for arm in extra}
     same = True
     for _ in range(repeats):
-        seconds, output = czii([*common, "--out", work / "single.csv"], log)
-        arms["single"].append(seconds)
-        runs["single"] += run_seconds(output)
-        seconds, output = czii([*common, "--ray", "local", "--fresh", "--out", work / "ray.csv"], log)
-        arms["ray"].append(seconds)
-        runs["ray"] += run_seconds(output)
+        for arm, flags in extra.items():
+            seconds, output = czii([*common, *flags, "--out", work / f"{arm}.csv"], log)
+            arms[arm].append(seconds)
+            runs[arm] += run_seconds(output)
         same = same and (work / "single.csv").read_bytes() == (work / "ray.csv").read_bytes()
     count = len(list((parts_folder(work / "ray.csv")).glob("*.csv")))
     (single, single_sd), (through_ray, ray_sd) = mean_sd(arms["single"]), mean_sd(arms["ray"])
