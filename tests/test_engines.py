@@ -382,6 +382,20 @@ def test_map_over_devices_isolates_failures_and_uses_every_device():
     assert len(threads) == 2
 
 
+def test_one_device_works_in_the_calling_thread_and_still_isolates_failures():
+    threads = set()
+
+    def work(item, device):
+        threads.add(threading.current_thread())
+        if item == 1:
+            raise ValueError("bad item 1")
+        return item + 10
+
+    results, failures = map_over_devices([0, 1, 2], ["cpu"], work, progress=False)
+    assert results == {0: 10, 2: 12} and failures == {1: "ValueError: bad item 1"}
+    assert threads == {threading.current_thread()}  # no second thread: torch on CPU ran slower in one
+
+
 def test_map_over_devices_rejects_no_devices_and_duplicates():
     with pytest.raises(ConfigError, match="at least one device"):
         map_over_devices([1], [], lambda item, device: item)

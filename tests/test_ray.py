@@ -240,3 +240,45 @@ def test_a_failure_inside_ray_is_named_by_its_cause():
     assert describe_failure(Wrapped("ray's long wrapper text")) == "KeyError: 'TS_9'"
     assert describe_failure(ValueError("line one\nline two")) == "ValueError: line one line two"
 
+
+
+def test_ray_starts_on_the_main_thread_while_the_job_imports_on_another(tmp_path, monkeypatch):
+    """Control flow only (a stand-in for ray records the calls): the real start is the killed-job test above."""
+    import threading
+
+    from czii_kit.scale import session
+
+    seen: dict = {}
+    (tmp_path / "czii_probe_module.py").write_text("import threading\nTHREAD = threading.current_thread()\n")
+    (tmp_path / "czii_broken_module.py").write_text("raise ImportError('broken on purpose')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("RAY_enable_autoscaler_v2", raising=False)
+
+    class StandIn:
+        initialized = False
+
+        def is_initialized(self):
+            return self.initialized
+
+        def init(self, address, **options):
+            seen.update(thread=threading.current_thread(), address=address,
+                        v2=session.os.environ.get("RAY_enable_autoscaler_v2"))
+            self.initialized = True
+
+        def cluster_resources(self):
+            return {"CPU": 2.0}
+
+        def nodes(self):
+            return [{"Alive": True}]
+
+        def shutdown(self):
+            seen["shutdown"] = True
+
+    monkeypatch.setattr(session, "require_ray", StandIn)
+    with session.ray_session_while_importing("local", ["czii_broken_module", "czii_probe_module"],
+                                             report=lambda line: None):
+        probe = sys.modules["czii_probe_module"]  # imported by the time the block starts
+    assert seen["thread"] is threading.main_thread() and probe.THREAD is not threading.main_thread()
+    assert seen["address"] == "local" and seen["v2"] == "1" and seen["shutdown"]
+    with pytest.raises(ImportError, match="broken on purpose"):  # said where the job imports it, not swallowed
+        import czii_broken_module  # noqa: F401

@@ -22,6 +22,13 @@ from czii_kit.utils.atomic import write_text_atomic
 FREE_FORM = ("args",)  # plug-in arguments: validated by the plug-in itself
 CLASSES = "classes"  # keyed by class name (any names: the particle set comes from the data), checked by validate
 CLASS_KEYS = ("threshold", "loss_weight", "sample_weight", "radius", "weight")  # radius (Å), weight: the metric's
+# infer.engine's values (czii_kit.infer.engines runs them); here, so that the command line lists them without torch
+ENGINE_KINDS = (
+    "torch",  # the checkpoint's model in torch (fp16 autocast on CUDA)
+    "onnx",  # the fp32 ONNX graph in onnxruntime
+    "onnx_fp16",  # the fp16 graph TensorRT builds from, in onnxruntime: the GPU's precision, scored on any machine
+    "tensorrt",  # a TensorRT engine built from the fp16 graph (CUDA only)
+)
 
 
 def config_dir() -> Path:

@@ -72,7 +72,7 @@ def add_device(p: argparse.ArgumentParser, default: str | None = None, what: str
 
 
 def add_engine(p: argparse.ArgumentParser) -> None:
-    from czii_kit.infer.engines import ENGINE_KINDS
+    from czii_kit.config import ENGINE_KINDS
 
     p.add_argument("--engine", choices=list(ENGINE_KINDS),
                    help="default: the checkpoint config's infer.engine; onnx_fp16 runs the fp16 graph TensorRT "

@@ -14,14 +14,16 @@ def exit_on_user_error(main):
     message names the rank, and any other failure says which rank failed before its traceback."""
     @wraps(main)
     def wrapper(argv=None) -> int:
-        from czii_kit.train.distributed import rank_prefix
-
         try:
             return main(argv)
         except CziiError as e:
+            from czii_kit.train.distributed import rank_prefix  # here: importing it imports torch
+
             print(f"error: {rank_prefix()}{e}", file=sys.stderr)
             return 2
         except Exception as e:
+            from czii_kit.train.distributed import rank_prefix
+
             if rank_prefix():
                 print(f"error: {rank_prefix()}failed with {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             raise

@@ -56,10 +56,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     shared.ray_only(args, "--gpus-per-worker", "--workers", "--fresh")
-    from czii_kit.predict import predict_submission
+    data = resolve_data(args.data)
+    if not args.ray:
+        return run(args, data)
+    from czii_kit.scale.session import ray_session_while_importing, refuse_time_budget
 
-    executor, data = None, resolve_data(args.data)
-    if args.ray:
+    refuse_time_budget(args.time_budget)
+    with ray_session_while_importing(args.ray, ["czii_kit.predict", "czii_kit.scale.predict"]):
         from czii_kit.infer.parts import parts_folder
         from czii_kit.scale.predict import RayPrediction
 
@@ -69,6 +72,13 @@ def main(argv=None) -> int:
             from czii_kit.data.open_data import open_data
 
             data = open_data(Path(str(data)).resolve())
+        return run(args, data, executor)
+
+
+def run(args: argparse.Namespace, data, executor=None) -> int:
+    """The prediction job; ``executor`` None: this machine's devices."""
+    from czii_kit.predict import predict_submission
+
     report = predict_submission(
         weights=args.weights, data=data, split=args.split, out=args.out, device=args.device,
         engine=args.engine, tta=args.tta, time_budget_h=args.time_budget,

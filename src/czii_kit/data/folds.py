@@ -9,16 +9,18 @@ import pandas as pd
 from czii_kit.errors import ConfigError, DataError
 
 
-def chosen_runs(runs: Sequence[str], wanted: Sequence[str] | None, where: str = "") -> list[str]:
-    """The train runs ``data.runs`` names (all of ``runs`` when it is null), sorted; an unknown name is an error."""
+def chosen_runs(runs: Sequence[str], wanted: Sequence[str] | None, where: str = "",
+                key: str = "data.runs") -> list[str]:
+    """The train runs the config's ``key`` names (all of ``runs`` when it is null), sorted; an unknown name is an
+    error."""
     if wanted is None:
         return sorted(runs)
     if isinstance(wanted, str) or not wanted:
-        raise ConfigError(f"data.runs must be a non-empty list of run names, e.g. [TS_5_4], or null; got {wanted!r}")
+        raise ConfigError(f"{key} must be a non-empty list of run names, e.g. [TS_5_4], or null; got {wanted!r}")
     unknown = sorted(set(wanted) - set(runs))
     if unknown:
-        raise DataError(f"data.runs names {', '.join(unknown)}, not train runs of {where or 'the data'} (runs there: "
-                        f"{', '.join(sorted(runs))}); fix data.runs")
+        raise DataError(f"{key} names {', '.join(unknown)}, not train runs of {where or 'the data'} (runs there: "
+                        f"{', '.join(sorted(runs))}); fix {key}")
     return sorted(set(wanted))
 
 

@@ -22,6 +22,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from czii_kit.config import ENGINE_KINDS
 from czii_kit.errors import CheckpointError, ConfigError
 
 Shape3 = tuple[int, int, int]
@@ -273,14 +274,6 @@ class GraphEngine:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         return run_fixed_batch(batch, self.batch_size, self.session)
-
-
-ENGINE_KINDS = (
-    "torch",  # the checkpoint's model in torch (fp16 autocast on CUDA)
-    "onnx",  # the fp32 ONNX graph in onnxruntime
-    "onnx_fp16",  # the fp16 graph TensorRT builds from, in onnxruntime: the GPU's precision, scored on any machine
-    "tensorrt",  # a TensorRT engine built from the fp16 graph (CUDA only)
-)
 
 
 def check_engine_kind(kind: str) -> str:

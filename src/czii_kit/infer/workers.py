@@ -1,4 +1,5 @@
-"""Spread items (tomograms) over devices: one worker thread per device, one shared queue.
+"""Spread items (tomograms) over devices: one worker thread per device, one shared queue (one device: the calling
+thread itself).
 
 Threads suffice because the heavy work (torch, onnxruntime, TensorRT) releases the GIL. The
 ``work`` callable gets the device string and should build or pick its engine for it (e.g.
@@ -57,12 +58,15 @@ def map_over_devices(
                 sink[item] = outcome
                 bar.update()
 
-    threads = [threading.Thread(target=worker, args=(device,), name=f"worker-{i}-{device}")
-               for i, device in enumerate(devices)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    if len(devices) == 1:  # in this thread: torch on CPU ran ~10 % slower per tomogram in a second one
+        worker(devices[0])
+    else:
+        threads = [threading.Thread(target=worker, args=(device,), name=f"worker-{i}-{device}")
+                   for i, device in enumerate(devices)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     bar.close()
     return ({i: results[i] for i in items if i in results},
             {i: failures[i] for i in items if i in failures})

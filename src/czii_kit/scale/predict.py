@@ -21,8 +21,8 @@ from czii_kit.errors import ConfigError, PredictionError
 from czii_kit.infer.parts import PartStore, job_key
 from czii_kit.infer.plan import PredictionPlan
 from czii_kit.infer.split import Predictors, SplitResult, available_devices, predict_one, set_up
-from czii_kit.scale.session import (Resources, check_fits, describe_failure, ray_session, require_ray,
-                                    resources_for)
+from czii_kit.scale.session import (Resources, check_fits, describe_failure, ray_session, refuse_time_budget,
+                                    require_ray, resources_for)
 from czii_kit.utils.progress import progress_bar
 
 DEFAULT_CPUS_PER_WORKER = 2.0
@@ -91,9 +91,7 @@ class RayPrediction:
 
     def __call__(self, plan: PredictionPlan, devices: Sequence[str], *, time_budget_h: float | None = None,
                  progress: bool = True, report: Callable[[str], None] = print) -> SplitResult:
-        if time_budget_h:
-            raise ConfigError("--time-budget shares one clock between the workers of one machine; with --ray give "
-                              "the job enough workers instead (docs/scale.md), or drop --ray")
+        refuse_time_budget(time_budget_h)
         store = PartStore(Path(self.folder))
         done = set(store.open(job_key(plan), self.fresh))
         names, skipped = plan.runs.names, plan.runs.skipped

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from czii_kit.errors import ConfigError
@@ -57,6 +59,10 @@ def ray_session(address: str, report: Callable[[str], None] = print) -> Iterator
     if ray.is_initialized():
         yield ray
         return
+    if address == LOCAL:
+        # Ray's v1 autoscaler monitor answers SIGTERM by reporting to the GCS, which ray.shutdown stops first, so
+        # each shutdown waited out its 1-s grace period; a one-node instance has nothing to autoscale either way
+        os.environ.setdefault("RAY_enable_autoscaler_v2", "1")
     options = {"include_dashboard": False, "logging_level": logging.WARNING}
     try:
         ray.init(address=address, **options)  # "local": a new instance, never a cluster someone else started
@@ -70,6 +76,29 @@ def ray_session(address: str, report: Callable[[str], None] = print) -> Iterator
         yield ray
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def ray_session_while_importing(address: str, modules: Sequence[str],
+                                report: Callable[[str], None] = print) -> Iterator[object]:
+    """``ray_session`` entered while a helper thread imports ``modules`` (the job's own, torch among them): Ray's
+    start is mostly waiting on its daemons and the imports are the driver's first ~2 s, so on a small machine
+    the two overlap (docs/scale.md). ray.init stays on the main thread (off it, the driver lost the GCS). An
+    import that fails here fails again, with its own traceback, where the job imports the module."""
+
+    def import_all() -> None:
+        for name in modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+
+    importer = threading.Thread(target=import_all, name="czii-imports", daemon=True)
+    importer.start()
+    try:
+        with ray_session(address, report) as ray:
+            importer.join()
+            yield ray
+    finally:
+        importer.join()
 
 
 def resources_for(ray, cpus: float, gpus: float | None, device: str, address: str) -> Resources:
@@ -91,6 +120,13 @@ def check_fits(ray, resources: Resources, what: str) -> None:
         raise ConfigError(f"{what} asks each Ray worker for {resources.cpus:g} CPU(s) and {resources.gpus:g} GPU(s), "
                           f"but the largest node offers {biggest.get('CPU', 0):g} CPU(s) and {biggest.get('GPU', 0):g} "
                           "GPU(s); lower --cpus-per-trial / --gpus-per-trial (or the -per-worker flags)")
+
+
+def refuse_time_budget(time_budget_h: float | None) -> None:
+    """--time-budget shares one clock between the threads of one machine; Ray's workers have no clock to share."""
+    if time_budget_h:
+        raise ConfigError("--time-budget shares one clock between the workers of one machine; with --ray give the "
+                          "job enough workers instead (docs/scale.md), or drop --ray")
 
 
 def describe_failure(error: BaseException) -> str:

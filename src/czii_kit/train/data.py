@@ -25,17 +25,22 @@ class RunData:
     spacing: float  # Å per voxel
 
 
-def load_run(data: DataSource, run: str, cfg: dict, recon: str | None = None) -> RunData:
+def load_run(data: DataSource, run: str, cfg: dict, recon: str | None = None, known_only: bool = False) -> RunData:
+    """``known_only``: drop picks of classes the config does not train (other labelled data, e.g. rehearsal);
+    otherwise such a pick is an error."""
     tomogram = data.read_run(run, "train", cfg["data"], recon)
     vol = normalize_from_config(tomogram.volume, cfg["normalize"], name=f"run {run} ({tomogram.recon})")
     picks = data.read_picks(run, cfg["data"])
+    if known_only:
+        picks = picks[picks["particle_type"].isin(particle_set(cfg).names)].reset_index(drop=True)
     points, labels = points_from_picks(picks, tomogram.spacing, particle_set(cfg))
     return RunData(run, tomogram.recon, vol, points, labels, picks, tomogram.spacing)
 
 
-def load_runs(data: DataSource, runs: list[str], cfg: dict, extra_recons: bool = True) -> list[RunData]:
+def load_runs(data: DataSource, runs: list[str], cfg: dict, extra_recons: bool = True,
+              known_only: bool = False) -> list[RunData]:
     recons = [cfg["data"]["recon"]] + (list(cfg["data"]["extra_recons"]) if extra_recons else [])
-    return [load_run(data, run, cfg, recon) for run in runs for recon in recons]
+    return [load_run(data, run, cfg, recon, known_only) for run in runs for recon in recons]
 
 
 def common_spacing(runs: list[RunData]) -> float:

@@ -32,6 +32,7 @@ from czii_kit.losses import DeepSupervision, build_loss
 from czii_kit.models import build_model
 from czii_kit.train import distributed
 from czii_kit.train.data import RunData, common_spacing, load_runs
+from czii_kit.train.rehearsal import REHEARSAL_SEED_OFFSET, MixedPatches, rehearsal_source
 from czii_kit.train.distributed import DistInfo
 from czii_kit.train.ema import ModelEMA
 from czii_kit.train.experiment import (FoldPaths, fold_seed, guard_output, no_validation, seed_everything,
@@ -135,14 +136,16 @@ def setup(cfg: dict, fold: int, data_root, out_dir, resume: bool = False, thresh
     tc = cfg["train"]
 
     train_names, val_names = fold_runs(data, cfg["data"], fold)
+    rehearsal = rehearsal_source(tc["rehearsal"])
     model = build_model(cfg["model"]["name"], num_classes=len(particles) + 1, **cfg["model"]["args"])
     lineage = None
     if tc["init_from"] and not (resume and paths.last.exists()):  # checked before any tomogram is read
         lineage = load_initial_weights(model, cfg["model"], particles.names, tc["init_from"])
     train_data = load_runs(data, train_names, cfg)
+    rehearsal_data = load_runs(rehearsal.data, rehearsal.runs, cfg, known_only=True) if rehearsal else []
     val_runs = [(data.read_run(run, "train", cfg["data"]), data.read_picks(run, cfg["data"])) for run in val_names]
     _check_data(train_data, val_runs)
-    spacing = common_spacing(train_data)
+    spacing = common_spacing(train_data + rehearsal_data)
 
     spec = TargetSpec.from_config({**cfg["targets"], "spacing": spacing, "particles": particles})
     _check_geometry(model, spec, cfg)
@@ -150,14 +153,21 @@ def setup(cfg: dict, fold: int, data_root, out_dir, resume: bool = False, thresh
     place_model(model, device)
     ema = ModelEMA(model, tc["ema_decay"])
 
-    dataset = PatchDataset(
-        [r.volume for r in train_data], [r.points for r in train_data], [r.labels for r in train_data],
-        patch_size=tuple(tc["patch_size"]), target_spec=spec,
-        positive_fraction=tc["positive_fraction"], class_weights=class_values(cfg, "sample_weight"),
-        augment=cfg["augment"], length=tc["samples_per_epoch"] // info.world_size,
-        seed=distributed.rank_seed(seed, info),
-        hard_negatives=hard_negatives(train_data, particles, tc["hard_negative_fraction"]),
-        hard_negative_fraction=tc["hard_negative_fraction"])
+    seed_of_rank = distributed.rank_seed(seed, info)
+
+    def patches(runs: list[RunData], seed: int) -> PatchDataset:
+        return PatchDataset(
+            [r.volume for r in runs], [r.points for r in runs], [r.labels for r in runs],
+            patch_size=tuple(tc["patch_size"]), target_spec=spec,
+            positive_fraction=tc["positive_fraction"], class_weights=class_values(cfg, "sample_weight"),
+            augment=cfg["augment"], length=tc["samples_per_epoch"] // info.world_size, seed=seed,
+            hard_negatives=hard_negatives(runs, particles, tc["hard_negative_fraction"]),
+            hard_negative_fraction=tc["hard_negative_fraction"])
+
+    dataset = patches(train_data, seed_of_rank)
+    if rehearsal:
+        dataset = MixedPatches(dataset, patches(rehearsal_data, seed_of_rank + REHEARSAL_SEED_OFFSET),
+                               rehearsal.fraction, seed_of_rank)
     loader = torch.utils.data.DataLoader(dataset, batch_size=tc["batch_size"], shuffle=False,
                                          num_workers=tc["num_workers"], drop_last=True,
                                          persistent_workers=tc["num_workers"] > 0)
