@@ -242,6 +242,25 @@ def test_a_failure_inside_ray_is_named_by_its_cause():
 
 
 
+def test_a_restarted_worker_loads_the_plan_from_the_call_it_is_given(local_ray, synthetic_root, tiny_experiment,
+                                                                    tmp_path):
+    """Ray restarts a dead actor with its constructor arguments only; its next call carries the plan's reference,
+    so a fresh worker whose first call is ``predict`` loads and predicts (what the restart path relies on)."""
+    from czii_kit.data.open_data import open_data
+    from czii_kit.infer.plan import PredictionPlan
+    from czii_kit.infer.split import Predictors, predict_one
+    from czii_kit.scale.predict import RunWorker
+
+    plan = PredictionPlan.from_weights([tiny_experiment], tta="none", device="cpu", thresholds=LOW).on_runs(
+        open_data(synthetic_root), "test")
+    run = plan.runs.to_predict[0]
+    restarted = RunWorker(str(tmp_path / "parts"), threads=1)  # as Ray rebuilds it: no plan
+    record = restarted.predict(run, [local_ray.put(plan)])
+    expected, _ = predict_one(Predictors(plan), run, "cpu", "torch")
+    assert record["run"] == run and record["rows"] == len(expected) > 0
+    assert restarted.store.read([run]).equals(expected.reset_index(drop=True))
+
+
 def test_ray_starts_on_the_main_thread_while_the_job_imports_on_another(tmp_path, monkeypatch):
     """Control flow only (a stand-in for ray records the calls): the real start is the killed-job test above."""
     import threading

@@ -29,26 +29,35 @@ DEFAULT_CPUS_PER_WORKER = 2.0
 
 
 class RunWorker:
-    """A Ray actor: the plan's members loaded once on this worker's device; predicts one run per call."""
+    """A Ray actor: the plan's members loaded once (on its first call) on this worker's device; predicts one run per
+    call. The plan comes with every call as ``[ObjectRef]`` (a few bytes), not as a constructor argument: Ray warns on
+    every job that a restarted actor would lose such an argument, while a restarted actor here loads again from the
+    reference its next call carries (the driver keeps the plan alive for the whole job)."""
 
-    def __init__(self, plan: PredictionPlan, folder: str, threads: int) -> None:
+    def __init__(self, folder: str, threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        self.plan, self.store = plan, PartStore(Path(folder))
-        self.device = available_devices(plan.cfg["infer"]["device"])[0]  # Ray shows the actor its GPU(s) only
-        started = time.monotonic()
-        self.predictors = Predictors(plan)
-        self.engine, self.notes = set_up(self.predictors, [self.device], plan.cfg["infer"]["engine"], print)
-        self.setup_seconds = time.monotonic() - started
+        self.store = PartStore(Path(folder))
+        self.predictors: Predictors | None = None
 
-    def ready(self) -> dict:
+    def ready(self, plan_box: list) -> dict:
         import socket
 
+        if self.predictors is None:
+            import ray
+
+            plan: PredictionPlan = ray.get(plan_box[0])
+            self.device = available_devices(plan.cfg["infer"]["device"])[0]  # Ray shows the actor its GPU(s) only
+            started = time.monotonic()
+            self.predictors = Predictors(plan)
+            self.engine, self.notes = set_up(self.predictors, [self.device], plan.cfg["infer"]["engine"], print)
+            self.setup_seconds = time.monotonic() - started
         return {"device": self.device, "engine": self.engine, "notes": self.notes, "host": socket.gethostname(),
                 "setup_seconds": self.setup_seconds}
 
-    def predict(self, run: str) -> dict:
+    def predict(self, run: str, plan_box: list) -> dict:
+        self.ready(plan_box)
         notes: list[str] = []
         found, seconds = predict_one(self.predictors, run, self.device, self.engine, note=notes.append)
         record = {"seconds": seconds, "device": self.device, "engine": self.engine, "notes": notes}
@@ -108,10 +117,10 @@ class RayPrediction:
                 check_fits(ray, resources, "prediction")
                 count = self._worker_count(ray, resources, len(todo))
                 actor = ray.remote(RunWorker).options(**resources.options(), max_restarts=1, max_task_retries=1)
-                plan_ref = ray.put(plan)
-                workers = [actor.remote(plan_ref, self.folder, resources.threads) for _ in range(count)]
-                engine, setup_seconds, workers = self._start(ray, workers, decisions, report)
-                self._predict(ray, workers, todo, seconds, failures, decisions, progress, report)
+                plan_box = [ray.put(plan)]
+                workers = [actor.remote(self.folder, resources.threads) for _ in range(count)]
+                engine, setup_seconds, workers = self._start(ray, workers, plan_box, decisions, report)
+                self._predict(ray, workers, plan_box, todo, seconds, failures, decisions, progress, report)
         for run, why in skipped.items():
             failures.setdefault(run, why)
         failures = {run: failures[run] for run in names if run in failures}
@@ -119,11 +128,11 @@ class RayPrediction:
         return SplitResult(store.read(finished), seconds, failures, decisions, engine, setup_seconds)
 
     @staticmethod
-    def _start(ray, workers: list, decisions: list[str], report: Callable[[str], None]):
+    def _start(ray, workers: list, plan_box: list, decisions: list[str], report: Callable[[str], None]):
         """Wait for every actor to load its members; said once per distinct note. Actors that fail to start are
         dropped; none left is an error before any run."""
         alive, errors, ready = [], [], []
-        for worker, ref in [(w, w.ready.remote()) for w in workers]:
+        for worker, ref in [(w, w.ready.remote(plan_box)) for w in workers]:
             try:
                 ready.append(ray.get(ref))
                 alive.append(worker)
@@ -142,8 +151,8 @@ class RayPrediction:
         return engines[0] if len(engines) == 1 else ",".join(engines), setup, alive
 
     @staticmethod
-    def _predict(ray, workers: list, todo: list[str], seconds: dict, failures: dict, decisions: list[str],
-                 progress: bool, report: Callable[[str], None]) -> None:
+    def _predict(ray, workers: list, plan_box: list, todo: list[str], seconds: dict, failures: dict,
+                 decisions: list[str], progress: bool, report: Callable[[str], None]) -> None:
         """One run at a time per actor, the next as soon as it is free; records land in ``seconds`` / ``failures``."""
         queue = list(reversed(todo))
         running: dict = {}
@@ -151,7 +160,7 @@ class RayPrediction:
         def give(worker) -> None:
             if queue:
                 run = queue.pop()
-                running[worker.predict.remote(run)] = (run, worker)
+                running[worker.predict.remote(run, plan_box)] = (run, worker)
 
         for worker in workers:
             give(worker)
