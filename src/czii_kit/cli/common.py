@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import sys
 from functools import wraps
+from typing import TYPE_CHECKING
 
-from czii_kit.data.open_data import open_data
-from czii_kit.data.source import DataSource
 from czii_kit.errors import CziiError
+
+if TYPE_CHECKING:
+    from czii_kit.data.source import DataSource
 
 
 def exit_on_user_error(main):
@@ -32,7 +34,9 @@ def exit_on_user_error(main):
 
 def resolve_data(data: str | None) -> DataSource:
     """--data (a competition directory or a copick config JSON), or the built-in synthetic dataset (generated
-    once, cached under ./data)."""
+    once, cached under ./data). Imported here: pandas comes with it, and a tool starts faster without it."""
+    from czii_kit.data.open_data import open_data
+
     if data:
         return open_data(data)
     from czii_kit.data.synth import ensure_builtin_dataset

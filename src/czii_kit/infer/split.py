@@ -6,8 +6,9 @@ schedules it and keeps failures loud and contained:
 * Setup before the first tomogram: members are loaded on every device (graphs exported, TensorRT engines
   found prebuilt or built once). If the requested engine cannot be set up, that is said once and the
   torch engine is used for every run; setup time is measured apart from inference.
-* One worker thread per device, each with its device current for torch and CuPy, pulling runs from one
-  queue; the time budget (if any) is shared, sees inference time only, and knows how many workers run.
+* One worker thread per device (one device: the calling thread), each with its device current for torch and
+  CuPy, pulling runs from one queue; the time budget (if any) is shared, sees inference time only, and knows
+  how many workers run.
 * A run that fails on a graph engine (not because of its data) is retried once on torch; a run that
   still fails is reported while the others finish.
 """
@@ -62,8 +63,8 @@ def available_devices(device: str) -> list[str]:
 
 
 class LocalSplit:
-    """Predict's default executor: the plan's runs on this machine's devices, one worker thread each
-    (``czii_kit.scale.predict.RayPrediction`` is the other one: Ray actors on a cluster)."""
+    """Predict's default executor: the plan's runs on this machine's devices, one worker thread each (one
+    device: this thread) (``czii_kit.scale.predict.RayPrediction`` is the other one: Ray actors on a cluster)."""
 
     def devices(self, device: str) -> list[str]:
         return available_devices(device)
