@@ -33,6 +33,7 @@ from czii_kit.infer.tta import parse_tta
 from czii_kit.infer.workers import map_over_devices
 from czii_kit.post.peaks import empty_detections, probe_gpu_peaks
 from czii_kit.utils.backend import use_device
+from czii_kit.utils.cpu import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,9 @@ def probe_peak_finding(devices: Sequence[str], report: Callable[[str], None]) ->
 def set_up(predictors: Predictors, devices: Sequence[str], engine: str,
            report: Callable[[str], None]) -> tuple[str, list[str]]:
     """Load the members on every device with ``engine``; on failure say why once and fall back to torch. Then
-    probe CuPy's peak finding on every GPU."""
+    probe CuPy's peak finding on every GPU. Freed memory stays in this process: every run reads a tomogram and
+    allocates maps of its size, and page-faulting them back in cost 1-4 s per run on CPU (tools/bench_scale.py)."""
+    keep_freed_memory()
     notes = probe_peak_finding(devices, report)
     try:
         for device in devices:

@@ -32,12 +32,12 @@ from czii_kit.losses import DeepSupervision, build_loss
 from czii_kit.models import build_model
 from czii_kit.train import distributed
 from czii_kit.train.data import RunData, common_spacing, load_runs
-from czii_kit.train.rehearsal import REHEARSAL_SEED_OFFSET, MixedPatches, rehearsal_source
 from czii_kit.train.distributed import DistInfo
 from czii_kit.train.ema import ModelEMA
 from czii_kit.train.experiment import (FoldPaths, fold_seed, guard_output, no_validation, seed_everything,
                                        threshold_grid, thresholds_for, validation_summary, write_log)
 from czii_kit.train.finetune import load_initial_weights, parameter_groups, set_encoder_frozen
+from czii_kit.train.rehearsal import REHEARSAL_SEED_OFFSET, MixedPatches, rehearsal_source
 from czii_kit.tuning import Tuning
 from czii_kit.utils.cpu import keep_freed_memory
 from czii_kit.utils.progress import progress_bar
