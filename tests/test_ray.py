@@ -299,5 +299,16 @@ def test_ray_starts_on_the_main_thread_while_the_job_imports_on_another(tmp_path
         probe = sys.modules["czii_probe_module"]  # imported by the time the block starts
     assert seen["thread"] is threading.main_thread() and probe.THREAD is not threading.main_thread()
     assert seen["address"] == "local" and seen["v2"] == "1" and seen["shutdown"]
+    assert "RAY_enable_autoscaler_v2" not in session.os.environ  # set for the daemons ray.init starts, then gone
     with pytest.raises(ImportError, match="broken on purpose"):  # said where the job imports it, not swallowed
         import czii_broken_module  # noqa: F401
+
+
+def test_the_environment_helper_keeps_what_the_user_set_and_removes_what_it_added(monkeypatch):
+    from czii_kit.scale.session import environment, os
+
+    monkeypatch.setenv("CZII_TEST_USER_SET", "user")
+    monkeypatch.delenv("CZII_TEST_ADDED", raising=False)
+    with environment({"CZII_TEST_USER_SET": "ours", "CZII_TEST_ADDED": "ours"}):
+        assert os.environ["CZII_TEST_USER_SET"] == "user" and os.environ["CZII_TEST_ADDED"] == "ours"
+    assert os.environ["CZII_TEST_USER_SET"] == "user" and "CZII_TEST_ADDED" not in os.environ

@@ -50,6 +50,18 @@ class Resources:
 
 
 @contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in ``os.environ`` for the block (a variable the user set is left as it is), removed after."""
+    added = {name: value for name, value in values.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+@contextlib.contextmanager
 def ray_session(address: str, report: Callable[[str], None] = print) -> Iterator[object]:
     """Ray, started (``local``) or joined (any other address) for the duration of the block; a session that was
     already open (a test, a notebook) is used as it is and left open."""
@@ -59,13 +71,13 @@ def ray_session(address: str, report: Callable[[str], None] = print) -> Iterator
     if ray.is_initialized():
         yield ray
         return
-    if address == LOCAL:
-        # Ray's v1 autoscaler monitor answers SIGTERM by reporting to the GCS, which ray.shutdown stops first, so
-        # each shutdown waited out its 1-s grace period; a one-node instance has nothing to autoscale either way
-        os.environ.setdefault("RAY_enable_autoscaler_v2", "1")
+    # Ray's v1 autoscaler monitor answers SIGTERM by reporting to the GCS, which ray.shutdown stops first, so each
+    # shutdown waited out its 1-s grace period; a one-node instance has nothing to autoscale either way
+    started_here = {"RAY_enable_autoscaler_v2": "1"} if address == LOCAL else {}
     options = {"include_dashboard": False, "logging_level": logging.WARNING}
     try:
-        ray.init(address=address, **options)  # "local": a new instance, never a cluster someone else started
+        with environment(started_here):  # read by the daemons ray.init starts, not left behind for later sessions
+            ray.init(address=address, **options)  # "local": a new instance, never a cluster someone else started
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ConfigError(f"--ray {address}: could not join a Ray cluster there ({type(e).__name__}: {e}); start "
                           "one with `ray start --head` (docs/scale.md), or use --ray local") from None
