@@ -41,23 +41,28 @@ class RunWorker:
         self.store = PartStore(Path(folder))
         self.predictors: Predictors | None = None
 
+    def _load(self, plan_box: list) -> None:
+        """The plan's members on this worker's device, once."""
+        if self.predictors is not None:
+            return
+        import ray
+
+        plan: PredictionPlan = ray.get(plan_box[0])
+        self.device = available_devices(plan.cfg["infer"]["device"])[0]  # Ray shows the actor its GPU(s) only
+        started = time.monotonic()
+        self.predictors = Predictors(plan)
+        self.engine, self.notes = set_up(self.predictors, [self.device], plan.cfg["infer"]["engine"], print)
+        self.setup_seconds = time.monotonic() - started
+
     def ready(self, plan_box: list) -> dict:
         import socket
 
-        if self.predictors is None:
-            import ray
-
-            plan: PredictionPlan = ray.get(plan_box[0])
-            self.device = available_devices(plan.cfg["infer"]["device"])[0]  # Ray shows the actor its GPU(s) only
-            started = time.monotonic()
-            self.predictors = Predictors(plan)
-            self.engine, self.notes = set_up(self.predictors, [self.device], plan.cfg["infer"]["engine"], print)
-            self.setup_seconds = time.monotonic() - started
+        self._load(plan_box)
         return {"device": self.device, "engine": self.engine, "notes": self.notes, "host": socket.gethostname(),
                 "setup_seconds": self.setup_seconds}
 
     def predict(self, run: str, plan_box: list) -> dict:
-        self.ready(plan_box)
+        self._load(plan_box)
         notes: list[str] = []
         found, seconds = predict_one(self.predictors, run, self.device, self.engine, note=notes.append)
         record = {"seconds": seconds, "device": self.device, "engine": self.engine, "notes": notes}

@@ -105,12 +105,9 @@ def ray_session_while_importing(address: str, modules: Sequence[str],
 
     importer = threading.Thread(target=import_all, name="czii-imports", daemon=True)
     importer.start()
-    try:
-        with ray_session(address, report) as ray:
-            importer.join()
-            yield ray
-    finally:
+    with ray_session(address, report) as ray:
         importer.join()
+        yield ray
 
 
 def resources_for(ray, cpus: float, gpus: float | None, device: str, address: str) -> Resources:

@@ -30,10 +30,10 @@ def load_run(data: DataSource, run: str, cfg: dict, recon: str | None = None, kn
     otherwise such a pick is an error."""
     tomogram = data.read_run(run, "train", cfg["data"], recon)
     vol = normalize_from_config(tomogram.volume, cfg["normalize"], name=f"run {run} ({tomogram.recon})")
-    picks = data.read_picks(run, cfg["data"])
+    picks, particles = data.read_picks(run, cfg["data"]), particle_set(cfg)
     if known_only:
-        picks = picks[picks["particle_type"].isin(particle_set(cfg).names)].reset_index(drop=True)
-    points, labels = points_from_picks(picks, tomogram.spacing, particle_set(cfg))
+        picks = picks[picks["particle_type"].isin(particles.names)].reset_index(drop=True)
+    points, labels = points_from_picks(picks, tomogram.spacing, particles)
     return RunData(run, tomogram.recon, vol, points, labels, picks, tomogram.spacing)
 
 
