@@ -17,7 +17,8 @@ from czii_kit.cli.predict import main as predict_main
 from czii_kit.cli.train_fold import main as train_main
 from czii_kit.config import load_config, save_config, with_particle_set
 from czii_kit.errors import ConfigError
-from czii_kit.infer.parts import JOB_FILE, PartStore, parts_folder
+from czii_kit.infer.parts import JOB_FILE, PartStore
+from czii_kit.scale.predict import parts_folder
 from czii_kit.scale.session import describe_failure
 from czii_kit.scale.tasks import RayTrials
 from czii_kit.particles import CZII
@@ -261,16 +262,91 @@ def test_a_restarted_worker_loads_the_plan_from_the_call_it_is_given(local_ray, 
     assert restarted.store.read([run]).equals(expected.reset_index(drop=True))
 
 
-def test_ray_starts_on_the_main_thread_while_the_job_imports_on_another(tmp_path, monkeypatch):
-    """Control flow only (a stand-in for ray records the calls): the real start is the killed-job test above."""
-    import threading
+def test_workers_started_before_the_plan_are_used_and_the_surplus_stopped(local_ray, synthetic_root, tiny_experiment,
+                                                                          tmp_path):
+    """``start_early`` (what ``czii predict --ray`` does before this process imports torch): the job takes the
+    actors it needs, stops the rest, and a job with nothing left to predict stops them all."""
+    from czii_kit.data.open_data import open_data
+    from czii_kit.infer.plan import PredictionPlan
+    from czii_kit.infer.split import Predictors, predict_one
+    from czii_kit.scale.predict import RayPrediction
 
+    plan = PredictionPlan.from_weights([tiny_experiment], tta="none", device="cpu", thresholds=LOW).on_runs(
+        open_data(synthetic_root), "test")
+    run = plan.runs.to_predict[0]
+    plan = PredictionPlan.from_weights([tiny_experiment], tta="none", device="cpu", thresholds=LOW).on_runs(
+        open_data(synthetic_root), "test", [run])
+    executor = RayPrediction("local", str(tmp_path / "parts"), cpus=1.0, workers=2)
+    executor.start_early(local_ray, "cpu")
+    resources, started = executor.early
+    assert (resources.cpus, resources.gpus, len(started)) == (1.0, 0.0, 2)  # before any plan: --workers of them
+    result = executor(plan, ["ray"], progress=False, report=lambda line: None)
+    expected, _ = predict_one(Predictors(plan), run, "cpu", "torch")
+    assert result.detections.equals(expected.reset_index(drop=True)) and not result.failures
+    assert executor.early is None
+    assert local_ray.get(started[0].ready.remote([local_ray.put(plan)]))["device"] == "cpu"  # the one it used
+    with pytest.raises(ray.exceptions.RayActorError):  # one run needs one worker: the other was stopped
+        local_ray.get(started[1].ready.remote([local_ray.put(plan)]), timeout=60)
+    executor.start_early(local_ray, "cpu")  # the same job again: every run already has its part
+    _, again = executor.early
+    assert executor(plan, ["ray"], progress=False, report=lambda line: None).detections.equals(result.detections)
+    for actor in again:
+        with pytest.raises(ray.exceptions.RayActorError):
+            local_ray.get(actor.ready.remote([local_ray.put(plan)]), timeout=60)
+
+
+def test_workers_wait_for_the_plan_when_it_decides_what_they_ask_for(monkeypatch):
+    """Control flow only (a stand-in records what would be asked of Ray); the real actors are tested above."""
+    from czii_kit.scale import predict as scale_predict
+    from czii_kit.scale.session import Resources
+
+    class StandInRay:
+        def __init__(self, gpus):
+            self.gpus, self.made, self.killed = gpus, [], []
+
+        def cluster_resources(self):
+            return {"CPU": 8.0, "GPU": self.gpus}
+
+        def nodes(self):
+            return [{"Alive": True, "Resources": self.cluster_resources()}]
+
+        def remote(self, cls):
+            outer = self
+
+            class Options:
+                def options(self, **options):
+                    return self
+
+                def remote(self, *args):
+                    outer.made.append(args)
+                    return f"actor{len(outer.made)}"
+
+            return Options()
+
+        def kill(self, actor, no_restart):
+            self.killed.append(actor)
+
+    executor = scale_predict.RayPrediction("auto", "parts")
+    on_gpus = StandInRay(gpus=2)
+    executor.start_early(on_gpus, None)  # the checkpoint's config picks cpu or cuda: nothing started yet
+    assert executor.early is None and on_gpus.made == []
+    executor.start_early(on_gpus, "cuda")
+    assert executor.early[0] == Resources(2.0, 1.0) and len(on_gpus.made) == 2  # one per GPU
+    taken = executor._workers_for(on_gpus, Resources(2.0, 1.0), 1)
+    assert taken == ["actor1"] and on_gpus.killed == ["actor2"]
+    executor.start_early(on_gpus, "cuda")
+    taken = executor._workers_for(on_gpus, Resources(4.0, 1.0), 1)  # asks for other resources: new ones
+    assert taken == ["actor5"] and on_gpus.killed == ["actor2", "actor3", "actor4"]
+    with pytest.raises(ConfigError, match="reserves GPUs nobody uses"):  # predict's own refusals, before any actor
+        scale_predict.RayPrediction("auto", "parts", gpus=1.0).start_early(on_gpus, "cpu")
+    assert len(on_gpus.made) == 5
+
+
+def test_a_local_ray_starts_the_v2_autoscaler_monitor_only_while_it_starts(monkeypatch):
+    """Control flow only (a stand-in for ray records the calls): the real start is the killed-job test above."""
     from czii_kit.scale import session
 
     seen: dict = {}
-    (tmp_path / "czii_probe_module.py").write_text("import threading\nTHREAD = threading.current_thread()\n")
-    (tmp_path / "czii_broken_module.py").write_text("raise ImportError('broken on purpose')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv("RAY_enable_autoscaler_v2", raising=False)
 
     class StandIn:
@@ -280,8 +356,7 @@ def test_ray_starts_on_the_main_thread_while_the_job_imports_on_another(tmp_path
             return self.initialized
 
         def init(self, address, **options):
-            seen.update(thread=threading.current_thread(), address=address,
-                        v2=session.os.environ.get("RAY_enable_autoscaler_v2"))
+            seen.update(address=address, v2=session.os.environ.get("RAY_enable_autoscaler_v2"))
             self.initialized = True
 
         def cluster_resources(self):
@@ -294,14 +369,9 @@ def test_ray_starts_on_the_main_thread_while_the_job_imports_on_another(tmp_path
             seen["shutdown"] = True
 
     monkeypatch.setattr(session, "require_ray", StandIn)
-    with session.ray_session_while_importing("local", ["czii_broken_module", "czii_probe_module"],
-                                             report=lambda line: None):
-        probe = sys.modules["czii_probe_module"]  # imported by the time the block starts
-    assert seen["thread"] is threading.main_thread() and probe.THREAD is not threading.main_thread()
+    with session.ray_session("local", report=lambda line: None):
+        assert "RAY_enable_autoscaler_v2" not in session.os.environ  # set for the daemons ray.init starts, then gone
     assert seen["address"] == "local" and seen["v2"] == "1" and seen["shutdown"]
-    assert "RAY_enable_autoscaler_v2" not in session.os.environ  # set for the daemons ray.init starts, then gone
-    with pytest.raises(ImportError, match="broken on purpose"):  # said where the job imports it, not swallowed
-        import czii_broken_module  # noqa: F401
 
 
 def test_the_environment_helper_keeps_what_the_user_set_and_removes_what_it_added(monkeypatch):

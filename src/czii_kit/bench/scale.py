@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from czii_kit.infer.parts import JOB_FILE, parts_folder
+from czii_kit.infer.parts import JOB_FILE
+from czii_kit.scale.predict import parts_folder
 
 CZII = [sys.executable, "-m", "czii_kit.cli.main"]
 PREDICTED = re.compile(r"^(\S+): \d+ particles in ([0-9.]+) s")

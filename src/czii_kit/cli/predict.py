@@ -59,20 +59,22 @@ def main(argv=None) -> int:
     data = resolve_data(args.data)
     if not args.ray:
         return run(args, data)
-    from czii_kit.scale.session import ray_session_while_importing, refuse_time_budget
+    from czii_kit.scale.predict import RayPrediction, parts_folder
+    from czii_kit.scale.session import ray_session, refuse_time_budget
 
     refuse_time_budget(args.time_budget)
-    with ray_session_while_importing(args.ray, ["czii_kit.predict", "czii_kit.scale.predict"]):
-        from czii_kit.infer.parts import parts_folder
-        from czii_kit.scale.predict import RayPrediction
+    executor = RayPrediction(args.ray, str(parts_folder(Path(args.out).resolve())), args.fresh, args.cpus_per_worker,
+                             args.gpus_per_worker, args.workers)
+    with ray_session(args.ray) as ray:
+        executor.start_early(ray, args.device)  # the actors import torch while this process does and plans
+        try:
+            if not Path(str(data)).is_absolute():  # workers on other nodes do not share this working directory
+                from czii_kit.data.open_data import open_data
 
-        executor = RayPrediction(args.ray, str(parts_folder(Path(args.out).resolve())), args.fresh,
-                                 args.cpus_per_worker, args.gpus_per_worker, args.workers)
-        if not Path(str(data)).is_absolute():  # workers on other nodes do not share this working directory
-            from czii_kit.data.open_data import open_data
-
-            data = open_data(Path(str(data)).resolve())
-        return run(args, data, executor)
+                data = open_data(Path(str(data)).resolve())
+            return run(args, data, executor)
+        finally:
+            executor.release(ray)
 
 
 def run(args: argparse.Namespace, data, executor=None) -> int:

@@ -25,12 +25,6 @@ from czii_kit.utils.atomic import atomic_path, write_text_atomic
 JOB_FILE = "job.json"
 
 
-def parts_folder(out: str | Path) -> Path:
-    """``submission.csv`` -> ``submission.csv.parts``."""
-    out = Path(out)
-    return out.with_name(out.name + ".parts")
-
-
 def job_key(plan) -> dict:
     """What decides a prediction's rows (not where or how fast it runs): parts of another key are not reused."""
     cfg = plan.cfg

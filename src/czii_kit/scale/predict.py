@@ -9,23 +9,35 @@ parts are merged in the plan's run order into the detections the single-process 
 
 A run that fails is reported and the others go on (a graph engine's failure is retried on torch inside the
 actor, as on one machine); an actor that dies (a lost node) is restarted once and its run tried again.
+
+This module imports nothing heavy (torch, the inference package) at the top: ``czii predict --ray`` starts the
+actors (``RayPrediction.start_early``) before this process imports torch and builds the plan, so that the
+actors' own start (importing torch, ~2 s on a small machine) runs alongside (docs/scale.md).
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from czii_kit.errors import ConfigError, PredictionError
-from czii_kit.infer.parts import PartStore, job_key
-from czii_kit.infer.plan import PredictionPlan
-from czii_kit.infer.split import Predictors, SplitResult, available_devices, predict_one, set_up
 from czii_kit.scale.session import (Resources, check_fits, describe_failure, ray_session, refuse_time_budget,
                                     require_ray, resources_for)
 from czii_kit.utils.progress import progress_bar
 
+if TYPE_CHECKING:
+    from czii_kit.infer.plan import PredictionPlan
+    from czii_kit.infer.split import SplitResult
+
 DEFAULT_CPUS_PER_WORKER = 2.0
+
+
+def parts_folder(out: str | Path) -> Path:
+    """``submission.csv`` -> ``submission.csv.parts``."""
+    out = Path(out)
+    return out.with_name(out.name + ".parts")
 
 
 class RunWorker:
@@ -37,9 +49,13 @@ class RunWorker:
     def __init__(self, folder: str, threads: int) -> None:
         import torch
 
+        from czii_kit.infer import split  # the inference package, imported while nothing waits on this actor yet
+        from czii_kit.infer.parts import PartStore
+
         torch.set_num_threads(threads)
+        self.split = split
         self.store = PartStore(Path(folder))
-        self.predictors: Predictors | None = None
+        self.predictors = None
 
     def _load(self, plan_box: list) -> None:
         """The plan's members on this worker's device, once."""
@@ -48,10 +64,10 @@ class RunWorker:
         import ray
 
         plan: PredictionPlan = ray.get(plan_box[0])
-        self.device = available_devices(plan.cfg["infer"]["device"])[0]  # Ray shows the actor its GPU(s) only
+        self.device = self.split.available_devices(plan.cfg["infer"]["device"])[0]  # Ray shows the actor its GPU(s)
         started = time.monotonic()
-        self.predictors = Predictors(plan)
-        self.engine, self.notes = set_up(self.predictors, [self.device], plan.cfg["infer"]["engine"], print)
+        self.predictors = self.split.Predictors(plan)
+        self.engine, self.notes = self.split.set_up(self.predictors, [self.device], plan.cfg["infer"]["engine"], print)
         self.setup_seconds = time.monotonic() - started
 
     def ready(self, plan_box: list) -> dict:
@@ -64,7 +80,7 @@ class RunWorker:
     def predict(self, run: str, plan_box: list) -> dict:
         self._load(plan_box)
         notes: list[str] = []
-        found, seconds = predict_one(self.predictors, run, self.device, self.engine, note=notes.append)
+        found, seconds = self.split.predict_one(self.predictors, run, self.device, self.engine, note=notes.append)
         record = {"seconds": seconds, "device": self.device, "engine": self.engine, "notes": notes}
         self.store.write(run, found, record)
         return {"run": run, "rows": len(found), **record}
@@ -82,6 +98,7 @@ class RayPrediction:
     cpus: float = DEFAULT_CPUS_PER_WORKER
     gpus: float | None = None
     workers: int | None = None
+    early: tuple[Resources, list] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         require_ray()  # said when the command starts, not after the checkpoints are loaded
@@ -96,15 +113,55 @@ class RayPrediction:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         return [f"Ray workers at {self.address}"]
 
-    def _worker_count(self, ray, resources: Resources, runs: int) -> int:
+    def start_early(self, ray, device: str | None) -> None:
+        """Start the actors now, before the plan exists, where what they ask for does not hang on it (``device``
+        None: the checkpoint's config decides, which on a cluster with GPUs decides whether they take one): each
+        imports torch while this process imports it and builds the plan. ``__call__`` takes them, or stops them."""
+        self.devices(device or "auto")  # its refusals before Ray is asked for anything
+        if self.gpus is None and device is None and ray.cluster_resources().get("GPU", 0) >= 1:
+            return
+        resources = resources_for(ray, self.cpus, self.gpus, device or "cpu", self.address)
+        check_fits(ray, resources, "prediction")
+        self.early = resources, self._actors(ray, resources, self._worker_count(ray, resources))
+
+    def _actors(self, ray, resources: Resources, count: int) -> list:
+        actor = ray.remote(RunWorker).options(**resources.options(), max_restarts=1, max_task_retries=1)
+        return [actor.remote(self.folder, resources.threads) for _ in range(count)]
+
+    def _worker_count(self, ray, resources: Resources, runs: int | None = None) -> int:
+        """--workers, or as many as the cluster holds; at most one per run to predict (when known)."""
         if self.workers is not None:
-            return min(self.workers, runs)
-        total = ray.cluster_resources()
-        fits = total.get("GPU", 0) // resources.gpus if resources.gpus else total.get("CPU", 0) // resources.cpus
-        return int(max(1, min(fits, runs)))
+            wanted = self.workers
+        else:
+            total = ray.cluster_resources()
+            wanted = total.get("GPU", 0) // resources.gpus if resources.gpus else total.get("CPU", 0) // resources.cpus
+        return int(max(1, min(wanted, runs) if runs is not None else wanted))
+
+    def _workers_for(self, ray, resources: Resources, count: int) -> list:
+        """``count`` actors asking for ``resources``: those started early when they ask for the same (the rest
+        stopped), new ones otherwise."""
+        early, self.early = self.early or (None, []), None
+        if early[0] == resources and len(early[1]) >= count:
+            self._stop(ray, early[1][count:])
+            return early[1][:count]
+        self._stop(ray, early[1])
+        return self._actors(ray, resources, count)
+
+    def release(self, ray) -> None:
+        """Stop the actors started early and never used (every run already predicted, or the job refused)."""
+        early, self.early = self.early or (None, []), None
+        self._stop(ray, early[1])
+
+    @staticmethod
+    def _stop(ray, actors: list) -> None:
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
 
     def __call__(self, plan: PredictionPlan, devices: Sequence[str], *, time_budget_h: float | None = None,
                  progress: bool = True, report: Callable[[str], None] = print) -> SplitResult:
+        from czii_kit.infer.parts import PartStore, job_key
+        from czii_kit.infer.split import SplitResult
+
         refuse_time_budget(time_budget_h)
         store = PartStore(Path(self.folder))
         done = set(store.open(job_key(plan), self.fresh))
@@ -116,21 +173,30 @@ class RayPrediction:
         failures: dict[str, str] = {}
         decisions: list[str] = []
         engine, setup_seconds = plan.cfg["infer"]["engine"], 0.0
-        if todo:
+        if todo or self.early:
             with ray_session(self.address, report) as ray:
-                resources = resources_for(ray, self.cpus, self.gpus, plan.cfg["infer"]["device"], self.address)
-                check_fits(ray, resources, "prediction")
-                count = self._worker_count(ray, resources, len(todo))
-                actor = ray.remote(RunWorker).options(**resources.options(), max_restarts=1, max_task_retries=1)
-                plan_box = [ray.put(plan)]
-                workers = [actor.remote(self.folder, resources.threads) for _ in range(count)]
-                engine, setup_seconds, workers = self._start(ray, workers, plan_box, decisions, report)
-                self._predict(ray, workers, plan_box, todo, seconds, failures, decisions, progress, report)
+                try:
+                    if todo:
+                        engine, setup_seconds = self._run(ray, plan, todo, seconds, failures, decisions, progress,
+                                                          report)
+                finally:
+                    self.release(ray)
         for run, why in skipped.items():
             failures.setdefault(run, why)
         failures = {run: failures[run] for run in names if run in failures}
         finished = [run for run in names if run in seconds]
         return SplitResult(store.read(finished), seconds, failures, decisions, engine, setup_seconds)
+
+    def _run(self, ray, plan: PredictionPlan, todo: list[str], seconds: dict, failures: dict, decisions: list[str],
+             progress: bool, report: Callable[[str], None]) -> tuple[str, float]:
+        """The runs of ``todo`` on the workers; (engine, setup seconds)."""
+        resources = resources_for(ray, self.cpus, self.gpus, plan.cfg["infer"]["device"], self.address)
+        check_fits(ray, resources, "prediction")
+        workers = self._workers_for(ray, resources, self._worker_count(ray, resources, len(todo)))
+        plan_box = [ray.put(plan)]
+        engine, setup_seconds, workers = self._start(ray, workers, plan_box, decisions, report)
+        self._predict(ray, workers, plan_box, todo, seconds, failures, decisions, progress, report)
+        return engine, setup_seconds
 
     @staticmethod
     def _start(ray, workers: list, plan_box: list, decisions: list[str], report: Callable[[str], None]):

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import os
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from czii_kit.errors import ConfigError
@@ -88,26 +86,6 @@ def ray_session(address: str, report: Callable[[str], None] = print) -> Iterator
         yield ray
     finally:
         ray.shutdown()
-
-
-@contextlib.contextmanager
-def ray_session_while_importing(address: str, modules: Sequence[str],
-                                report: Callable[[str], None] = print) -> Iterator[object]:
-    """``ray_session`` entered while a helper thread imports ``modules`` (the job's own, torch among them): Ray's
-    start is mostly waiting on its daemons and the imports are the driver's first ~2 s, so on a small machine
-    the two overlap (docs/scale.md). ray.init stays on the main thread (off it, the driver lost the GCS). An
-    import that fails here fails again, with its own traceback, where the job imports the module."""
-
-    def import_all() -> None:
-        for name in modules:
-            with contextlib.suppress(Exception):
-                importlib.import_module(name)
-
-    importer = threading.Thread(target=import_all, name="czii-imports", daemon=True)
-    importer.start()
-    with ray_session(address, report) as ray:
-        importer.join()
-        yield ray
 
 
 def resources_for(ray, cpus: float, gpus: float | None, device: str, address: str) -> Resources:
