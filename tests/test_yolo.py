@@ -224,7 +224,8 @@ def trained_yolo(synthetic_root, tmp_path_factory):
     proc = subprocess.run([sys.executable, "-c", GUARDED_SCRIPT, str(synthetic_root), str(out), str(cfg_path)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"out": out, "home": home, "tmp": base / "tmp", "result": json.loads(proc.stdout.strip().splitlines()[-1])}
+    return {"out": out, "home": home, "tmp": base / "tmp", "result": json.loads(proc.stdout.strip().splitlines()[-1]),
+            "stderr": proc.stderr}
 
 
 def test_offline_training_writes_only_chosen_dirs(trained_yolo):
@@ -235,6 +236,7 @@ def test_offline_training_writes_only_chosen_dirs(trained_yolo):
     assert (out / "fold0.pt").is_file() and (out / "fold0_log.csv").is_file()
     assert not list(out.rglob("*.pt.download")) and not (out / "yolov8n.pt").exists()
     assert np.isfinite(trained_yolo["result"]["score"]) and len(trained_yolo["result"]["val_runs"]) == 1
+    assert "get_trial_id" not in trained_yolo["stderr"]  # ultralytics' Ray Tune callback is off (Ray is installed)
 
 
 def test_checkpoint_reloads_with_weights_only_and_matches_onnx(trained_yolo):

@@ -64,8 +64,11 @@ def import_ultralytics(config_dir: str | Path | None = None) -> ModuleType:
         raise ConfigError("ultralytics was imported before czii_kit.yolo.offline set YOLO_OFFLINE=1; "
                           "import it through czii_kit.yolo.offline.import_ultralytics (or set YOLO_OFFLINE=1)")
     install_fonts(Path(USER_CONFIG_DIR))
-    if SETTINGS.get("sync"):
-        SETTINGS.update(sync=False)
+    # in the kit's own settings file: no telemetry, and no Ray Tune reporting (Ray runs the kit's trials as plain
+    # tasks; outside a Tune trial the callback only warns once per training)
+    quiet = {key: False for key in ("sync", "raytune") if SETTINGS.get(key)}
+    if quiet:
+        SETTINGS.update(**quiet)
     trainer.check_amp = _amp_works
     return ultralytics
 
