@@ -18,14 +18,12 @@ def exit_on_user_error(main):
     def wrapper(argv=None) -> int:
         try:
             return main(argv)
-        except CziiError as e:
+        except Exception as e:
             from czii_kit.train.distributed import rank_prefix  # here: importing it imports torch
 
-            print(f"error: {rank_prefix()}{e}", file=sys.stderr)
-            return 2
-        except Exception as e:
-            from czii_kit.train.distributed import rank_prefix
-
+            if isinstance(e, CziiError):
+                print(f"error: {rank_prefix()}{e}", file=sys.stderr)
+                return 2
             if rank_prefix():
                 print(f"error: {rank_prefix()}failed with {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             raise

@@ -140,20 +140,17 @@ class RayPrediction:
     def _workers_for(self, ray, resources: Resources, count: int) -> list:
         """``count`` actors asking for ``resources``: those started early when they ask for the same (the rest
         stopped), new ones otherwise."""
-        early, self.early = self.early or (None, []), None
-        if early[0] == resources and len(early[1]) >= count:
-            self._stop(ray, early[1][count:])
-            return early[1][:count]
-        self._stop(ray, early[1])
+        started = self.early[1] if self.early and self.early[0] == resources else []
+        if len(started) >= count:
+            self.early = resources, started[count:]
+            self.release(ray)
+            return started[:count]
+        self.release(ray)
         return self._actors(ray, resources, count)
 
     def release(self, ray) -> None:
         """Stop the actors started early and never used (every run already predicted, or the job refused)."""
-        early, self.early = self.early or (None, []), None
-        self._stop(ray, early[1])
-
-    @staticmethod
-    def _stop(ray, actors: list) -> None:
+        actors, self.early = (self.early[1] if self.early else []), None
         for actor in actors:
             ray.kill(actor, no_restart=True)
 
