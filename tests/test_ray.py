@@ -162,6 +162,25 @@ def test_prediction_through_ray_is_resumable_and_merges_into_the_same_submission
     assert merged.read_bytes() != single.read_bytes()  # fewer rows at the higher thresholds
 
 
+def test_rays_floor_runs_the_unchanged_one_process_command_inside_an_actor(local_ray, synthetic_root,
+                                                                          tiny_experiment, tmp_path, capsys):
+    """The overhead bench's third arm: the same submission as the plain command, its lines brought back, and none of
+    the kit's Ray path (no parts)."""
+    from czii_kit.bench import ray_floor
+    from czii_kit.bench.scale import predicted_runs
+
+    single, floor = tmp_path / "single.csv", tmp_path / "floor.csv"
+    assert predict_main(predict_args(synthetic_root, tiny_experiment, single)) == 0
+    capsys.readouterr()
+    assert ray_floor.main(["predict", *predict_args(synthetic_root, tiny_experiment, floor)]) == 0
+    out = capsys.readouterr().out
+    assert floor.read_bytes() == single.read_bytes() and len(pd.read_csv(floor)) > 100
+    runs = sorted(p.name for p in (synthetic_root / "train" / "static" / "ExperimentRuns").iterdir())
+    assert sorted(predicted_runs(out)) == runs  # the command's own lines, as the bench reads them, not Ray's echo
+    assert not parts_folder(floor).exists()
+    assert ray_floor.main(["no-such-command"]) == 2  # the command's exit code, not Ray's
+
+
 def test_a_copick_project_is_predicted_through_ray_by_the_workers_themselves(local_ray, synthetic_root,
                                                                             tiny_experiment, tmp_path):
     from czii_kit.data.copick import make_copick_project

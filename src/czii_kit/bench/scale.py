@@ -1,7 +1,9 @@
 """What Ray costs and what it keeps (docs/scale.md): three measurements on this machine.
 
 1. ``overhead``: ``czii predict`` of full-size runs in one process against ``--ray local`` (the same command,
-   Ray started by it), wall-clock of the whole command; the two submissions must be identical.
+   Ray started by it), wall-clock of the whole command; the submissions must be identical. A third arm, Ray's
+   floor (``czii_kit.bench.ray_floor``), runs the one-process command inside one Ray actor: what any Ray design
+   pays here, so that what the kit's Ray path adds on top of Ray itself shows apart.
 2. ``resume``: a copick project of many small runs predicted through Ray, the job killed (SIGKILL to its process
    group, as a lost machine or a scheduler would) once about half the runs have their part, then rerun with the
    same arguments: no run lost, none predicted twice, the submission identical to an uninterrupted one.
@@ -31,6 +33,7 @@ from czii_kit.infer.parts import JOB_FILE
 from czii_kit.scale.predict import parts_folder
 
 CZII = [sys.executable, "-m", "czii_kit.cli.main"]
+RAY_FLOOR = [sys.executable, "-m", "czii_kit.bench.ray_floor"]  # the one-process command inside one Ray actor
 PREDICTED = re.compile(r"^(\S+): \d+ particles in ([0-9.]+) s")
 SMALL_SHAPE = (48, 96, 96)
 SMALL_WINDOW = f"infer.window=[{', '.join(map(str, SMALL_SHAPE))}]"  # one window per small run
@@ -41,10 +44,11 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
 
-def czii(args: Sequence[str], log: Path) -> tuple[float, str]:
-    """Run ``czii ARGS`` to the end; (seconds, its output). A failure raises with the log's path."""
+def czii(args: Sequence[str], log: Path, command: Sequence[str] = CZII) -> tuple[float, str]:
+    """Run ``czii ARGS`` to the end (``command``: how ``czii`` is started); (seconds, its output). A failure raises
+    with the log's path."""
     started = time.monotonic()
-    done = subprocess.run([*CZII, *map(str, args)], capture_output=True, text=True, env=child_env())
+    done = subprocess.run([*command, *map(str, args)], capture_output=True, text=True, env=child_env())
     seconds = time.monotonic() - started
     with open(log, "a") as sink:
         sink.write(done.stdout + done.stderr)
@@ -76,31 +80,34 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
 
 def overhead(weights: Path, data: Path, work: Path, repeats: int = 3,
              report: Callable[[str], None] = print) -> dict:
-    """Single process against ``--ray local`` on the test runs of ``data`` (full size), whole commands timed,
-    ``repeats`` times each, the two arms alternating (a slow minute of the machine hits both)."""
+    """Single process against ``--ray local`` and against Ray's floor on the test runs of ``data`` (full size), whole
+    commands timed, ``repeats`` times each, the arms alternating (a slow minute of the machine hits all three)."""
     common = ["predict", "--weights", weights, "--data", data, "--split", "test", "--device", "cpu", "--tta", "none",
               "--no-progress"]
     log = work / "overhead.log"
     czii([*common, "--out", work / "warm.csv"], log)  # imports and files warm for both arms
-    extra = {"single": [], "ray": ["--ray", "local", "--fresh"]}
-    arms: dict[str, list[float]] = {arm: [] for arm in extra}
-    runs: dict[str, list[float]] = {arm: [] for arm in extra}
+    arms = {"single": (CZII, []), "ray": (CZII, ["--ray", "local", "--fresh"]), "floor": (RAY_FLOOR, [])}
+    wall: dict[str, list[float]] = {arm: [] for arm in arms}
+    runs: dict[str, list[float]] = {arm: [] for arm in arms}
     same = True
     for _ in range(repeats):
-        for arm, flags in extra.items():
-            seconds, output = czii([*common, *flags, "--out", work / f"{arm}.csv"], log)
-            arms[arm].append(seconds)
+        for arm, (command, flags) in arms.items():
+            seconds, output = czii([*common, *flags, "--out", work / f"{arm}.csv"], log, command)
+            wall[arm].append(seconds)
             runs[arm] += run_seconds(output)
-        same = same and (work / "single.csv").read_bytes() == (work / "ray.csv").read_bytes()
+        reference = (work / "single.csv").read_bytes()
+        same = same and all((work / f"{arm}.csv").read_bytes() == reference for arm in ("ray", "floor"))
     count = len(list((parts_folder(work / "ray.csv")).glob("*.csv")))
-    (single, single_sd), (through_ray, ray_sd) = mean_sd(arms["single"]), mean_sd(arms["ray"])
+    (single, single_sd), (through_ray, ray_sd), (floor, floor_sd) = (mean_sd(wall[arm]) for arm in arms)
     result = {"runs": count, "repeats": repeats, "single_s": single, "single_sd": single_sd, "ray_s": through_ray,
-              "ray_sd": ray_sd, "overhead": through_ray / single - 1, "identical": same,
-              "run_single_s": mean_sd(runs["single"])[0], "run_ray_s": mean_sd(runs["ray"])[0]}
+              "ray_sd": ray_sd, "overhead": through_ray / single - 1, "floor_s": floor, "floor_sd": floor_sd,
+              "floor_overhead": floor / single - 1, "identical": same,
+              **{f"run_{arm}_s": mean_sd(runs[arm])[0] for arm in arms}}
     report(f"overhead: {count} full-size run(s), {repeats} time(s) each: one process {single:.1f} ± {single_sd:.1f} s, "
-           f"--ray local {through_ray:.1f} ± {ray_sd:.1f} s ({result['overhead']:+.1%}); per run (as each job "
-           f"reports it) {result['run_single_s']:.1f} s against {result['run_ray_s']:.1f} s; submissions identical: "
-           f"{same}")
+           f"--ray local {through_ray:.1f} ± {ray_sd:.1f} s ({result['overhead']:+.1%}), Ray's floor (the one-process "
+           f"command in one Ray actor) {floor:.1f} ± {floor_sd:.1f} s ({result['floor_overhead']:+.1%}); per run (as "
+           f"each job reports it) {result['run_single_s']:.1f} / {result['run_ray_s']:.1f} / "
+           f"{result['run_floor_s']:.1f} s; submissions identical: {same}")
     return result
 
 
