@@ -1,8 +1,8 @@
 """Ray's own cost for one command, with none of the kit's Ray path: ``python -m czii_kit.bench.ray_floor ARGS``
 starts a local Ray as ``--ray local`` does, runs the unchanged one-process ``czii ARGS`` in one actor that reserves
-the CPUs a prediction worker reserves, and stops Ray. Against the plain command, the difference is the least that any
-way of running the job through Ray pays on this machine (starting Ray and a worker, stopping them); the overhead
-bench's third arm (docs/scale.md)."""
+the CPUs a prediction worker reserves, and stops Ray. Against the plain command, the difference is what Ray itself
+costs on this machine (starting Ray and a worker, stopping them) with no design of ours; the overhead bench's third
+arm, against which the kit's own ``--ray`` path is judged (docs/scale.md)."""
 from __future__ import annotations
 
 import subprocess

@@ -2,8 +2,8 @@
 
 1. ``overhead``: ``czii predict`` of full-size runs in one process against ``--ray local`` (the same command,
    Ray started by it), wall-clock of the whole command; the submissions must be identical. A third arm, Ray's
-   floor (``czii_kit.bench.ray_floor``), runs the one-process command inside one Ray actor: what any Ray design
-   pays here, so that what the kit's Ray path adds on top of Ray itself shows apart.
+   floor (``czii_kit.bench.ray_floor``), runs the one-process command inside one Ray actor: Ray's own cost with no
+   design of ours, so that what the kit's Ray path adds to it (or saves) shows apart.
 2. ``resume``: a copick project of many small runs predicted through Ray, the job killed (SIGKILL to its process
    group, as a lost machine or a scheduler would) once about half the runs have their part, then rerun with the
    same arguments: no run lost, none predicted twice, the submission identical to an uninterrupted one.
