@@ -29,11 +29,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from czii_kit.bench import ray_floor
+from czii_kit.bench.ray_floor import CZII
 from czii_kit.infer.parts import JOB_FILE
 from czii_kit.scale.predict import parts_folder
 
-CZII = [sys.executable, "-m", "czii_kit.cli.main"]
-RAY_FLOOR = [sys.executable, "-m", "czii_kit.bench.ray_floor"]  # the one-process command inside one Ray actor
+RAY_FLOOR = [sys.executable, "-m", ray_floor.__name__]  # the one-process command inside one Ray actor
 PREDICTED = re.compile(r"^(\S+): \d+ particles in ([0-9.]+) s")
 SMALL_SHAPE = (48, 96, 96)
 SMALL_WINDOW = f"infer.window=[{', '.join(map(str, SMALL_SHAPE))}]"  # one window per small run
