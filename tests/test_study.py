@@ -1,6 +1,8 @@
 """Recipe studies: arms x seeds trained, scored on a held-out test set, summarized with their spread."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import yaml
@@ -46,6 +48,15 @@ def test_a_study_needs_three_seeds_and_valid_keys(tmp_path):
     path.write_text(yaml.safe_dump({"seeds": [0, 1, 2], "arms": {"typo": ["loss.args.pos_weihgt=2", "trian.lr=1"]}}))
     with pytest.raises(ConfigError, match="unknown config key 'trian'"):
         load_study(path)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "studies").glob("*.yaml")),
+                         ids=lambda path: path.stem)
+def test_every_shipped_study_file_loads_with_every_arm(path):
+    """A typo in a shipped study's arm fails here, not after hours of the arms before it."""
+    study = load_study(path)
+    declared = yaml.safe_load(path.read_text())["arms"]
+    assert list(study["arms"]) == [str(name) for name in declared] and len(study["seeds"]) >= 3
 
 
 def test_study_wide_overrides_go_before_each_arms_own(tmp_path):
