@@ -12,6 +12,8 @@ from czii_kit.config import load_config
 from czii_kit.errors import CheckpointError, ConfigError
 from czii_kit.study import load_study, run_study, summarize, verdicts, write_report
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def results(rows) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["arm", "seed", "score", "f4_a"]).assign(score_tuned=0.9, tuned_f4_a=0.9)
@@ -50,8 +52,7 @@ def test_a_study_needs_three_seeds_and_valid_keys(tmp_path):
         load_study(path)
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "studies").glob("*.yaml")),
-                         ids=lambda path: path.stem)
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "studies").glob("*.yaml")), ids=lambda path: path.stem)
 def test_every_shipped_study_file_loads_with_every_arm(path):
     """A typo in a shipped study's arm fails here, not after hours of the arms before it."""
     study = load_study(path)

@@ -11,14 +11,14 @@ import sys
 from czii_kit.scale.predict import DEFAULT_CPUS_PER_WORKER
 from czii_kit.scale.session import LOCAL, ray_session
 
-CZII = [sys.executable, "-m", "czii_kit.cli.main"]  # a ``czii`` command as its own process, as a user runs it
+CZII_COMMAND = [sys.executable, "-m", "czii_kit.cli.main"]  # ``czii`` as its own process, as a user runs it
 
 
 class OneProcessCommand:
     """A Ray actor: one ``czii`` command, as a user types it, under the actor's CPUs; (exit code, stdout, stderr)."""
 
     def run(self, argv: list[str]) -> tuple[int, str, str]:
-        done = subprocess.run([*CZII, *argv], capture_output=True, text=True)
+        done = subprocess.run([*CZII_COMMAND, *argv], capture_output=True, text=True)
         return done.returncode, done.stdout, done.stderr
 
 
