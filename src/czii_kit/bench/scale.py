@@ -30,7 +30,6 @@ from pathlib import Path
 import pandas as pd
 
 from czii_kit.bench import ray_floor
-from czii_kit.bench.ray_floor import CZII_COMMAND
 from czii_kit.infer.parts import JOB_FILE
 from czii_kit.scale.predict import parts_folder
 
@@ -45,7 +44,7 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
 
-def czii(args: Sequence[str], log: Path, command: Sequence[str] = CZII_COMMAND) -> tuple[float, str]:
+def czii(args: Sequence[str], log: Path, command: Sequence[str] = ray_floor.CZII_COMMAND) -> tuple[float, str]:
     """Run ``czii ARGS`` to the end (``command``: how ``czii`` is started); (seconds, its output). A failure raises
     with the log's path."""
     started = time.monotonic()
@@ -87,7 +86,7 @@ def overhead(weights: Path, data: Path, work: Path, repeats: int = 3,
               "--no-progress"]
     log = work / "overhead.log"
     czii([*common, "--out", work / "warm.csv"], log)  # imports and files warm for both arms
-    arms = {"single": (CZII_COMMAND, []), "ray": (CZII_COMMAND, ["--ray", "local", "--fresh"]),
+    arms = {"single": (ray_floor.CZII_COMMAND, []), "ray": (ray_floor.CZII_COMMAND, ["--ray", "local", "--fresh"]),
             "floor": (RAY_FLOOR, [])}
     wall: dict[str, list[float]] = {arm: [] for arm in arms}
     runs: dict[str, list[float]] = {arm: [] for arm in arms}
@@ -138,7 +137,7 @@ def resume(weights: Path, work: Path, runs: int = 200, report: Callable[[str], N
     # the reference: the same job uninterrupted (Ray against one process is the overhead's and the tests' check)
     reference_s, _ = czii([*common, "--ray", "local", "--fresh", "--out", work / "uninterrupted.csv"], log)
     out = work / "resumed.csv"
-    args = [*CZII_COMMAND, *map(str, [*common, "--ray", "local", "--fresh", "--out", out])]
+    args = [*ray_floor.CZII_COMMAND, *map(str, [*common, "--ray", "local", "--fresh", "--out", out])]
     with open(work / "killed.log", "w") as sink:
         job = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
                                env=child_env())
