@@ -211,6 +211,26 @@ def test_a_killed_ray_prediction_resumes_without_losing_or_repeating_a_run(tiny_
     assert result["identical"] and len(pd.read_csv(tmp_path / "resumed.csv")) > 100
 
 
+def test_the_joined_arm_predicts_through_a_ray_started_before_it_and_stops_that_ray(synthetic_root, tiny_experiment,
+                                                                                    tmp_path):
+    """The overhead bench's running-cluster arm: each job joins the instance held open for it (it does not start its
+    own), goes through the kit's Ray path (parts), writes the one-process submission, and the instance is gone after."""
+    import socket
+
+    from czii_kit.bench.scale import joined
+
+    lines: list[str] = []
+    result = joined(tiny_experiment, synthetic_root, tmp_path, repeats=1, report=lines.append,
+                    extra=["--thresholds", LOW])
+    assert result["identical"] and len(pd.read_csv(tmp_path / "joined.csv")) > 100, lines
+    assert result["single_s"] > 0 and result["joined_s"] > 0
+    host, port = result["address"].rsplit(":", 1)
+    assert f"Ray at {result['address']}:" in (tmp_path / "joined.log").read_text()
+    assert len(list(parts_folder(tmp_path / "joined.csv").glob("*.csv"))) == 2  # one part per test run
+    with pytest.raises(OSError):  # nobody listens at the instance's address any more
+        socket.create_connection((host, int(port)), timeout=5).close()
+
+
 def test_parts_of_another_folder_or_a_bad_record_are_refused(tmp_path):
     folder = tmp_path / "sub.csv.parts"
     folder.mkdir()
@@ -260,6 +280,15 @@ def test_a_failure_inside_ray_is_named_by_its_cause():
     assert describe_failure(Wrapped("ray's long wrapper text")) == "KeyError: 'TS_9'"
     assert describe_failure(ValueError("line one\nline two")) == "ValueError: line one line two"
 
+
+
+def test_a_failed_join_by_address_names_token_authentication_when_it_can_be_the_cause():
+    from czii_kit.scale.session import join_hint
+
+    assert "RAY_AUTH_MODE=token" in join_hint("10.0.0.1:6379", {})  # Ray sends no token to an explicit address
+    assert "RAY_AUTH_MODE" not in join_hint("10.0.0.1:6379", {"RAY_AUTH_MODE": "token"})  # set: not the cause
+    assert "RAY_AUTH_MODE" not in join_hint("auto", {})  # Ray finds the local token itself
+    assert "ray start --head" in join_hint("auto", {})
 
 
 def test_a_restarted_worker_loads_the_plan_from_the_call_it_is_given(local_ray, synthetic_root, tiny_experiment,

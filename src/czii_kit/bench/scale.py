@@ -4,6 +4,8 @@
    Ray started by it), wall-clock of the whole command; the submissions must be identical. A third arm, Ray's
    floor (``czii_kit.bench.ray_floor``), runs the one-process command inside one Ray actor: Ray's own cost with no
    design of ours, so that what the kit's Ray path adds to it (or saves) shows apart.
+   ``joined``: the same one-process command against ``--ray HOST:PORT`` on a Ray instance started before the
+   timings (``czii_kit.bench.ray_instance``): what each job on a running cluster pays, Ray's start-up left out.
 2. ``resume``: a copick project of many small runs predicted through Ray, the job killed (SIGKILL to its process
    group, as a lost machine or a scheduler would) once about half the runs have their part, then rerun with the
    same arguments: no run lost, none predicted twice, the submission identical to an uninterrupted one.
@@ -17,6 +19,7 @@ Every command is a child process, as a user runs it; its lines go to a log file 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -24,16 +27,18 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from czii_kit.bench import ray_floor
+from czii_kit.bench import ray_floor, ray_instance
 from czii_kit.infer.parts import JOB_FILE
 from czii_kit.scale.predict import parts_folder
+from czii_kit.scale.session import AUTH_MODE, environment
 
 RAY_FLOOR = [sys.executable, "-m", ray_floor.__name__]  # the one-process command inside one Ray actor
+RAY_INSTANCE = [sys.executable, "-m", ray_instance.__name__]  # a Ray held open for other commands to join
 PREDICTED = re.compile(r"^(\S+): \d+ particles in ([0-9.]+) s")
 SMALL_SHAPE = (48, 96, 96)
 SMALL_WINDOW = f"infer.window=[{', '.join(map(str, SMALL_SHAPE))}]"  # one window per small run
@@ -78,26 +83,41 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def overhead(weights: Path, data: Path, work: Path, repeats: int = 3,
-             report: Callable[[str], None] = print) -> dict:
-    """Single process against ``--ray local`` and against Ray's floor on the test runs of ``data`` (full size), whole
-    commands timed, ``repeats`` times each, the arms alternating (a slow minute of the machine hits all three)."""
-    common = ["predict", "--weights", weights, "--data", data, "--split", "test", "--device", "cpu", "--tta", "none",
-              "--no-progress"]
-    log = work / "overhead.log"
-    czii([*common, "--out", work / "warm.csv"], log)  # imports and files warm for both arms
-    arms = {"single": (ray_floor.CZII_COMMAND, []), "ray": (ray_floor.CZII_COMMAND, ["--ray", "local", "--fresh"]),
-            "floor": (RAY_FLOOR, [])}
+def predict_common(weights: Path, data: Path, extra: Sequence[str] = ()) -> list:
+    """The predict arguments every timed arm shares: the test split of ``data``, on CPU, no TTA."""
+    return ["predict", "--weights", weights, "--data", data, "--split", "test", "--device", "cpu", "--tta", "none",
+            "--no-progress", *extra]
+
+
+def alternate(arms: dict[str, tuple[Sequence[str], list]], common: list, work: Path, log: Path,
+              repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]], bool]:
+    """Each arm (``name: (command, flags)``) once per round, ``repeats`` rounds, so that a slow minute of the machine
+    hits every arm; per arm the whole commands' seconds and the per-run seconds they report, and whether every
+    arm's submission equalled the first arm's in every round."""
     wall: dict[str, list[float]] = {arm: [] for arm in arms}
     runs: dict[str, list[float]] = {arm: [] for arm in arms}
     same = True
+    first, *others = arms
     for _ in range(repeats):
         for arm, (command, flags) in arms.items():
             seconds, output = czii([*common, *flags, "--out", work / f"{arm}.csv"], log, command)
             wall[arm].append(seconds)
             runs[arm] += run_seconds(output)
-        reference = (work / "single.csv").read_bytes()
-        same = same and all((work / f"{arm}.csv").read_bytes() == reference for arm in ("ray", "floor"))
+        reference = (work / f"{first}.csv").read_bytes()
+        same = same and all((work / f"{arm}.csv").read_bytes() == reference for arm in others)
+    return wall, runs, same
+
+
+def overhead(weights: Path, data: Path, work: Path, repeats: int = 3,
+             report: Callable[[str], None] = print) -> dict:
+    """Single process against ``--ray local`` and against Ray's floor on the test runs of ``data`` (full size), whole
+    commands timed, ``repeats`` times each, the arms alternating."""
+    common = predict_common(weights, data)
+    log = work / "overhead.log"
+    czii([*common, "--out", work / "warm.csv"], log)  # imports and files warm for both arms
+    arms = {"single": (ray_floor.CZII_COMMAND, []), "ray": (ray_floor.CZII_COMMAND, ["--ray", "local", "--fresh"]),
+            "floor": (RAY_FLOOR, [])}
+    wall, runs, same = alternate(arms, common, work, log, repeats)
     count = len(list((parts_folder(work / "ray.csv")).glob("*.csv")))
     (single, single_sd), (through_ray, ray_sd), (floor, floor_sd) = (mean_sd(wall[arm]) for arm in arms)
     result = {"runs": count, "repeats": repeats, "single_s": single, "single_sd": single_sd, "ray_s": through_ray,
@@ -109,6 +129,55 @@ def overhead(weights: Path, data: Path, work: Path, repeats: int = 3,
            f"command in one Ray actor) {floor:.1f} ± {floor_sd:.1f} s ({result['floor_overhead']:+.1%}); per run (as "
            f"each job reports it) {result['run_single_s']:.1f} / {result['run_ray_s']:.1f} / "
            f"{result['run_floor_s']:.1f} s; submissions identical: {same}")
+    return result
+
+
+@contextlib.contextmanager
+def running_instance(log: Path, timeout_s: float = 120) -> Iterator[str]:
+    """A local Ray held open by a child process for the block (``ray_instance``); its address. Stopped after the
+    block by closing the child's stdin, so no other Ray on this machine is touched (``ray stop`` would stop all)."""
+    with open(log, "a") as sink:
+        child = subprocess.Popen(RAY_INSTANCE, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=sink, text=True,
+                                 env=child_env())
+    try:
+        address = ""
+        for line in child.stdout:  # Ray's own lines, if any reach stdout, come before ours
+            if line.startswith(ray_instance.ADDRESS_LINE):
+                address = line[len(ray_instance.ADDRESS_LINE):].strip()
+                break
+        if not address:
+            raise RuntimeError(f"the Ray instance did not start (exit {child.wait()}); see {log}")
+        yield address
+    finally:
+        child.stdin.close()
+        try:
+            child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def joined(weights: Path, data: Path, work: Path, repeats: int = 3, report: Callable[[str], None] = print,
+           extra: Sequence[str] = ()) -> dict:
+    """Single process against ``--ray HOST:PORT`` on a Ray instance started before the timings (not timed): what
+    each job on a running cluster pays. Both arms run beside the idle instance, alternating (``extra``: more
+    predict arguments for both)."""
+    common = predict_common(weights, data, extra)
+    log = work / "joined.log"
+    # the instance checks tokens (a local ray.init's default), and Ray sends one to an explicit address only then
+    with environment({AUTH_MODE: "token"}), running_instance(log) as address:
+        czii([*common, "--out", work / "warm.csv"], log)  # imports and files warm for both arms
+        arms = {"single": (ray_floor.CZII_COMMAND, []),
+                "joined": (ray_floor.CZII_COMMAND, ["--ray", address, "--fresh"])}
+        wall, runs, same = alternate(arms, common, work, log, repeats)
+    (single, single_sd), (through_ray, ray_sd) = (mean_sd(wall[arm]) for arm in arms)
+    result = {"address": address, "repeats": repeats, "single_s": single, "single_sd": single_sd,
+              "joined_s": through_ray, "joined_sd": ray_sd, "overhead": through_ray / single - 1, "identical": same,
+              **{f"run_{arm}_s": mean_sd(runs[arm])[0] for arm in arms}}
+    report(f"joined: {repeats} time(s) each, beside a Ray instance started before the timings: one process "
+           f"{single:.1f} ± {single_sd:.1f} s, --ray {address} {through_ray:.1f} ± {ray_sd:.1f} s "
+           f"({result['overhead']:+.1%}); per run {result['run_single_s']:.1f} / {result['run_joined_s']:.1f} s; "
+           f"submissions identical: {same}")
     return result
 
 

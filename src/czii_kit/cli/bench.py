@@ -72,7 +72,7 @@ def _scale(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work", default="reports/bench_scale", help="work folder: data, submissions, logs")
     p.add_argument("--runs", type=int, default=200, help="small runs of the copick project killed and resumed")
     p.add_argument("--repeats", type=int, default=3, help="timings of each overhead arm, alternating (default 3)")
-    parts = ["overhead", "resume", "study"]
+    parts = ["overhead", "joined", "resume", "study"]
     p.add_argument("--only", nargs="+", choices=parts, default=parts, help="which measurements (default: all)")
 
 
@@ -80,7 +80,8 @@ BENCHES = {"infer": (_infer, "inference speed: forward, the per-tomogram path, p
            "train": (_train, "training throughput: patches/s, data share of a step, memory"),
            "windows": (_windows, "F4 and seconds per tomogram over sliding-window sizes x overlaps"),
            "synth": (_synth, "simulator speed: seconds per run and per built-in dataset"),
-           "scale": (_scale, "Ray: prediction overhead, a killed job resumed, a study equal to the sequential one")}
+           "scale": (_scale, "Ray: prediction overhead (Ray started, or joined), a killed job resumed, a study "
+                      "equal to the sequential one")}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -132,12 +133,14 @@ def main(argv=None) -> int:
         weights, data, work = Path(args.weights), Path(args.data), Path(args.work)
         if args.repeats < 1:
             raise ConfigError(f"--repeats must be at least 1, got {args.repeats}")
-        if "overhead" in args.only and not (data / "test").is_dir():
+        if {"overhead", "joined"} & set(args.only) and not (data / "test").is_dir():
             raise ConfigError(f"--data {data}: no test split; make it with czii pretrain (data/eval_default) or "
                               "czii make-synthetic --train 0 --test 3 --shape 184 630 630")
         work.mkdir(parents=True, exist_ok=True)
         if "overhead" in args.only:
             scale.overhead(weights, data, work, args.repeats)
+        if "joined" in args.only:
+            scale.joined(weights, data, work, args.repeats)
         if "resume" in args.only:
             scale.resume(weights, work, args.runs)
         if "study" in args.only:

@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 INSTALL = 'pip install -e ".[ray]"'
 LOCAL = "local"
+AUTH_MODE = "RAY_AUTH_MODE"  # Ray's switch for token authentication ("token" or "disabled")
 
 
 def require_ray():
@@ -77,8 +78,8 @@ def ray_session(address: str, report: Callable[[str], None] = print) -> Iterator
         with environment(started_here):  # read by the daemons ray.init starts, not left behind for later sessions
             ray.init(address=address, **options)  # "local": a new instance, never a cluster someone else started
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise ConfigError(f"--ray {address}: could not join a Ray cluster there ({type(e).__name__}: {e}); start "
-                          "one with `ray start --head` (docs/scale.md), or use --ray local") from None
+        raise ConfigError(f"--ray {address}: could not join a Ray cluster there ({type(e).__name__}: {e}); "
+                          f"{join_hint(address, os.environ)}") from None
     try:
         resources = ray.cluster_resources()
         report(f"Ray at {address}: {resources.get('CPU', 0):g} CPU(s), {resources.get('GPU', 0):g} GPU(s), "
@@ -86,6 +87,17 @@ def ray_session(address: str, report: Callable[[str], None] = print) -> Iterator
         yield ray
     finally:
         ray.shutdown()
+
+
+def join_hint(address: str, environ) -> str:
+    """What to try after a failed join. Ray sends its token only to a cluster it found itself (``auto``) or when
+    token authentication is switched on here, so an explicit address of a cluster that checks tokens (every local
+    ``ray.init`` one, and a ``ray start`` one where ~/.ray/auth_token existed) refuses us without it."""
+    hint = "start one with `ray start --head` (docs/scale.md), or use --ray local"
+    if address not in (LOCAL, "auto") and AUTH_MODE not in environ:
+        hint += (f"; if the cluster uses token authentication, set {AUTH_MODE}=token and its token here "
+                 "(RAY_AUTH_TOKEN, or the same ~/.ray/auth_token)")
+    return hint
 
 
 def resources_for(ray, cpus: float, gpus: float | None, device: str, address: str) -> Resources:
