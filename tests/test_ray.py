@@ -281,7 +281,6 @@ def test_a_failure_inside_ray_is_named_by_its_cause():
     assert describe_failure(ValueError("line one\nline two")) == "ValueError: line one line two"
 
 
-
 def test_a_failed_join_by_address_names_token_authentication_when_it_can_be_the_cause():
     from czii_kit.scale.session import join_hint
 
