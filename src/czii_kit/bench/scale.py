@@ -91,9 +91,11 @@ def predict_common(weights: Path, data: Path, extra: Sequence[str] = ()) -> list
 
 def alternate(arms: dict[str, tuple[Sequence[str], list]], common: list, work: Path, log: Path,
               repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]], bool]:
-    """Each arm (``name: (command, flags)``) once per round, ``repeats`` rounds, so that a slow minute of the machine
-    hits every arm; per arm the whole commands' seconds and the per-run seconds they report, and whether every
-    arm's submission equalled the first arm's in every round."""
+    """One untimed one-process run (imports and files warm for every arm), then each arm (``name: (command,
+    flags)``) once per round, ``repeats`` rounds, so that a slow minute of the machine hits every arm; per arm the
+    whole commands' seconds and the per-run seconds they report, and whether every arm's submission equalled the
+    first arm's in every round."""
+    czii([*common, "--out", work / "warm.csv"], log)
     wall: dict[str, list[float]] = {arm: [] for arm in arms}
     runs: dict[str, list[float]] = {arm: [] for arm in arms}
     same = True
@@ -114,7 +116,6 @@ def overhead(weights: Path, data: Path, work: Path, repeats: int = 3,
     commands timed, ``repeats`` times each, the arms alternating."""
     common = predict_common(weights, data)
     log = work / "overhead.log"
-    czii([*common, "--out", work / "warm.csv"], log)  # imports and files warm for both arms
     arms = {"single": (ray_floor.CZII_COMMAND, []), "ray": (ray_floor.CZII_COMMAND, ["--ray", "local", "--fresh"]),
             "floor": (RAY_FLOOR, [])}
     wall, runs, same = alternate(arms, common, work, log, repeats)
@@ -166,7 +167,6 @@ def joined(weights: Path, data: Path, work: Path, repeats: int = 3, report: Call
     log = work / "joined.log"
     # the instance checks tokens (a local ray.init's default), and Ray sends one to an explicit address only then
     with environment({AUTH_MODE: "token"}), running_instance(log) as address:
-        czii([*common, "--out", work / "warm.csv"], log)  # imports and files warm for both arms
         arms = {"single": (ray_floor.CZII_COMMAND, []),
                 "joined": (ray_floor.CZII_COMMAND, ["--ray", address, "--fresh"])}
         wall, runs, same = alternate(arms, common, work, log, repeats)
