@@ -73,6 +73,27 @@ def test_folds_flag_takes_spaces_or_commas():
         shared.folds(["zero"])
 
 
+def test_train_folds_takes_all_spaces_or_commas():
+    from czii_kit.cli.train_fold import fold_list, parse_args
+
+    spaces, commas = (fold_list(parse_args(["--folds", *f]).folds) for f in (["0", "2"], ["0,2"]))
+    assert spaces == commas == [0, 2]
+    assert fold_list(parse_args(["--folds", "all"]).folds) is None
+
+
+def test_train_writes_a_fine_tuned_model_beside_the_one_from_scratch(monkeypatch, synthetic_root):
+    """The README's first steps train fold 0, then fine-tune fold 0: two experiments, two default folders."""
+    import czii_kit.train
+    from czii_kit.cli.train_fold import main as train_main
+
+    outs = []
+    monkeypatch.setattr(czii_kit.train, "trainer_for", lambda cfg: lambda cfg, fold, root, out, **kw: outs.append(out)
+                        or {"main": False})
+    base = ["--fold", "0", "--data", str(synthetic_root), "--config", "cpu_quick"]
+    assert train_main(base) == train_main([*base, "--init-from", "weights/pretrained/cpu_quick"]) == 0
+    assert [str(o) for o in outs] == [str(Path("weights/cpu_quick")), str(Path("weights/cpu_quick_finetuned"))]
+
+
 def test_predict_takes_cuda_n_and_says_clearly_when_there_is_no_such_gpu(tiny_experiment, synthetic_root, tmp_path,
                                                                          capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -90,3 +111,48 @@ def test_available_devices_keeps_one_named_gpu(monkeypatch):
     assert available_devices("cuda:1") == ["cuda:1"]
     assert available_devices("cuda") == available_devices("auto") == ["cuda:0", "cuda:1"]
     assert available_devices("cpu") == ["cpu"]
+
+
+@pytest.mark.parametrize("raised, code, said", [
+    (KeyboardInterrupt(), 130, "interrupted; every file written so far is whole"),
+    (PermissionError(13, "Permission denied", "/srv/out/fold0.pt"), 2, "error: Permission denied: /srv/out/fold0.pt"),
+    (OSError(28, "No space left on device", "/srv/out/x.csv"), 2, "error: No space left on device: /srv/out/x.csv"),
+])
+def test_a_refused_file_or_ctrl_c_is_one_line_not_a_traceback(raised, code, said, capsys):
+    from czii_kit.cli.common import exit_on_user_error
+
+    def fails(argv=None):
+        raise raised
+
+    assert exit_on_user_error(fails)([]) == code
+    err = capsys.readouterr().err
+    assert said in err and len(err.splitlines()) == 1
+
+
+def test_output_folders_are_checked_before_any_work(tmp_path):
+    from czii_kit.errors import DataError
+    from czii_kit.utils.atomic import check_output_folder
+
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    with pytest.raises(DataError, match="--out .*notes.txt is a file, not a folder; choose another --out"):
+        check_output_folder(mine)
+    with pytest.raises(DataError, match="lies under .*notes.txt, which is a file"):
+        check_output_folder(mine / "report")
+    assert check_output_folder(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()  # probed, not created
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # the probe left nothing
+
+
+@pytest.mark.parametrize("command", [["train", "--fold", "0", "--config", "cpu_quick"], ["evaluate", "--weights", "W"],
+                                     ["make-copick-project"]])
+def test_an_out_that_is_a_file_fails_before_the_data_is_read(command, synthetic_root, tmp_path, capsys, monkeypatch):
+    import czii_kit.data.io
+
+    monkeypatch.setattr(czii_kit.data.io, "read_run", lambda *a, **k: pytest.fail("a tomogram was read"))
+    mine = tmp_path / "mine.txt"
+    mine.write_text("mine")
+    weights = str(REPO / "weights" / "pretrained" / "cpu_quick")
+    argv = [w if w != "W" else weights for w in command] + ["--data", str(synthetic_root), "--out", str(mine)]
+    assert main(argv) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err and mine.read_text() == "mine"

@@ -28,10 +28,42 @@ def test_dotted_overrides_parse_yaml_values():
     ("nonsense=1", "unknown config key 'nonsense'"),
     ("classes.ferritin.threshold=0.1", "classes.ferritin"),
     ("train.epochs", "must look like key.sub=value"),
+    ("train.epochs=two", r"train.epochs must be an integer, got 'two' \(like its default: --set train.epochs=\d+\)"),
+    ("train.epochs=2.5", "train.epochs must be an integer, got 2.5"),
+    ("train.lr=abc", "train.lr must be a number, got 'abc'"),
+    ("train.amp=1", "train.amp must be true or false, got 1"),
+    ("train.patch_size=[64,64,a]", r"train.patch_size must be a list of integers, got \[64, 64, 'a'\]"),
+    ("augment.flips=z", "augment.flips must be a list of strings"),
+    ("train.rehearsal=0.3", "train.rehearsal must be a mapping"),
+    ("train.epochs=0", "train.epochs must be at least 1, got 0"),
+    ("train.epochs=null", "train.epochs must be an integer, got None"),
+    ("infer.overlap=1.5", r"infer.overlap must be in \[0.0, 0.95\], got 1.5"),
+    ("infer.batch_size=-1", "infer.batch_size must be at least 1"),
+    ("train.time_limit_min=-5", "train.time_limit_min must be at least 0.0, got -5"),
+    ("peaks.kernel_frac=-1", "peaks.kernel_frac must be at least 0.0"),
+    ("classes.ribosome.threshold=7", r"classes.ribosome.threshold must be a probability in \[0, 1\], got 7"),
 ])
 def test_override_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("cpu_quick", [override])
+
+
+def test_values_of_the_right_type_pass():
+    """Ints where a number is asked for, null where the default is null, lists of the items' type."""
+    cfg = load_config("cpu_quick", ["train.lr=1", "train.time_limit_min=5", "train.init_from=null",
+                                    "train.patch_size=[64,64,64]", "infer.overlap=0", "data.extra_recons=[wbp]"])
+    assert cfg["train"]["lr"] == 1 and cfg["train"]["patch_size"] == [64, 64, 64] and cfg["infer"]["overlap"] == 0
+
+
+def test_a_variant_file_is_type_checked_too(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: ten\n")
+    with pytest.raises(ConfigError, match="train.epochs must be an integer, got 'ten'"):
+        load_config(bad)
+    orphan = tmp_path / "orphan.yaml"
+    orphan.write_text("_base_: no_such_parent.yaml\n")
+    with pytest.raises(ConfigError, match=r"orphan.yaml names _base_: no_such_parent.yaml, which is not a file"):
+        load_config(orphan)
 
 
 def test_variant_with_unknown_key(tmp_path):

@@ -4,6 +4,7 @@ STAR files, and the errors a copick user can meet."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import copick  # the dev extras install it: the tests read the kit's picks back with copick itself
@@ -99,6 +100,18 @@ def test_train_through_copick_and_write_predictions_back_as_picks(project, copic
     assert predict_main(args) == 2  # the same user/session again: refused before any work
     assert "already has picks of czii-kit/run1" in capsys.readouterr().err
     assert predict_main([*args, "--overwrite"]) == 0
+
+
+def test_predictions_never_write_through_the_links_to_the_datas_own_picks(project, synthetic_root, copick_experiment,
+                                                                          tmp_path, capsys):
+    """make-copick-project links the directory's picks as curation/0: --overwrite must not write into the data."""
+    picks = sorted((synthetic_root / "train").rglob("Picks/*.json"))
+    before = [p.read_bytes() for p in picks]
+    args = ["--data", str(project), "--weights", str(copick_experiment), "--out", str(tmp_path / "s.csv"), "--split",
+            "train", "--device", "cpu", "--no-progress", "--copick-out", "curation/0", "--overwrite"]
+    assert predict_main(args) == 2
+    assert "are links to another folder's files" in capsys.readouterr().err
+    assert [p.read_bytes() for p in picks] == before and not (tmp_path / "s.csv").exists()
 
 
 def test_star_files_hold_voxels_and_centred_angstroms(synthetic_root, tiny_experiment, tmp_path, capsys):
@@ -201,6 +214,19 @@ def test_the_tool_writes_a_project(synthetic_root, tmp_path, capsys):
     test_runs = open_data(tmp_path / "p" / "copick_test.json").list_runs("test")
     assert test_runs == layout.list_runs(synthetic_root, "test")
     assert make_project_main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "q")]) == 2
+
+
+def test_the_tool_checks_every_picks_file_and_its_out_before_writing(synthetic_root, tmp_path, capsys):
+    root = tmp_path / "root"
+    shutil.copytree(synthetic_root, root)
+    picks = sorted(root.rglob("Picks/*.json"))[0]
+    picks.write_text('{"pickable_object_name": "ribosome", "points": [')  # a truncated copy
+    assert make_project_main(["--data", str(root), "--out", str(tmp_path / "p")]) == 2
+    assert f"picks file {picks} is not valid JSON" in capsys.readouterr().err and not (tmp_path / "p").exists()
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    assert make_project_main(["--data", str(synthetic_root), "--out", str(mine)]) == 2
+    assert f"--out {mine} is a file, not a folder" in capsys.readouterr().err and mine.read_text() == "mine"
 
 
 def test_a_copick_project_of_seven_classes_fine_tunes_from_a_six_class_model(synthetic_root, tiny_experiment,

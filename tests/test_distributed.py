@@ -63,7 +63,7 @@ def test_torchrun_trains_a_fold_with_rank_0_alone_writing(synthetic_root, tmp_pa
     done = torchrun("-m", "czii_kit.cli.main", "train", "--fold", "0", "--data", str(synthetic_root), "--config",
                     "cpu_quick", "--out", str(out), "--no-progress", *sets)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("epoch 1: loss") == 1 and done.stdout.count("epoch 2: loss") == 1  # rank 0 speaks
+    assert done.stdout.count("epoch 1/2: loss") == 1 and done.stdout.count("epoch 2/2: loss") == 1  # rank 0 speaks
     assert done.stdout.count("checkpoint  ") == 1
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "fold0.pt", "fold0_curve.png", "fold0_last.pt",
                                                      "fold0_log.csv"]  # no temporary file of another rank left
@@ -77,7 +77,8 @@ def test_torchrun_trains_a_fold_with_rank_0_alone_writing(synthetic_root, tmp_pa
                        *[a for o in [*TINY_TRAIN_OVERRIDES, "train.samples_per_epoch=8", "train.epochs=3"]
                          for a in ("--set", o)])
     assert resumed.returncode != 0 and "exitcode  : 2" in resumed.stderr  # torchrun ends 1; the ranks ended 2
-    assert "rank 0 of 2: " in resumed.stderr and "different config" in resumed.stderr  # epochs changed: refused
+    assert "rank 0 of 2: " in resumed.stderr and "another config" in resumed.stderr
+    assert "train.epochs: 2 -> 3" in resumed.stderr  # the refusal names what changed
     again = torchrun("-m", "czii_kit.cli.main", "train", "--fold", "0", "--data", str(synthetic_root), "--config",
                      "cpu_quick", "--out", str(out), "--no-progress", "--resume", *sets)
     assert again.returncode == 0 and "resuming fold 0 from epoch 2" in again.stdout + again.stderr

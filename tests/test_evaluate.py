@@ -73,6 +73,22 @@ def test_unet_only_report(tiny_experiment, synthetic_root, tmp_path):
     assert len(per_class) == len(VARIANTS) * len(CLASS_NAMES)
 
 
+def test_evaluate_replaces_an_earlier_report_but_writes_into_no_folder_of_other_files(tiny_experiment, synthetic_root,
+                                                                                       tmp_path):
+    from czii_kit.errors import DataError
+
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.md").write_text("mine")
+    with pytest.raises(DataError, match="holds files that are not an evaluate report \\(notes.md\\)"):
+        run_evaluation(synthetic_root, [tiny_experiment], other, device="cpu", tta="none", progress=False)
+    assert [p.name for p in other.iterdir()] == ["notes.md"]
+    (other / "notes.md").unlink()
+    (other / "report.md").write_text("an earlier report, cut short")
+    run_evaluation(synthetic_root, [tiny_experiment], other, device="cpu", tta="none", progress=False)
+    assert (other / "report.md").read_text().startswith("# Cross-validation report")
+
+
 def _held_out(root) -> str:
     from czii_kit.data import layout
 
@@ -86,3 +102,15 @@ def test_report_with_yolo_adds_yolo_and_fused_rows(tiny_experiment, tiny_yolo_ex
     assert sources == ["unet", "yolo", "fused-dbscan", "fused-vote"]
     assert len(list((tmp_path / "report").glob("overlay_*.png"))) == 4
     assert "absent" not in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_class_without_candidates_keeps_the_default_threshold_and_is_named():
+    from czii_kit.config import load_config
+    from czii_kit.evaluate import FoldPrediction, tune
+
+    cfg = load_config("cpu_quick", ["classes.apo-ferritin.threshold=0.25"])
+    solution = frame([("TS", "apo-ferritin", 100.0, 100.0, 100.0), ("TS", "ribosome", 900.0, 900.0, 400.0)])
+    candidates = frame([("TS", "ribosome", 900.0, 900.0, 400.0, 0.6)], score=True)
+    tuning, _, score = tune([FoldPrediction(0, "TS", solution, {"unet": candidates})], cfg, {})
+    assert tuning.meta["untuned"] == ["apo-ferritin"] and tuning.thresholds["apo-ferritin"] == 0.25
+    assert tuning.thresholds["ribosome"] == pytest.approx(0.6) and 0 < score < 1

@@ -95,6 +95,9 @@ def test_without_validation_a_finetuned_model_inherits_the_init_thresholds(finet
     ckpt, start = finetuned["ckpt"], load_checkpoint(tiny_experiment / "fold0.pt")
     assert ckpt["thresholds"] == start["thresholds"]
     assert ckpt["validation"]["thresholds_from"] == f"init checkpoint: {tiny_experiment / 'fold0.pt'}"
+    from czii_kit.train.report import summary
+
+    assert f"thresholds: init checkpoint: {tiny_experiment / 'fold0.pt'}" in summary(finetuned["result"]).splitlines()
 
 
 def test_predict_says_where_a_model_started(finetuned, synthetic_root, tmp_path, capsys):

@@ -105,6 +105,20 @@ def test_corrupt_chunk(root):
         io.read_tomogram(root, "TS_1")
 
 
+def test_corrupt_or_missing_array_metadata_is_named_with_its_fix(root):
+    path = layout.tomogram_path(root, "train", "TS_1")
+    zarray = path / "0" / ".zarray"
+    good = zarray.read_text()
+    zarray.write_text("{not json")
+    with pytest.raises(DataError, match=r"the array's zarr metadata cannot be read .*copy or download this tomogram"):
+        io.read_tomogram(root, "TS_1")
+    zarray.unlink()  # the level is listed in .zattrs but gone: an incomplete copy, not another level to choose
+    with pytest.raises(DataError, match=r"level 0 is listed in .zattrs but its array \(0/.zarray\) is missing"):
+        io.read_tomogram(root, "TS_1")
+    zarray.write_text(good)
+    assert io.read_tomogram(root, "TS_1").shape == (20, 30, 34)
+
+
 @pytest.mark.parametrize("content, message", [
     ("{not json", "not valid JSON"),
     ("[1, 2]", "JSON object"),
@@ -141,3 +155,20 @@ def test_writer_refuses_overwrite(root):
 def test_read_all_picks_frame(root):
     df = io.read_all_picks(root)
     assert isinstance(df, pd.DataFrame) and len(df) == 2
+
+
+def test_a_run_folder_without_its_tomograms_is_listed_and_named_not_left_out(root):
+    """A test run copied without its data must fail loudly by name (on Kaggle a quiet skip would score lower)."""
+    (layout.runs_dir(root, "train") / "TS_empty").mkdir()
+    (layout.runs_dir(root, "train") / ".hidden").mkdir()
+    assert layout.list_runs(root, "train") == ["TS_1", "TS_empty"]
+    with pytest.raises(DataError, match=r"run 'TS_empty' has no 'denoised' .*\(available: none\); its folder holds "
+                                        "no tomogram at all"):
+        io.read_tomogram(root, "TS_empty")
+
+
+def test_a_volume_of_another_kind_of_values_is_refused(root):
+    path = layout.tomogram_path(root, "train", "TS_1")
+    zarr.open_group(str(path), mode="r+").create_dataset("0", data=np.zeros((20, 30, 34), bool), overwrite=True)
+    with pytest.raises(DataError, match=r"holds bool values; a tomogram is real-valued"):
+        io.read_tomogram(root, "TS_1")

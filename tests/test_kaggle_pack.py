@@ -177,7 +177,38 @@ def test_refuses_a_corrupt_checkpoint(tmp_path, capsys):
     (broken / "fold0.pt").write_bytes(b"not a checkpoint")
     out = tmp_path / "out" / SLUG
     assert pack([broken], out) == 2
-    assert "could not be loaded" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "could not be loaded" in err and "weights_only" not in err  # torch's advice on pickles is not ours
+    assert not out.parent.exists()
+
+
+def test_refuses_what_the_notebook_could_not_load(experiment, tmp_path, capsys):
+    """Weights that do not fit their config's model, an ONNX file cut short, the best epoch of a killed training."""
+    import torch
+
+    from czii_kit.checkpoints import load_checkpoint, probability_model, save_state
+    from czii_kit.infer.export import export_onnx
+
+    out = tmp_path / "out" / SLUG
+    ckpt = torch.load(experiment / "fold0.pt", weights_only=True)
+    wider = copy_experiment(experiment, tmp_path / "weights" / "wider")
+    ckpt["model"]["args"] = {**ckpt["model"]["args"], "filters": [f * 2 for f in ckpt["model"]["args"]["filters"]]}
+    torch.save(ckpt, wider / "fold0.pt")
+    assert pack([wider], out) == 2
+    err = capsys.readouterr().err
+    assert "its weights do not fit the model its config names" in err and "(shape " in err and "more" in err
+    assert len(err) < 1500  # the first mismatches, not torch's page of them
+    cut = copy_experiment(experiment, tmp_path / "weights" / "cut")
+    meta = load_checkpoint(cut / "fold0.pt")
+    window, batch = "x".join(map(str, meta["window"])), meta["config"]["infer"]["batch_size"]
+    onnx = export_onnx(probability_model(meta), meta["window"], cut / f"fold0_{window}_b{batch}.onnx", batch)
+    onnx.write_bytes(onnx.read_bytes()[:1000])  # an upload or copy cut short
+    assert pack([cut], out, "--onnx") == 2
+    assert f"{onnx} is not a readable ONNX graph" in capsys.readouterr().err
+    killed = copy_experiment(experiment, tmp_path / "weights" / "killed")
+    save_state({"epoch": 2, "finished": False}, killed / "fold0_last.pt")
+    assert pack([killed], out) == 2
+    assert "its training stopped after epoch 3 of" in capsys.readouterr().err
     assert not out.parent.exists()
 
 
@@ -276,8 +307,11 @@ def test_onnx_exports_are_packed_when_asked(experiment, tmp_path, capsys, prebui
     from czii_kit.infer.export import export_onnx
 
     out = tmp_path / "out" / SLUG
-    assert pack([experiment], out, "--onnx") == 2
-    assert "tools/export.py" in capsys.readouterr().err
+    second = copy_experiment(experiment, tmp_path / "weights" / "exp2")
+    assert pack([experiment, second], out, "--onnx") == 2
+    err = capsys.readouterr().err  # every missing export at once, and the one command that makes them
+    assert "2 checkpoint(s) have no fp32 ONNX export" in err
+    assert f"czii export --weights {experiment / 'fold0.pt'} {second / 'fold0.pt'} --format onnx" in err
     ckpt = load_checkpoint(experiment / "fold0.pt")
     batch = ckpt["config"]["infer"]["batch_size"]
     window = "x".join(map(str, ckpt["window"]))

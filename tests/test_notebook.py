@@ -150,3 +150,13 @@ def test_notebook_finds_the_pack_by_its_manifest_wherever_kaggle_mounts_it(synth
     assert f"pack {tmp_path / 'input' / mount}" in printed(nb)
     assert len(read_submission(tmp_path / "working" / "submission.csv")) > 0
 
+
+
+def test_the_notebooks_last_cell_raises_on_a_submission_without_rows(tmp_path):
+    """Every run predicted but nothing above the thresholds: the notebook stops instead of submitting a silent 0.
+    The cell's own text is run, with a header-only submission where the notebook wrote its output."""
+    cell = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"][-1]
+    empty = tmp_path / "submission.csv"
+    empty.write_text("id,experiment,particle_type,x,y,z\n")
+    with pytest.raises(RuntimeError, match="has no rows"):
+        exec(cell.source, {"OUTPUT": str(empty), "display": print})

@@ -101,7 +101,7 @@ def test_evaluate_writes_a_thresholds_file_that_predict_reads(level_calls, synth
     out = tmp_path / "s.csv"
     assert predict_main(["--data", str(synthetic_root), "--weights", str(level_calls["exp"]), "--out", str(out),
                          "--device", "cpu", "--no-progress", "--thresholds-from", str(report.parent)]) == 0
-    assert f"thresholds from {report}" in capsys.readouterr().out
+    assert f"thresholds: from {report}" in capsys.readouterr().out
 
 
 def test_thresholds_file_errors_name_the_file_and_the_fix(tmp_path):

@@ -45,8 +45,8 @@ def test_tta_and_runs_and_thresholds(synthetic_root, tiny_experiment, tmp_path):
     high = tmp_path / "high.csv"
     assert predict_main(["--data", str(synthetic_root), "--weights", str(tiny_experiment), "--out", str(high),
                          "--device", "cpu", "--runs", run, "--tta", "none", "--no-progress",
-                         "--thresholds", LOW.replace("0.005", "1.1")]) == 0
-    assert len(read_submission(high)) == 0  # nothing above 1.1: a valid, header-only file
+                         "--thresholds", LOW.replace("0.005", "1.0")]) == 0
+    assert len(read_submission(high)) == 0  # nothing reaches 1.0: a valid, header-only file
 
 
 def test_onnx_engine_matches_torch(synthetic_root, tiny_experiment, tmp_path, capsys):
@@ -65,6 +65,41 @@ def test_onnx_engine_matches_torch(synthetic_root, tiny_experiment, tmp_path, ca
     same = (st[["x", "y", "z"]].to_numpy() - so[["x", "y", "z"]].to_numpy()).max(axis=1) < 1e-6
     # an untrained model is nearly flat, so 1e-7 differences may move a rare plateau peak; all else is identical
     assert same.mean() > 0.98
+
+
+def test_export_without_onnxruntime_fails_before_writing_anything(tiny_experiment, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    import czii_kit.infer.engines
+
+    exp = tmp_path / "exp"
+    shutil.copytree(tiny_experiment, exp)
+    real = importlib.import_module
+
+    def no_onnxruntime(name, *args):
+        if name == "onnxruntime":
+            raise ImportError(name)
+        return real(name, *args)
+
+    assert export_main(["--weights", str(exp), "--format", "onnx", "--batch-size", "0"]) == 2
+    assert "--batch-size must be at least 1, got 0" in capsys.readouterr().err
+    monkeypatch.setattr(czii_kit.infer.engines.importlib, "import_module", no_onnxruntime)
+    assert export_main(["--weights", str(exp), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install onnxruntime" in err and "to check the export's parity" in err and "--engine" not in err
+    assert not list(exp.glob("*.onnx"))
+
+
+def test_an_export_that_fails_its_parity_check_is_removed(tiny_experiment, tmp_path, capsys, monkeypatch):
+    import czii_kit.infer.export
+
+    exp = tmp_path / "exp"
+    shutil.copytree(tiny_experiment, exp)
+    monkeypatch.setattr(czii_kit.infer.export, "parity", lambda *a, **k: 1.0)
+    assert export_main(["--weights", str(exp), "--format", "onnx", "--batch-size", "1"]) == 2
+    captured = capsys.readouterr()
+    assert "max abs diff 1.000e+00" in captured.out and "removed" in captured.out and "not faithful" in captured.err
+    assert not list(exp.glob("*.onnx"))  # pack --onnx and predict cannot pick up an unfaithful graph
 
 
 def test_onnx_fp16_engine_exports_the_fp16_graph_into_the_cache_and_scores(synthetic_root, tiny_experiment,
@@ -115,7 +150,8 @@ def test_a_missing_tomogram_is_refused_before_any_inference(synthetic_root, tiny
     assert not out.exists()
 
 
-def test_a_run_failing_mid_way_is_reported_and_others_finish(synthetic_root, tiny_experiment, tmp_path, capsys):
+def test_a_run_failing_mid_way_is_reported_and_others_finish(synthetic_root, tiny_experiment, tmp_path, capsys,
+                                                              caplog):
     root = tmp_path / "root"
     shutil.copytree(synthetic_root, root)
     broken, ok = layout.list_runs(root, "test")
@@ -127,6 +163,7 @@ def test_a_run_failing_mid_way_is_reported_and_others_finish(synthetic_root, tin
     assert set(read_submission(out)["experiment"]) <= {ok}
     printed = capsys.readouterr().out
     assert f"FAILED {broken}" in printed and "corrupt" in printed
+    assert not [r for r in caplog.records if r.exc_info]  # a corrupt store is named in one line, no traceback
 
 
 @pytest.mark.parametrize("args, message", [
@@ -136,6 +173,9 @@ def test_a_run_failing_mid_way_is_reported_and_others_finish(synthetic_root, tin
     (["--set", "infer.tta=sideways"], "sideways"),
     (["--out", "/proc/forbidden/s.csv"], "cannot write there"),
     (["--member-weights", "1,2,3"], "3 member weights for 1 checkpoints"),
+    (["--set", "infer.overlap=1.5"], "infer.overlap must be in [0.0, 0.95], got 1.5"),
+    (["--set", "infer.overlap=abc"], "infer.overlap must be a number, got 'abc'"),
+    (["--thresholds", "ribosome=7"], "ribosome=7 is not a probability in [0, 1]"),
 ])
 def test_bad_input(args, message, synthetic_root, tiny_experiment, tmp_path, capsys):
     argv = ["--data", str(synthetic_root), "--weights", str(tiny_experiment), "--out", str(tmp_path / "s.csv"),
@@ -148,6 +188,41 @@ def test_bad_input(args, message, synthetic_root, tiny_experiment, tmp_path, cap
             argv[j + 1] = args[i + 1]
     assert predict_main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_out_replaces_an_earlier_submission_but_no_other_file_and_never_writes_into_the_data(
+        synthetic_root, tiny_experiment, tmp_path, capsys, monkeypatch):
+    import czii_kit.data.io
+
+    monkeypatch.setattr(czii_kit.data.io, "read_run", lambda *a, **k: pytest.fail("a tomogram was read"))
+    notes = tmp_path / "notes.csv"
+    notes.write_text("my,own\nnotes,here\n")
+    assert run_predict(synthetic_root, tiny_experiment, notes) == 2
+    assert "exists and is not a submission CSV" in capsys.readouterr().err
+    assert notes.read_text() == "my,own\nnotes,here\n"
+    inside = synthetic_root / "sample_submission.csv"
+    before = inside.read_bytes()
+    assert run_predict(synthetic_root, tiny_experiment, inside) == 2
+    assert "is inside the data directory" in capsys.readouterr().err and inside.read_bytes() == before
+    monkeypatch.undo()
+    earlier = tmp_path / "submission.csv"
+    earlier.write_text("id,experiment,particle_type,x,y,z\n")
+    run = layout.list_runs(synthetic_root, "test")[0]
+    assert run_predict(synthetic_root, tiny_experiment, earlier, "--tta", "none", "--runs", run) == 0
+    assert len(read_submission(earlier)) > 0
+    assert run_predict(synthetic_root, tiny_experiment, notes, "--tta", "none", "--runs", run, "--overwrite") == 0
+    assert len(read_submission(notes)) > 0
+
+
+def test_the_header_says_whose_thresholds_predict_uses(synthetic_root, tiny_experiment, tmp_path, capsys):
+    run = layout.list_runs(synthetic_root, "test")[0]
+    argv = ["--data", str(synthetic_root), "--weights", str(tiny_experiment), "--device", "cpu", "--runs", run,
+            "--tta", "none", "--no-progress", "--out"]
+    assert predict_main([*argv, str(tmp_path / "a.csv")]) == 0
+    assert "thresholds: the checkpoint's own (tuned on its validation run)" in capsys.readouterr().out
+    assert predict_main([*argv, str(tmp_path / "b.csv"), "--thresholds", "ribosome=0.5"]) == 0
+    assert "thresholds: the checkpoint's own (tuned on its validation run), with the per-class values given" in \
+        capsys.readouterr().out
 
 
 def test_incompatible_checkpoints(tiny_experiment, tmp_path, capsys, synthetic_root):
@@ -204,7 +279,7 @@ def test_mixed_checkpoints_fuse_with_the_weights_evaluate_tuned(synthetic_root, 
     assert predict_main(["--data", str(synthetic_root), "--weights", str(tiny_experiment), str(tiny_yolo_experiment),
                          "--out", str(out), "--device", "cpu", "--tta", "none", "--no-progress", "--runs", run,
                          "--thresholds-from", str(tmp_path / "report")]) == 0
-    assert "thresholds from" in capsys.readouterr().out and out.exists()
+    assert "thresholds: from" in capsys.readouterr().out and out.exists()
 
 
 def test_export_tool_handles_yolo_checkpoints(tiny_yolo_experiment, tmp_path, capsys):
@@ -255,3 +330,34 @@ def test_a_fold_ensemble_folded_into_one_graph_predicts_like_its_torch_members(s
         xyz_a, xyz_b = rows_a[["x", "y", "z"]].to_numpy(), rows_b[["x", "y", "z"]].to_numpy()
         distances = np.linalg.norm(xyz_a[:, None] - xyz_b[None], axis=-1)
         assert len(xyz_a) == len(xyz_b) and distances.min(axis=1).max() < 1.0 and distances.min(axis=0).max() < 1.0, name
+
+
+def test_an_engine_that_cannot_run_here_falls_back_to_torch_said_once_without_a_traceback(
+        synthetic_root, tiny_experiment, tmp_path, capsys, caplog):
+    """No GPU and no TensorRT here: a known cause, said in one warning (and the closing note), then torch runs."""
+    run = layout.list_runs(synthetic_root, "test")[0]
+    out = tmp_path / "s.csv"
+    assert run_predict(synthetic_root, tiny_experiment, out, "--tta", "none", "--runs", run, "--engine",
+                       "tensorrt", "--engine-cache", str(tmp_path / "cache")) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("WARNING: engine tensorrt could not be set up (ConfigError: TensorRT engines need") == 1
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback for a cause the message already names
+    assert len(read_submission(out)) > 0
+
+
+def test_predict_warns_about_a_killed_training_and_an_empty_submission(synthetic_root, tiny_experiment, tmp_path,
+                                                                        capsys):
+    from czii_kit.checkpoints import save_state
+
+    exp = tmp_path / "killed"
+    exp.mkdir()
+    shutil.copy2(tiny_experiment / "fold0.pt", exp / "fold0.pt")
+    save_state({"epoch": 0, "finished": False}, exp / "fold0_last.pt")
+    run = layout.list_runs(synthetic_root, "test")[0]
+    out = tmp_path / "s.csv"
+    assert predict_main(["--data", str(synthetic_root), "--weights", str(exp), "--out", str(out), "--device", "cpu",
+                         "--runs", run, "--tta", "none", "--no-progress", "--thresholds",
+                         LOW.replace("0.005", "1.0")]) == 0
+    printed = capsys.readouterr().out
+    assert "WARNING: " in printed and "its training stopped after epoch 1 of" in printed
+    assert f"WARNING: {out} has no rows" in printed and len(read_submission(out)) == 0

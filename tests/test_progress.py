@@ -78,4 +78,4 @@ def test_a_training_log_written_to_a_file_has_no_carriage_returns(synthetic_root
                               stdout=f, stderr=subprocess.STDOUT)
     text = log.read_text()
     assert done.returncode == 0, text
-    assert "\r" not in text and "epoch 1: loss" in text and len(text.splitlines()) < 40
+    assert "\r" not in text and "fold 0 epoch 1/" in text and ": loss" in text and len(text.splitlines()) < 40

@@ -1,6 +1,7 @@
 """Recipe studies: arms x seeds trained, scored on a held-out test set, summarized with their spread."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -126,11 +127,15 @@ def test_threshold_rules_own_is_what_the_checkpoint_stores_and_test_tuned_is_the
     for c in stored:  # per class, tuning on the test split itself can only match or beat any other pick
         assert tuned[f"f4_{c}"] >= plain[f"f4_{c}"].max() - 1e-12
     # candidates are cached next to the checkpoint: a rerun predicts nothing and gives the same rows
-    assert {p.name for p in (study / "weights" / "a-seed0").glob("candidates_*")} == {
+    assert {p.name for p in (study / "weights" / "a-seed0").glob("candidates_*.csv")} == {
         "candidates_val.csv", "candidates_test.csv", "candidates_val_z.csv", "candidates_test_z.csv"}
     monkeypatch.setattr(czii_kit.study, "predict_candidates", lambda *a, **kw: pytest.fail("predicted again"))
     again = threshold_rules(study, synthetic_root, synthetic_root, smooths=(1,), ttas=("none", "z"), progress=False)
     pd.testing.assert_frame_equal(again, rows)
+    other = tmp_path / "other_test_data"  # other test runs: the cached predictions are not theirs
+    shutil.copytree(synthetic_root, other)
+    with pytest.raises(pytest.fail.Exception, match="predicted again"):
+        threshold_rules(study, synthetic_root, other, smooths=(1,), progress=False)
     (study / "weights" / "a-seed0" / "fold0.pt").touch()  # a retrained model: the cache is stale
     with pytest.raises(pytest.fail.Exception, match="predicted again"):
         threshold_rules(study, synthetic_root, synthetic_root, smooths=(1,), progress=False)

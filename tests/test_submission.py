@@ -241,3 +241,27 @@ def test_score_tool_unknown_run_exits_2(tmp_path, capsys):
     submission, solution, _ = _hand_case(tmp_path)
     assert score_main(["--submission", str(submission), "--solution", str(solution), "--runs", "TS_zz"]) == 2
     assert "TS_zz" in capsys.readouterr().err
+
+
+def test_score_tool_refuses_a_submission_of_other_runs_and_notes_ignored_ones(tmp_path, capsys):
+    """Kaggle ignores rows of runs it does not know: all of them would score 0 in silence, some are named."""
+    submission, solution, expected = _hand_case(tmp_path)
+    others = tmp_path / "others.csv"
+    write_submission(read_submission(submission).assign(experiment="TS_b"), others)
+    assert score_main(["--submission", str(others), "--solution", str(solution)]) == 2
+    assert "none of the runs of" in capsys.readouterr().err
+    both = tmp_path / "both.csv"
+    write_submission(pd.concat([read_submission(submission), read_submission(others)]), both)
+    assert score_main(["--submission", str(both), "--solution", str(solution), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "1 run(s) of the submission are not in the ground truth and are ignored, as Kaggle does: TS_b" in out
+    assert json.loads(out.strip().splitlines()[-1])["score"] == pytest.approx(expected)
+
+
+def test_score_tool_scores_the_test_split_by_default(tmp_path, capsys):
+    submission, solution, expected = _hand_case(tmp_path)
+    root = _synthetic_root(tmp_path)
+    (root / layout.SOLUTION_CSV).write_text(solution.read_text())
+    assert score_main(["--submission", str(submission), "--data", str(root), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "(test split)" in out and json.loads(out.strip().splitlines()[-1])["score"] == pytest.approx(expected)

@@ -58,15 +58,18 @@ def test_predict_uses_them_and_warns_only_about_guessed_thresholds(full_data, gu
                                                                    tmp_path, capsys):
     common = ["--data", str(synthetic_root), "--device", "cpu", "--tta", "none", "--no-progress"]
     assert predict_main([*common, "--weights", str(full_data), "--out", str(tmp_path / "a.csv")]) == 0
-    assert "WARNING" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "not tuned ones" not in out and f"thresholds: the checkpoint's own ({load_tuning(report).path})" in out
     assert load_checkpoint(guessed / "fold-1.pt")["validation"]["thresholds_from"] == DEFAULT_THRESHOLDS
     capsys.readouterr()
     assert predict_main([*common, "--weights", str(guessed), "--out", str(tmp_path / "b.csv")]) == 0
     out = capsys.readouterr().out
     assert "WARNING" in out and "default thresholds, not tuned ones" in out and "--thresholds-from" in out
+    assert f"thresholds: the checkpoint's own ({DEFAULT_THRESHOLDS})" in out
     assert predict_main([*common, "--weights", str(guessed), "--out", str(tmp_path / "c.csv"),
                          "--thresholds-from", str(report)]) == 0
-    assert "WARNING" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "not tuned ones" not in out and f"thresholds: from {load_tuning(report).path}" in out
 
 
 def test_the_pack_carries_the_file_and_reads_it_back(full_data, report, tmp_path):

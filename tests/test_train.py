@@ -13,7 +13,7 @@ from czii_kit.cli.train_fold import main as train_main
 from czii_kit.config import load_config
 from czii_kit.data import layout
 from czii_kit.data.normalize import normalize_volume
-from czii_kit.errors import CheckpointError, DataError
+from czii_kit.errors import CheckpointError, ConfigError, DataError
 from czii_kit.particles import CLASS_NAMES
 from czii_kit import checkpoints as ckpt_io
 from czii_kit.train import loop
@@ -61,9 +61,29 @@ def test_refuses_to_clobber(tiny_experiment, synthetic_root, tmp_path):
     before = (exp / "fold0.pt").read_bytes()
     with pytest.raises(CheckpointError, match="--resume"):
         loop.train_fold(tiny_cfg(synthetic_root), 0, synthetic_root, exp, progress=False)
-    with pytest.raises(CheckpointError, match="different config"):
+    with pytest.raises(CheckpointError, match=r"another config .*train\.lr: [0-9.e-]+ -> 0\.5"):
         loop.train_fold(tiny_cfg(synthetic_root, "train.lr=0.5"), 1, synthetic_root, exp, progress=False)
     assert (exp / "fold0.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("override, message", [("infer.tta=flipz", "unknown TTA token 'flipz'"),
+                                               ("infer.blend=box", "unknown blend 'box'")])
+def test_inference_settings_fail_before_training(synthetic_root, tmp_path, monkeypatch, override, message):
+    """Validation predicts with infer.*: a bad value fails before any tomogram is read, and writes nothing."""
+    monkeypatch.setattr(loop, "load_runs", lambda *a, **k: pytest.fail("a tomogram was read"))
+    with pytest.raises(ConfigError, match=message):
+        loop.train_fold(tiny_cfg(synthetic_root, override), 0, synthetic_root, tmp_path / "exp", progress=False)
+    assert not (tmp_path / "exp").exists()
+
+
+def test_a_config_left_by_a_failed_start_does_not_block_the_next(synthetic_root, tmp_path):
+    """A start that failed before its first checkpoint left config.yaml alone: the corrected rerun replaces it."""
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "config.yaml").write_text(yaml.safe_dump(tiny_cfg(synthetic_root, "train.lr=0.5")))
+    loop.train_fold(tiny_cfg(synthetic_root), 0, synthetic_root, out, progress=False)
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["lr"] != 0.5
+    assert (out / "fold0.pt").is_file()
 
 
 def test_resume_after_crash(synthetic_root, tmp_path, monkeypatch):
@@ -157,3 +177,15 @@ def test_the_recipe_switches_train(synthetic_root, tmp_path):
         prob = ckpt_io.probability_model(ckpt)(torch.zeros(1, 1, 48, 96, 96))
     assert prob.shape == (1, 6, 24, 48, 48)  # one probability per class (softmax without the background), stride 2
     assert bool(((prob >= 0) & (prob.sum(1) <= 1 + 1e-6)).all())
+
+
+def test_picks_outside_the_volume_are_named_before_training(capsys):
+    from czii_kit.train.data import RunData
+
+    picks = pd.DataFrame({"experiment": "TS_a", "particle_type": ["ribosome", "ribosome"], "x": [50.0, 99999.0],
+                          "y": [50.0, 50.0], "z": [50.0, 50.0]})
+    points = np.array([[5.0, 5.0, 5.0], [5.0, 5.0, 9987.0]])  # (z, y, x) voxels of those picks
+    run = RunData("TS_a", "denoised", np.zeros((10, 20, 20), np.float32), points, np.array([3, 3]), picks, 10.0)
+    loop._check_data([run], [])
+    out = capsys.readouterr().out
+    assert "run TS_a: 1 of 2 picks lie outside its 10x20x20 volume (first: ribosome at x, y, z = 99999, 50, 50 Å)" in out

@@ -49,7 +49,10 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} could not be loaded ({type(e).__name__}: {e}); "
+        # torch's own reason, without its advice to load the file as an arbitrary pickle
+        text = str(e).split("WeightsUnpickler error:")[-1]
+        why = next((line.strip() for line in text.splitlines() if line.strip()), "")[:200]
+        raise CheckpointError(f"checkpoint {path} could not be loaded ({type(e).__name__}: {why}); "
                               "it is truncated or not a czii-kit checkpoint") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a czii-kit checkpoint (no format={FORMAT!r} field)")
@@ -96,6 +99,23 @@ def load_state(path: str | Path) -> dict:
                               "delete it to start the fold afresh") from e
 
 
+def unfinished_training(ckpt: dict) -> str | None:
+    """Why a fold checkpoint is the best epoch of a training that was stopped before its end (its resume state
+    beside it says so: a killed job), or None (also when that state cannot be read: nothing to tell)."""
+    path = Path(ckpt["path"])
+    last = path.with_name(f"{path.stem}_last.pt")
+    if not last.is_file():
+        return None
+    try:
+        state = load_state(last)
+    except CheckpointError:
+        return None
+    if state.get("finished", True):
+        return None
+    return (f"{path}: its training stopped after epoch {state['epoch'] + 1} of {ckpt['config']['train']['epochs']} "
+            f"({last.name} was not finished)")
+
+
 def find_checkpoints(weights: str | Path, folds: list[int] | None = None) -> list[Path]:
     """fold*.pt files of an experiment directory (or a single checkpoint file)."""
     weights = Path(weights)
@@ -115,14 +135,30 @@ def find_checkpoints(weights: str | Path, folds: list[int] | None = None) -> lis
     return found
 
 
+MISMATCHES_SHOWN = 4  # weights quoted when a state does not fit a model
+
+
+def weight_mismatches(model: torch.nn.Module, state: dict, skip=lambda name: False) -> str:
+    """The first weights of ``state`` that do not fit ``model`` (by name and shape), in words; "" when all fit.
+    ``skip``: names not compared (class heads that fine-tuning maps by name)."""
+    ours = model.state_dict()
+    problems = [f"{k} (not in this model)" for k in state if k not in ours and not skip(k)]
+    problems += [f"{k} (not in the checkpoint)" for k in ours if k not in state and not skip(k)]
+    problems += [f"{k} (shape {tuple(state[k].shape)} in the checkpoint, {tuple(ours[k].shape)} in the model)"
+                 for k in state if k in ours and not skip(k) and state[k].shape != ours[k].shape]
+    more = f" and {len(problems) - MISMATCHES_SHOWN} more" if len(problems) > MISMATCHES_SHOWN else ""
+    return "; ".join(problems[:MISMATCHES_SHOWN]) + more
+
+
 def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
     """The checkpoint's 3D model with its (EMA) weights, in eval mode (one output channel per class + background)."""
     model = build_model(ckpt["model"]["name"], num_classes=len(ckpt["classes"]) + 1, **ckpt["model"]["args"])
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {ckpt.get('path', '?')}: weights do not fit model "
-                              f"{ckpt['model']['name']} {ckpt['model']['args']} ({e})") from e
+    mismatches = weight_mismatches(model, ckpt["state_dict"])
+    if mismatches:
+        raise CheckpointError(f"checkpoint {ckpt.get('path', '?')}: its weights do not fit the model its config names "
+                              f"({ckpt['model']['name']} {ckpt['model']['args']}): {mismatches}. The checkpoint "
+                              "and its config disagree: use the checkpoint as training wrote it")
+    model.load_state_dict(ckpt["state_dict"])
     return model.eval()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,16 @@ ENGINE_KINDS = (
     "onnx_fp16",  # the fp16 graph TensorRT builds from, in onnxruntime: the GPU's precision, scored on any machine
     "tensorrt",  # a TensorRT engine built from the fp16 graph (CUDA only)
 )
+MAX_OVERLAP = 0.95  # infer.overlap above it makes the window's step a voxel or less
+# Bounds (inclusive; None: open) of numbers that would otherwise fail deep inside a run, or quietly do nothing.
+LIMITS = {
+    "train.epochs": (1, None), "train.batch_size": (1, None), "train.samples_per_epoch": (1, None),
+    "train.num_workers": (0, None), "train.world_size": (1, None), "train.freeze_encoder_epochs": (0, None),
+    "train.time_limit_min": (0.0, None), "train.lr": (0.0, None), "train.warmup_epochs": (0, None),
+    "peaks.kernel_frac": (0.0, None), "class_defaults.threshold": (0.0, 1.0),
+    "validate.every": (1, None), "normalize.subsample": (1, None), "targets.stride": (1, None),
+    "infer.batch_size": (1, None), "infer.overlap": (0.0, MAX_OVERLAP),
+}
 
 
 def config_dir() -> Path:
@@ -77,6 +88,9 @@ def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     parent = doc.pop("_base_", None)
     if parent is None:
         return doc
+    if not (path.parent / parent).is_file():
+        raise ConfigError(f"config {path} names _base_: {parent}, which is not a file next to it; fix the name "
+                          "(variants in configs/ use _base_: base.yaml)")
     return deep_merge(_load_chain((path.parent / parent), seen + (path,)), doc)
 
 
@@ -94,6 +108,55 @@ def check_keys(cfg: dict, schema: dict, where: str = "") -> None:
             check_keys(v, schema[k], dotted + ".")
 
 
+def _kind(default) -> tuple[str, tuple[type, ...]] | None:
+    """What a key whose base.yaml value is ``default`` accepts: (words for messages, types); None: anything."""
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        return "true or false", (bool,)
+    if isinstance(default, int):
+        return "an integer", (int,)
+    if isinstance(default, float):
+        return "a number", (int, float)
+    if isinstance(default, str):
+        return "a string", (str,)
+    if isinstance(default, list):
+        return "a list", (list,)
+    if isinstance(default, dict):
+        return "a mapping", (dict,)
+    return None
+
+
+def check_value(dotted: str, value, default) -> None:
+    """``value`` for key ``dotted`` has the type of its default (ints stay ints, lists keep their items' type) and
+    lies within LIMITS: a wrong value fails as the config loads, not in the middle of a run."""
+    kind = _kind(default)
+    item_kind = _kind(default[0]) if isinstance(default, list) and default else None
+    bad_type = kind and (isinstance(value, bool) != (kind[1] == (bool,)) or not isinstance(value, kind[1]))
+    bad_items = not bad_type and item_kind and any(
+        isinstance(v, bool) != (item_kind[1] == (bool,)) or not isinstance(v, item_kind[1]) for v in value)
+    if bad_type or bad_items:
+        what = f"a list of {item_kind[0].removeprefix('an ').removeprefix('a ')}s" if item_kind else kind[0]
+        raise ConfigError(f"config {dotted} must be {what}, got {value!r} (like its default: --set {dotted}="
+                          f"{json.dumps(default, separators=(',', ':'))})")
+    low, high = LIMITS.get(dotted, (None, None))
+    if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+        bounds = f"in [{low}, {high}]" if high is not None else f"at least {low}"
+        raise ConfigError(f"config {dotted} must be {bounds}, got {value!r}")
+
+
+def check_types(cfg: dict, schema: dict, where: str = "") -> None:
+    """check_value for every key of cfg that schema (the base config) gives a default (class entries: validate)."""
+    for k, v in cfg.items():
+        dotted = f"{where}{k}"
+        if dotted == CLASSES or k in FREE_FORM or k not in schema:
+            continue
+        if isinstance(v, dict) and isinstance(schema[k], dict):
+            check_types(v, schema[k], dotted + ".")
+        else:
+            check_value(dotted, v, schema[k])
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value (e.g. train.epochs=5)")
@@ -106,6 +169,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(cfg: dict, overrides: list[str], schema: dict) -> dict:
+    """``cfg`` with dotted overrides, each key checked against ``schema`` and each value against the type of its
+    base.yaml default (of ``schema``'s value where no base.yaml is found: an installed kit without configs/)."""
+    types = base_config() or schema
     cfg = copy.deepcopy(cfg)
     for text in overrides:
         keys, value = parse_override(text)
@@ -120,8 +186,25 @@ def apply_overrides(cfg: dict, overrides: list[str], schema: dict) -> dict:
             node_schema = None if free or node_schema is None else node_schema.get(k)
         if node_schema is not None and keys[-1] not in node_schema:
             check_keys({keys[-1]: None}, node_schema, ".".join(keys[:-1]) + "." if len(keys) > 1 else "")
+        if node_schema is not None:
+            check_value(".".join(keys), value, _default_of(types, keys, node_schema[keys[-1]]))
         node[keys[-1]] = value
     return cfg
+
+
+def _default_of(types: dict, keys: list[str], fallback):
+    node = types
+    for k in keys:
+        if not isinstance(node, dict) or k not in node:
+            return fallback
+        node = node[k]
+    return node
+
+
+def base_config() -> dict | None:
+    """configs/base.yaml resolved, or None where there is none (an installed kit without configs/)."""
+    path = config_dir() / "base.yaml"
+    return _load_chain(path) if path.is_file() else None
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple = ()) -> dict:
@@ -130,6 +213,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     cfg = _load_chain(resolve_config_path(path)) if path else copy.deepcopy(base)
     check_keys(cfg, base)
     cfg = deep_merge(base, cfg)
+    check_types(cfg, base)
     cfg = apply_overrides(cfg, list(overrides), base)
     validate(cfg)
     return cfg
@@ -141,10 +225,10 @@ def with_new_defaults(cfg: dict) -> dict:
     Checkpoints carry their own resolved config; new keys (e.g. infer.fold_ensemble) would be missing
     from old ones. Where no base.yaml can be found (an installed kit without configs/), ``cfg`` is kept.
     """
-    path = config_dir() / "base.yaml"
-    if not path.is_file():
+    base = base_config()
+    if base is None:
         return cfg
-    base = {k: v for k, v in _load_chain(path).items() if k != CLASSES}  # the class set is the checkpoint's own
+    base = {k: v for k, v in base.items() if k != CLASSES}  # the class set is the checkpoint's own
     return deep_merge(base, cfg)
 
 
@@ -163,6 +247,8 @@ def validate(cfg: dict) -> None:
         for key, value in entry.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ConfigError(f"config classes.{name}.{key} must be a number, got {value!r}")
+            if key == "threshold" and not 0 <= value <= 1:
+                raise ConfigError(f"config classes.{name}.threshold must be a probability in [0, 1], got {value!r}")
         if name not in CZII and "radius" not in entry:
             raise ConfigError(f"config classes.{name}: {name!r} is not a CZII class, so give its radius "
                               f"(classes.{name}.radius, Å)")

@@ -41,8 +41,8 @@ from czii_kit.infer.predictor import finalize
 from czii_kit.metric import best_thresholds, site_confusion, tuned_score
 from czii_kit.post.fusion import FUSION_METHODS
 from czii_kit.post.steps import apply_thresholds, with_steps
-from czii_kit.tuning import Tuning, save_tuning
-from czii_kit.utils.atomic import atomic_path, write_text_atomic
+from czii_kit.tuning import TUNING_FILE, Tuning, save_tuning
+from czii_kit.utils.atomic import atomic_path, check_output_folder, write_text_atomic
 from czii_kit.utils.markdown import markdown_table
 from czii_kit.utils.progress import progress_bar
 from czii_kit.viz import save_f4_curves, save_hit_overlay
@@ -99,7 +99,8 @@ def predict_out_of_fold(data: DataSource, checkpoints: dict[int, dict[str, dict]
                         tta: str | None = None, progress: bool = True) -> list[FoldPrediction]:
     """Raw candidates of every fold's held-out run(s), one source per model kind, through each fold's plan."""
     out = []
-    for fold, kinds in progress_bar(checkpoints.items(), total=len(checkpoints), desc="folds", enabled=progress):
+    for fold, kinds in progress_bar(checkpoints.items(), total=len(checkpoints), desc="folds", unit="fold",
+                                  enabled=progress):
         runs = {kind: held_out_runs(data, ckpt) for kind, ckpt in kinds.items()}
         if len({tuple(r) for r in runs.values()}) > 1:
             raise CheckpointError(f"fold {fold}: the checkpoints of this fold hold out different runs {runs}; "
@@ -198,9 +199,10 @@ def tune(preds: list[FoldPrediction], cfg: Mapping, meta: Mapping) -> tuple[Tuni
     particles = particle_set(cfg)
     thresholds, table, score = tuned_score(solution_of(preds), cands, fallback=default, particles=particles)
     # a class without any candidate tunes to -inf ("keep all"); at predict time that would keep every voxel
-    thresholds = {c: t if math.isfinite(t) else default[c] for c, t in thresholds.items()}
+    untuned = [c for c, t in thresholds.items() if not math.isfinite(t)]
+    thresholds = {c: default[c] if c in untuned else t for c, t in thresholds.items()}
     info = {**meta, "sources": sources, "score": score, "folds": sorted({p.fold for p in preds}),
-            "runs": [p.run for p in preds]}
+            "runs": [p.run for p in preds], "untuned": untuned}
     return Tuning(thresholds, weights, list(particles.names), meta=info), table, score
 
 
@@ -225,8 +227,10 @@ def report_markdown(rows: pd.DataFrame, per_class: pd.DataFrame, preds: list[Fol
             lines += [f"No {kind} checkpoints were given, so {kind} and fused rows are absent.", ""]
     lines += ["## Post-processing variants (final score and per-class F4)", "", markdown_table(rows), "",
               f"## Best row: {best['source']} / {best['variant']} (score {best['score']:.4f})", "",
-              markdown_table(best_table[["particle_type", "weight", "threshold", "tp", "fp", "fn",
-                                         "precision", "recall", "f4"]]), ""]
+              markdown_table(best_table[["particle_type", "weight", "threshold", "tp", "fp", "fn", "precision",
+                                         "recall", "f4"]].replace(-math.inf, math.nan)), "",  # no candidates
+              *([f"No out-of-fold candidates for {', '.join(tuning.meta['untuned'])}: thresholds.json keeps the "
+                 "config's default for them.", ""] if tuning.meta["untuned"] else [])]
     weights = tuning.source_weights
     tuned = tuned_table.reset_index().assign(threshold=lambda t: t["particle_type"].map(tuning.thresholds))
     if weights:
@@ -270,11 +274,21 @@ def save_pictures(out: Path, data: DataSource, preds: list[FoldPrediction], plai
     return pictures
 
 
+def is_report_file(path: Path) -> bool:
+    """A file run_evaluation writes (an earlier report, maybe cut short, is replaced by the next)."""
+    return path.is_file() and (path.suffix == ".png" or path.name in (
+        "report.md", "variants.csv", "per_class.csv", TUNING_FILE))
+
+
 def run_evaluation(root, weights: list[str | Path], out: str | Path, folds: list[int] | None = None,
                    device: str = "auto", floor: float = 0.05, tta: str | None = None,
                    progress: bool = True) -> dict:
     """Out-of-fold predictions, the variants table, thresholds.json, tables and pictures into ``out``."""
-    out = Path(out)
+    out = check_output_folder(out)
+    foreign = sorted(p.name for p in out.iterdir() if not is_report_file(p)) if out.is_dir() else []
+    if foreign:
+        raise DataError(f"--out {out} holds files that are not an evaluate report ({', '.join(foreign[:3])}); choose "
+                        "a new --out (an earlier report there is replaced, nothing else is)")
     data = open_data(root)
     checkpoints = fold_checkpoints(weights, folds)
     preds = predict_out_of_fold(data, checkpoints, device, floor, tta, progress)

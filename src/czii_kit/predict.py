@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from czii_kit.checkpoints import describe_lineage
+from czii_kit.checkpoints import describe_lineage, unfinished_training
 from czii_kit.data.open_data import open_data
 from czii_kit.data.source import DataSource
 from czii_kit.data.star import check_star_folder, write_star_files
@@ -23,7 +23,9 @@ from czii_kit.errors import ConfigError, DataError, PredictionError
 from czii_kit.infer.export import EngineFiles
 from czii_kit.infer.plan import PredictionPlan
 from czii_kit.infer.split import LocalSplit, SplitResult
-from czii_kit.submission import write_submission
+from czii_kit.submission import is_submission_file, write_submission
+from czii_kit.tables import SUBMISSION_COLUMNS
+from czii_kit.utils.atomic import check_output_folder
 
 
 @dataclass
@@ -50,18 +52,19 @@ def missing_runs_table(failures: Mapping[str, str], n_runs: int, out: Path) -> s
     return "\n".join(lines)
 
 
-def check_output(path: Path) -> None:
-    """Fail before hours of inference, not after: ``path`` must be a file name in a writable directory."""
-    import tempfile
-
+def check_output(path: Path, data: DataSource, overwrite: bool = False) -> None:
+    """Fail before hours of inference, not after: ``path`` must be a file name in a writable directory, outside
+    the data directory, and either new or an earlier submission (any other file of the user's needs --overwrite)."""
     if path.is_dir():
         raise DataError(f"--out {path} is a directory; give a file name such as {path / 'submission.csv'}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".czii-probe-"):
-            pass
-    except OSError as e:
-        raise DataError(f"--out {path}: cannot write there ({e.strerror or e}); choose another --out") from e
+    check_output_folder(path.parent, "--out")
+    root = getattr(data, "root", None)
+    if isinstance(root, Path) and path.resolve().is_relative_to(root.resolve()):
+        raise DataError(f"--out {path} is inside the data directory {root}, and nothing is written there; choose "
+                        "another --out, such as submission.csv")
+    if path.is_file() and not overwrite and not is_submission_file(path):
+        raise DataError(f"--out {path} exists and is not a submission CSV (its first line is not "
+                        f"{','.join(SUBMISSION_COLUMNS)}); choose another --out, or pass --overwrite to replace it")
 
 
 def copick_target(data: DataSource, copick_out: str | None, runs: Sequence[str],
@@ -76,8 +79,7 @@ def copick_target(data: DataSource, copick_out: str | None, runs: Sequence[str],
                           "project's copick config JSON as --data (tools/make_copick_project.py makes one)")
     user, _, session = copick_out.partition("/")
     check_identity(user, session)
-    if not overwrite:
-        data.check_free(runs, user, session)
+    data.check_free(runs, user, session, overwrite)
     return user, session
 
 
@@ -101,8 +103,8 @@ def predict_submission(*, weights: Sequence[str | Path], data: str | Path | Data
     (``czii_kit.scale.predict.RayPrediction``, resumable); every check above runs first either way.
     """
     out = Path(out)
-    check_output(out)
     data = open_data(data)
+    check_output(out, data, overwrite)
     files = EngineFiles(Path(engine_cache), tuple(Path(p) for p in prebuilt_engines))
     plan = PredictionPlan.from_weights(
         weights, folds, overrides=overrides, tta=tta, engine=engine, device=device, member_weights=member_weights,
@@ -122,23 +124,30 @@ def predict_submission(*, weights: Sequence[str | Path], data: str | Path | Data
     for ckpt in plan.checkpoints:
         if ckpt.get("init_from"):
             report(f"{ckpt['path']}: {describe_lineage(ckpt['init_from'])}")
+        stopped = unfinished_training(ckpt)
+        if stopped:
+            report(f"WARNING: {stopped}; finish it with czii train --resume (the same --fold and --out)")
     for run, why in plan.runs.skipped.items():
         report(f"WARNING: {run} will be skipped, nothing is predicted for it: {why}")
     report(f"{len(plan.checkpoints)} checkpoint(s), engine {plan.cfg['infer']['engine']}, TTA "
-           f"{plan.cfg['infer']['tta']}, {len(run_names)} run(s) of {data} on {', '.join(devices)}"
-           + (f", thresholds from {plan.tuning.path}" if plan.tuning else ""))
+           f"{plan.cfg['infer']['tta']}, {len(run_names)} run(s) of {data} on {', '.join(devices)}; thresholds: "
+           f"{plan.threshold_source()}")
     t0 = time.monotonic()
     result = executor(plan, devices, time_budget_h=time_budget_h, progress=progress, report=report)
     for line in result.decisions:
         report(f"note: {line}")
     if result.failures and not result.seconds:
-        raise PredictionError(f"every run failed, so no submission was written; first error: "
-                              f"{next(iter(result.failures.items()))}; see the log above for each run")
+        run, why = next(iter(result.failures.items()))
+        raise PredictionError(f"every run failed, so no submission was written; first error: {run}: {why}; see the "
+                              "log above for each run")
     write_submission(result.detections, out, particles)
     elapsed = time.monotonic() - t0
     mean = sum(result.seconds.values()) / max(1, len(result.seconds))
     report(f"wrote {out}: {len(result.detections)} rows from {len(result.seconds)} run(s) in {elapsed:.1f} s "
            f"({mean:.1f} s per run)")
+    if result.detections.empty:
+        report(f"WARNING: {out} has no rows: no candidate passed the thresholds in any run (it would score 0); check "
+               "the thresholds and the models (czii predict --split train --score)")
     finished = [run for run in run_names if run in result.seconds]
     if target is not None:
         files = data.write_picks(result.detections, *target, overwrite=True)  # checked free (or --overwrite) above

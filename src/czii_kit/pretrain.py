@@ -23,7 +23,7 @@ from czii_kit.data import layout
 from czii_kit.data.synth import SynthConfig, make_dataset
 from czii_kit.errors import CheckpointError
 from czii_kit.metric import table_score
-from czii_kit.utils.atomic import write_text_atomic
+from czii_kit.utils.atomic import check_output_folder, write_text_atomic
 from czii_kit.utils.markdown import markdown_table
 
 # Named settings of the pretraining data: SynthConfig.preset(preset, **overrides). Doses 90-150 e/Å², defocus
@@ -136,7 +136,8 @@ def pretrain(out: str | Path, data_dir: str | Path, spec: PretrainSpec = Pretrai
     from czii_kit.study import score_held_out
     from czii_kit.train.loop import train_fold
 
-    out = Path(out)
+    out = check_output_folder(out)
+    check_output_folder(data_dir, "--data-dir")
     if (out / "fold0.pt").exists():
         raise CheckpointError(f"{out / 'fold0.pt'} exists; choose another --out (nothing was overwritten)")
     seconds = {}

@@ -7,6 +7,7 @@ stopped.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from czii_kit.data.open_data import open_data
 from czii_kit.errors import ConfigError, PredictionError
 from czii_kit.metric import best_thresholds, lowest_near_best, pick_threshold, score_table, table_score, tuned_score
 from czii_kit.post.steps import apply_thresholds
-from czii_kit.utils.atomic import write_text_atomic
+from czii_kit.utils.atomic import check_output_folder, write_text_atomic
 from czii_kit.utils.jobs import TrialRunner, in_process
 from czii_kit.utils.markdown import markdown_table
 from czii_kit.utils.progress import progress_bar
@@ -163,7 +164,7 @@ def run_study(study: Mapping, train_data, test_data, out: str | Path, arms: Sequ
               progress: bool = True, runner: TrialRunner = in_process) -> StudyRun:
     """Train and score every (arm, seed) not in ``out/results.csv`` yet (only ``arms`` when given); each row is
     saved as it comes. ``runner`` runs the trials (here one after the other, or as Ray trials)."""
-    out = Path(out).resolve()
+    out = check_output_folder(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / RESULTS
     done = pd.read_csv(results_path) if results_path.is_file() else pd.DataFrame(columns=["arm", "seed"])
@@ -271,15 +272,21 @@ OWN, TEST_TUNED = "own", "test-tuned"
 
 def scored_candidates(weights: Path, data, split: str, runs: Sequence[str] | None, tta: str, cache: Path,
                       floor: float = FLOOR) -> pd.DataFrame:
-    """Every detection of one model scoring >= ``floor`` on ``runs`` of ``split``; cached as CSV (newer than the
-    checkpoint, else predicted again), so comparing threshold rules again costs no prediction."""
-    if cache.is_file() and cache.stat().st_mtime >= weights.stat().st_mtime:
+    """Every detection of one model scoring >= ``floor`` on ``runs`` of ``split``; cached as CSV with what it was
+    predicted from beside it (reused only for the same data, split, runs, TTA and floor, and when newer than the
+    checkpoint), so comparing threshold rules again costs no prediction."""
+    key = {"data": str(Path(data.location).resolve()), "split": split, "runs": sorted(runs) if runs else None,
+           "tta": tta, "floor": floor}
+    key_path = cache.with_suffix(".json")
+    if (cache.is_file() and key_path.is_file() and cache.stat().st_mtime >= weights.stat().st_mtime
+            and json.loads(key_path.read_text()) == key):
         return pd.read_csv(cache, dtype={"experiment": str, "particle_type": str})
     from czii_kit.infer.plan import PredictionPlan
 
     plan = PredictionPlan.from_weights([weights], tta=tta, thresholds=dict.fromkeys(data.particles.names, floor))
     result = predict_candidates(plan, data, split, runs)
     write_text_atomic(cache, result.detections.to_csv(index=False))
+    write_text_atomic(key_path, json.dumps(key))
     return result.detections
 
 

@@ -84,6 +84,15 @@ def write_submission(detections: pd.DataFrame, path: str | os.PathLike, particle
     return path
 
 
+def is_submission_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` starts with the submission header (an earlier prediction, safe to replace)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline().strip() == ",".join(SUBMISSION_COLUMNS)
+    except OSError:
+        return False
+
+
 def read_submission(path: str | os.PathLike, particles: ParticleSet = CZII) -> pd.DataFrame:
     """Read and validate a submission CSV; returns typed columns in the standard order."""
     path = Path(path)

@@ -100,6 +100,8 @@ def solution_from_picks(picks: pd.DataFrame) -> pd.DataFrame:
 def read_table(path: str | os.PathLike, what: str, error: type[CziiError]) -> pd.DataFrame:
     """A CSV with a header line (experiment and particle_type read as text), or ``error`` naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise error(f"{what} file {path} is a folder; give the CSV file itself")
     if not path.is_file():
         raise error(f"{what} file {path} does not exist; check the path")
     try:

@@ -1,6 +1,7 @@
 """Shared bits of the command-line tools: error handling and default data/config choice."""
 from __future__ import annotations
 
+import errno
 import sys
 from functools import wraps
 from typing import TYPE_CHECKING
@@ -11,18 +12,32 @@ if TYPE_CHECKING:
     from czii_kit.data.source import DataSource
 
 
+FILE_PROBLEMS = (PermissionError, FileExistsError, IsADirectoryError, NotADirectoryError)  # a path's fault, said so
+FILE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)  # a full or read-only disk
+
+
 def exit_on_user_error(main):
-    """Print a CziiError's message (it names the problem and the fix) and exit 2, no traceback. Under torchrun the
-    message names the rank, and any other failure says which rank failed before its traceback."""
+    """Print a CziiError's message (it names the problem and the fix) and exit 2, no traceback; the same for a file
+    the system refused (permissions, a full disk), and one line for Ctrl-C (exit 130). Under torchrun the message
+    names the rank, and any other failure says which rank failed before its traceback."""
     @wraps(main)
     def wrapper(argv=None) -> int:
         try:
             return main(argv)
+        except KeyboardInterrupt:
+            print("interrupted; every file written so far is whole (outputs are written atomically); a training "
+                  "run continues with --resume", file=sys.stderr)
+            return 130
         except Exception as e:
             from czii_kit.train.distributed import rank_prefix  # here: importing it imports torch
 
             if isinstance(e, CziiError):
                 print(f"error: {rank_prefix()}{e}", file=sys.stderr)
+                return 2
+            if isinstance(e, FILE_PROBLEMS) or (isinstance(e, OSError) and e.errno in FILE_ERRNOS):
+                where = f": {e.filename}" if e.filename else ""
+                print(f"error: {rank_prefix()}{e.strerror or e}{where}; check that path (its permissions, the free "
+                      "space) or choose another", file=sys.stderr)
                 return 2
             if rank_prefix():
                 print(f"error: {rank_prefix()}failed with {type(e).__name__}: {e}", file=sys.stderr, flush=True)

@@ -37,5 +37,10 @@ def main(argv=None) -> int:
     for model, lineage in result["lineage"].items():
         print(f"{model}: {lineage}")
     print(result["rows"].to_string(index=False, float_format="%.4f"))
+    untuned = result["tuning"].meta["untuned"]
+    if untuned:
+        print(f"WARNING: no out-of-fold candidates for {', '.join(untuned)}, so nothing could be tuned for them: "
+              f"{result['thresholds']} keeps the config's default threshold for them (train longer, or check the "
+              "models with czii predict --split train --score)")
     print(f"wrote {result['report']} and {result['thresholds']} (for predict --thresholds-from)")
     return 0

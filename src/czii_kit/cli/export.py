@@ -38,11 +38,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from czii_kit.infer.engines import require_tensorrt
+    from czii_kit.infer.engines import require_onnxruntime, require_tensorrt
     from czii_kit.infer.kinds import KINDS, VolumeKind, group_by_kind, load_checkpoints
 
-    if args.format == "tensorrt":
-        require_tensorrt()  # fail before any work if TensorRT or the GPU is missing
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.format == "tensorrt":  # fail before any work if what runs the parity check is missing
+        require_tensorrt()
+    else:
+        require_onnxruntime(" to check the export's parity")
     fp16 = (args.precision or ("fp16" if args.format == "tensorrt" else "fp32")) == "fp16"
     weights = shared.member_weights(args.member_weights)
     ckpts = load_checkpoints(args.weights, shared.folds(args.folds))
@@ -66,7 +70,7 @@ def export_config(ckpt: dict, args) -> dict:
     cfg = copy.deepcopy(ckpt["config"])
     if args.window:
         cfg["infer"]["window"] = list(args.window)
-    if args.batch_size:
+    if args.batch_size is not None:
         cfg["infer"]["batch_size"] = args.batch_size
     return cfg
 
@@ -80,14 +84,20 @@ def export_one(kind, ckpts: list[dict], args, fp16: bool, weights: list[float] |
     cfg = export_config(ckpts[0], args)
     path = kind.onnx_path(ckpts, cfg, fp16, weights)
     spec = kind.graph(ckpts, cfg, weights)
-    if path.exists() and not args.force:
-        print(f"{path} exists (use --force to re-export)")
-    else:
+    fresh = args.force or not path.exists()
+    if fresh:
         export_graph(spec, path, fp16)
         print(f"wrote {path}")
+    else:
+        print(f"{path} exists (use --force to re-export)")
     device = "cpu" if args.format == "onnx" else "cuda"
     engine = lambda: EngineFiles(Path(args.engine_cache)).engine_path(  # noqa: E731
         graph_name(kind, ckpts, cfg, fp16, weights), [c["path"] for c in ckpts], resolve_device(device))
-    session = open_graph(args.format, lambda _: path, device, engine)
     what = f"{path.name}: torch fp32 vs {args.format} {'fp16' if fp16 else 'fp32'}"
-    check_parity(what, parity(spec, session, device), fp16)
+    try:
+        check_parity(what, parity(spec, open_graph(args.format, lambda _: path, device, engine), device), fp16)
+    except BaseException:
+        if fresh:  # an export that was not checked, or failed its check, is not left for predict or pack to use
+            path.unlink(missing_ok=True)
+            print(f"removed {path}: it did not pass its parity check")
+        raise

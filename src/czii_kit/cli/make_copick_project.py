@@ -18,7 +18,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = shared.parser("A copick project over a Kaggle-layout directory (nothing copied)")
     p.add_argument("--data", required=True, help="competition directory (the one holding train/ and test/)")
     p.add_argument("--out", required=True, help="folder for the copick config and its overlay")
-    p.add_argument("--split", default="train", choices=layout.SPLITS)
+    p.add_argument("--split", default="train", choices=layout.SPLITS,
+                   help="which split the project covers (default %(default)s)")
     return p.parse_args(argv)
 
 

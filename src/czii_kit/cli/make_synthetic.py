@@ -44,8 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--procedural", action="store_true", help="procedural phantoms instead of density maps")
     p.add_argument("--noise", type=float, help="shot-noise multiplier (default 1 = the physical noise of the "
                                                "dose; 0 = noise-free)")
-    p.add_argument("--tilt", type=float, metavar="DEG", help="max tilt of every run in degrees "
-                   f"(default: drawn in {synth.SynthConfig.tilt_max_deg})")
+    low, high = synth.SynthConfig.tilt_max_deg
+    p.add_argument("--tilt", type=float, metavar="DEG", help="max tilt of every run in degrees (default: "
+                   + (f"{low:g}" if low == high else f"drawn in [{low:g}, {high:g}]") + ")")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any SynthConfig field (YAML value), e.g. --set dose=80 --set defocus_um=[3,5]")
     p.add_argument("--preview", nargs="?", const="", metavar="PNG",

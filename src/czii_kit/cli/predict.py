@@ -15,7 +15,8 @@ from czii_kit.data import layout
 def parse_args(argv=None) -> argparse.Namespace:
     p = shared.parser("Predict particle centres for every run of a split and write submission.csv")
     shared.add_data(p)
-    p.add_argument("--split", default="test", choices=layout.SPLITS)
+    p.add_argument("--split", default="test", choices=layout.SPLITS,
+                   help="which split to predict (default %(default)s)")
     shared.add_weights(p)
     p.add_argument("--member-weights", help="comma list of averaging weights, one per checkpoint (default: equal)")
     shared.add_folds(p)
@@ -40,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also write the predictions into the --data copick project as picks of USER/SESSION")
     p.add_argument("--star-out", metavar="DIR", help="also write one RELION STAR file per run into DIR")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace existing picks of --copick-out USER/SESSION, or STAR files in --star-out")
+                   help="replace existing picks of --copick-out USER/SESSION, STAR files in --star-out, or an --out "
+                        "file that is not a submission (an earlier submission.csv is always replaced)")
     p.add_argument("--score", action="store_true",
                    help="score against the ground truth (train split, or synthetic test)")
     shared.add_progress(p)

@@ -1,4 +1,4 @@
-"""czii score --submission P (--solution S | --data ROOT --split train|test) [--runs A,B] [--json]
+"""czii score --submission P (--solution S | --data ROOT [--split test|train]) [--runs A,B] [--json]
 
 Scores a submission with the exact Kaggle metric and prints the per-class table.
 With --json the last stdout line is one JSON object: {"score", "per_class", "submission", "solution"}.
@@ -15,6 +15,7 @@ from czii_kit.cli.common import exit_on_user_error
 from czii_kit.data import layout
 from czii_kit.metric import format_table, score_table, table_score
 from czii_kit.data.open_data import open_data
+from czii_kit.errors import DataError
 from czii_kit.particles import CZII
 from czii_kit.submission import read_submission
 from czii_kit.tables import read_solution, solution_for_runs
@@ -27,12 +28,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     truth.add_argument("--solution", help="ground-truth CSV (experiment, particle_type, x, y, z[, id])")
     truth.add_argument("--data", help="competition directory; ground truth from its --split")
     p.add_argument("--split", choices=layout.SPLITS,
-                   help="with --data: train = all train picks, test = ROOT/solution.csv (synthetic data only)")
+                   help="with --data: test = ROOT/solution.csv (synthetic data only; the default, as in predict), "
+                        "train = all train picks")
     p.add_argument("--runs", help="comma-separated runs to score (default: every run of the ground truth)")
     p.add_argument("--json", action="store_true", help="also print the result as one JSON object on the last line")
     args = p.parse_args(argv)
-    if args.data and not args.split:
-        p.error("--data needs --split train or --split test")
     if args.split and not args.data:
         p.error("--split goes with --data; with --solution the CSV is the ground truth")
     return args
@@ -54,6 +54,23 @@ def to_json(table: pd.DataFrame, final: float, submission: str, solution: str) -
     return json.dumps({"score": final, "per_class": per_class, "submission": submission, "solution": solution})
 
 
+def _few(names: list[str], most: int = 5) -> str:
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+def check_overlap(submission: pd.DataFrame, solution: pd.DataFrame, submission_path: str, source: str) -> None:
+    """A submission of other runs than the ground truth's would score 0 in silence (Kaggle ignores rows of runs
+    it does not know): an error when no run is shared, a note naming the ignored runs otherwise."""
+    theirs, truth = set(submission["experiment"]), set(solution["experiment"])
+    ignored = sorted(theirs - truth)
+    if theirs and not theirs & truth:
+        raise DataError(f"none of the runs of {submission_path} ({_few(ignored)}) are in the ground truth of {source} "
+                        f"({_few(sorted(truth))}); score it against the split it was predicted on")
+    if ignored:
+        print(f"note: {len(ignored)} run(s) of the submission are not in the ground truth and are ignored, as Kaggle "
+              f"does: {_few(ignored)}")
+
+
 @exit_on_user_error
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -64,8 +81,10 @@ def main(argv=None) -> int:
     else:
         data = open_data(args.data)
         particles = data.particles
-        solution, source = data.solution(args.split, runs), f"{args.data} ({args.split} split)"
+        split = args.split or "test"
+        solution, source = data.solution(split, runs), f"{args.data} ({split} split)"
     submission = read_submission(args.submission, particles)
+    check_overlap(submission, solution, args.submission, source)
     table = score_table(solution, submission, particles)
     final = table_score(table)
     print(f"submission: {args.submission}\nsolution:   {source}")

@@ -18,12 +18,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = shared.parser("Train one leave-one-tomogram-out fold and write weights/EXP/fold{K}.pt")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--fold", type=int, help="held-out run index in the sorted train runs; -1 = all runs")
-    which.add_argument("--folds", metavar="all|K,K",
-                       help="several folds as one job: all, or a list such as 0,2,5; rerun to finish it (finished "
-                            "folds are skipped, stopped ones resume)")
+    which.add_argument("--folds", nargs="+", metavar="all|K",
+                       help="several folds as one job: all, or a list such as 0 2 5 or 0,2,5; rerun to finish it "
+                            "(finished folds are skipped, stopped ones resume)")
     shared.add_data(p)
     p.add_argument("--config", help="configs/NAME.yaml or a path (default: cpu_quick without GPU, unet_r34 with one)")
-    p.add_argument("--out", help="experiment directory (default: weights/<config name>)")
+    p.add_argument("--out", help="experiment directory (default: weights/<config name>, or "
+                                 "weights/<config name>_finetuned with --init-from)")
     shared.add_overrides(p)
     shared.add_device(p, what="; sets train.device")
     p.add_argument("--init-from", metavar="CKPT_OR_EXP",
@@ -38,9 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def fold_list(text: str) -> list[int] | None:
-    """``--folds all`` -> None (every fold of the data); ``--folds 0,2,5`` -> [0, 2, 5]."""
-    return None if text.strip().lower() == "all" else shared.folds(text)
+def fold_list(values: list[str]) -> list[int] | None:
+    """``--folds all`` -> None (every fold of the data); ``--folds 0,2,5`` or ``--folds 0 2 5`` -> [0, 2, 5]."""
+    return None if [v.strip().lower() for v in values] == ["all"] else shared.folds(values)
 
 
 def train_several(cfg: dict, args: argparse.Namespace, root, out: Path) -> int:
@@ -83,7 +84,8 @@ def main(argv=None) -> int:
     cfg = load_config(name, args.overrides + extra)
     root = resolve_data(args.data or cfg["data"]["root"])
     cfg["data"]["root"] = str(root)
-    out = Path(args.out or Path("weights") / resolve_config_path(name).stem)
+    finetuned = "_finetuned" if cfg["train"]["init_from"] else ""
+    out = Path(args.out or Path("weights") / f"{resolve_config_path(name).stem}{finetuned}")
     if args.folds is not None:
         return train_several(cfg, args, root, out)
 

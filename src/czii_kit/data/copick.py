@@ -30,6 +30,7 @@ from czii_kit.data.source import DataSource
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.particles import CZII, Particle, ParticleSet
 from czii_kit.tables import PICK_COLUMNS, XYZ
+from czii_kit.utils.atomic import check_output_folder, write_text_atomic
 
 INSTALL_HINT = "pip install 'czii-kit[copick]'"
 KAGGLE_PICKS_USER, KAGGLE_PICKS_SESSION = "curation", "0"  # how make_copick_project names the competition's picks
@@ -152,8 +153,7 @@ class CopickProject(DataSource):
         returns the number of files. Refuses to replace picks of that user/session without ``overwrite``."""
         check_identity(user_id, session_id)
         runs = sorted(set(detections["experiment"]))
-        if not overwrite:
-            self.check_free(runs, user_id, session_id)
+        self.check_free(runs, user_id, session_id, overwrite)
         written = 0
         for run_name in runs:
             run = self._run(run_name)
@@ -167,11 +167,19 @@ class CopickProject(DataSource):
                 written += 1
         return written
 
-    def check_free(self, runs: Sequence[str], user_id: str, session_id: str) -> None:
-        """Refuse (before any work) when ``user_id``/``session_id`` already has picks in one of ``runs``."""
+    def check_free(self, runs: Sequence[str], user_id: str, session_id: str, overwrite: bool = False) -> None:
+        """Refuse (before any work) when ``user_id``/``session_id`` already has picks in one of ``runs`` (unless
+        ``overwrite``), and always when those picks are links: make-copick-project links the data directory's own
+        picks into the project, and writing them would write through the link into the user's data."""
         for run_name in runs:
             taken = self._run(run_name).get_picks(user_id=user_id, session_id=session_id)
-            if taken:
+            linked = [str(p.path) for p in taken if Path(str(p.path)).is_symlink()]
+            if linked:
+                raise DataError(f"copick project {self.location}: the picks of {user_id}/{session_id} in run "
+                                f"{run_name} are links to another folder's files ({linked[0]} -> "
+                                f"{Path(linked[0]).resolve()}), such as the data's own picks; predictions never "
+                                "replace them: choose another --copick-out USER/SESSION")
+            if taken and not overwrite:
                 raise DataError(f"copick project {self.location} already has picks of {user_id}/{session_id} in run "
                                 f"{run_name}; choose another --copick-out USER/SESSION, or pass --overwrite")
 
@@ -207,31 +215,31 @@ def make_copick_project(root: str | Path, out: str | Path, split: str = "train",
     Nothing in ``root`` is copied or changed. Returns the config path."""
     source_root = layout.check_root(root)
     runs = layout.list_runs(source_root, split)
-    out = Path(out)
+    out = check_output_folder(out)
     config_path = out / f"copick_{split}.json"
     overlay = out / f"overlay_{split}"
     for path in (config_path, overlay):
         if path.exists():
             raise DataError(f"{path} exists; choose a new --out (nothing was changed)")
+    linked = {run: {} for run in runs}  # every picks file is checked before anything is written
+    for run in runs:
+        picks = layout.picks_dir(source_root, run)
+        for f in sorted(picks.glob("*.json")) if split == "train" and picks.is_dir() else []:
+            io.read_picks_file(f, run, particles)  # malformed JSON, unknown classes, bad points: named here
+            linked[run][json.loads(f.read_text()).get("pickable_object_name", f.stem)] = f
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".overlay_{split}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        for run in runs:
-            picks = layout.picks_dir(source_root, run)
+        for run, files in linked.items():
             target = tmp / "ExperimentRuns" / run / "Picks"
             target.mkdir(parents=True)
-            if split == "train" and picks.is_dir():
-                for f in sorted(picks.glob("*.json")):
-                    name = json.loads(f.read_text()).get("pickable_object_name", f.stem)
-                    link = target / f"{KAGGLE_PICKS_USER}_{KAGGLE_PICKS_SESSION}_{name}.json"
-                    link.symlink_to(f.resolve())
+            for name, f in files.items():
+                (target / f"{KAGGLE_PICKS_USER}_{KAGGLE_PICKS_SESSION}_{name}.json").symlink_to(f.resolve())
         tmp.rename(overlay)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     config = copick_config(f"czii-kit {split} over {source_root.name}", particles, overlay,
                            source_root / split / "static")
-    from czii_kit.utils.atomic import write_text_atomic
-
     write_text_atomic(config_path, json.dumps(config, indent=2) + "\n")
     return config_path

@@ -64,7 +64,10 @@ def _read_fold_file(runs: list[str], path: Path) -> dict[str, int]:
         raise ConfigError(f"fold file {path} needs columns 'run' and 'fold' (has {', '.join(table.columns)})")
     unknown = sorted(set(table["run"]) - set(runs))
     if unknown:
-        raise ConfigError(f"fold file {path} names runs that are not in the data: {', '.join(unknown)}")
+        raise ConfigError(f"fold file {path} (data.fold_file) names runs that are not in the data: "
+                          f"{', '.join(unknown)}; it belongs to another dataset (czii evaluate scores fold models "
+                          "on the data they were trained on; czii train takes --set data.fold_file=null for "
+                          "leave-one-run-out folds of this data's sorted runs)")
     return dict(zip(table["run"], table["fold"].astype(int)))
 
 

@@ -34,7 +34,9 @@ def open_multiscale(path: str | Path, store=None):
     try:
         node = zarr.open(store if store is not None else str(path), mode="r")
     except Exception as e:  # zarr raises several types for unreadable stores
-        raise DataError(f"{path} is not a readable zarr store ({type(e).__name__}: {e})") from e
+        raise DataError(f"{path} is not a readable zarr store ({type(e).__name__}: {e}); czii-kit reads zarr v2 "
+                        "OME-NGFF groups (.zgroup, .zattrs, levels 0/1/2) as the competition ships them: copy or "
+                        "download this tomogram again") from e
     if not isinstance(node, zarr.hierarchy.Group):
         raise DataError(
             f"{path} is a bare zarr array, not an OME-NGFF multiscale group with levels 0/1/2; "
@@ -71,10 +73,14 @@ def read_level(path: str | Path, level: int = 0, store=None) -> tuple[np.ndarray
     """(float32 (z, y, x) array, Å per voxel) of one level of a multiscale zarr (see ``open_multiscale``)."""
     group = checked_level(path, level, store)
     key = str(level)
+    if group[key].dtype.kind not in "fiu":
+        raise DataError(f"{path}/{key} holds {group[key].dtype} values; a tomogram is real-valued (float or integer "
+                        "densities): export the reconstruction again")
     try:
         vol = group[key][...]
     except Exception as e:
-        raise DataError(f"{path}/{key} could not be read; the store is corrupt ({type(e).__name__}: {e})") from e
+        raise DataError(f"{path}/{key} could not be read; the store is corrupt ({type(e).__name__}: {e}): copy or "
+                        "download this tomogram again") from e
     if vol.ndim != 3:
         raise DataError(f"{path}/{key} has shape {vol.shape}; expected a 3-D (z, y, x) volume")
     fill = _fill_value(group[key])
@@ -109,12 +115,20 @@ def read_run(root, run: str, split: str, data_cfg: Mapping, recon: str | None = 
 def checked_level(path: str | Path, level: int, store=None):
     """The multiscale group, after checking it has ``level``."""
     group = open_multiscale(path, store)
-    if str(level) not in group:
-        have = sorted(group.array_keys())
-        raise DataError(f"{path} has no level {str(level)!r} (levels present: {', '.join(have) or 'none'}); "
-                        "set data.level to one of them")
-    _check_chunk_layout(group, str(level), path, store)
-    _check_complete(group, str(level), path)
+    try:
+        if str(level) not in group:
+            have = sorted(group.array_keys())
+            listed = [str(d.get("path")) for d in group.attrs["multiscales"][0].get("datasets", [])]
+            if str(level) in listed:
+                raise DataError(f"{path}: level {level} is listed in .zattrs but its array ({level}/.zarray) is "
+                                "missing: the store is incomplete; copy or download this tomogram again")
+            raise DataError(f"{path} has no level {str(level)!r} (levels present: {', '.join(have) or 'none'}); "
+                            "set data.level to one of them")
+        _check_chunk_layout(group, str(level), path, store)
+        _check_complete(group, str(level), path)
+    except (ValueError, KeyError) as e:  # zarr's JSON metadata of the level is unreadable
+        raise DataError(f"{path}/{level}: the array's zarr metadata cannot be read ({type(e).__name__}: {e}); the "
+                        "store is corrupt: copy or download this tomogram again") from e
     return group
 
 
@@ -187,10 +201,10 @@ def tomogram_location(root, run: str, split: str, recon: str) -> Path:
         if not run_path.exists():
             raise DataError(f"run {run!r} not found in {layout.runs_dir(root, split)}")
         have = layout.available_recons(root, split, run)
-        raise DataError(
-            f"run {run!r} has no {recon!r} reconstruction at {path} "
-            f"(available: {', '.join(have) or 'none'}); set data.recon (e.g. --set data.recon={have[0] if have else 'denoised'})"
-        )
+        fix = (f"set data.recon to one of them (e.g. --set data.recon={have[0]})" if have else
+               "its folder holds no tomogram at all: copy or download the run again, or remove its folder")
+        raise DataError(f"run {run!r} has no {recon!r} reconstruction at {path} (available: {', '.join(have) or 'none'});"
+                        f" {fix}")
     return path
 
 

@@ -61,7 +61,8 @@ def list_runs(root: str | Path, split: str) -> list[str]:
             f"no {split} runs: {base} does not exist; is {root} the competition directory "
             "(it should contain train/static/ExperimentRuns and test/static/ExperimentRuns)?"
         )
-    runs = sorted(p.name for p in base.iterdir() if (p / VOXEL_SPACING_DIR).is_dir())
+    # every run folder counts, so that one without its tomograms fails loudly by name instead of being left out
+    runs = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not runs:
         raise DataError(f"no runs found under {base} (expected <run>/{VOXEL_SPACING_DIR}/<recon>.zarr)")
     return runs

@@ -16,7 +16,7 @@ import pandas as pd
 
 from czii_kit.errors import DataError
 from czii_kit.particles import ParticleSet, angstrom_to_voxel
-from czii_kit.utils.atomic import write_text_atomic
+from czii_kit.utils.atomic import check_output_folder, write_text_atomic
 
 COLUMNS = ("rlnTomoName", "rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ", "rlnCenteredCoordinateXAngst",
            "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst", "rlnClassNumber", "rlnAutopickFigureOfMerit")
@@ -27,7 +27,9 @@ def star_path(folder: str | Path, run: str) -> Path:
 
 
 def check_star_folder(folder: str | Path, runs: Sequence[str], overwrite: bool) -> None:
-    """Before any work: the files this would write must not exist (unless ``overwrite``)."""
+    """Before any work: ``folder`` can be written, and the files this would write do not exist (unless
+    ``overwrite``)."""
+    check_output_folder(folder, "--star-out")
     existing = [star_path(folder, r) for r in runs if star_path(folder, r).exists()]
     if existing and not overwrite:
         raise DataError(f"--star-out {folder} already holds {', '.join(p.name for p in existing[:3])}; choose another "

@@ -69,7 +69,8 @@ def check_window(window: Sequence[int], stride: int, input_multiple: int = 1) ->
     multiple = int(np.lcm(stride, input_multiple))
     window = tuple(int(w) for w in window)
     if len(window) != 3 or any(w < 1 or w % multiple for w in window):
-        suggestion = tuple(max(multiple, round(w / multiple) * multiple) for w in window)
+        sizes = (list(window) + [window[-1] if window else multiple] * 3)[:3]  # three sizes, whatever was given
+        suggestion = tuple(max(multiple, round(w / multiple) * multiple) for w in sizes)
         raise ConfigError(
             f"window {window} must be 3 positive sizes, each a multiple of {multiple} (output "
             f"stride {stride}, model input multiple {input_multiple}); use e.g. {suggestion}"
@@ -127,8 +128,7 @@ class OnnxSession:
     """A one-input, one-output ONNX graph on onnxruntime: torch float32 in, torch float32 out on ``device``."""
 
     def __init__(self, onnx_path: str | Path, device: str | torch.device = "cpu") -> None:
-        ort = _import_or_explain("onnxruntime", "ONNX engines need the onnxruntime package: "
-                                 "pip install onnxruntime (or onnxruntime-gpu); or use --engine torch")
+        ort = require_onnxruntime("; or use --engine torch")
         self.device = resolve_device(device)
         self.path = _existing_file(onnx_path, "ONNX model", "export it with tools/export.py --format onnx")
         self.session = ort.InferenceSession(str(self.path), providers=_onnx_providers(ort, self.device))
@@ -341,6 +341,12 @@ def _onnx_providers(ort: ModuleType, device: torch.device) -> list:
             "(instead of onnxruntime), or use --device cpu, or --engine torch / tensorrt on GPU"
         )
     return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+
+
+def require_onnxruntime(alternative: str = "") -> ModuleType:
+    """onnxruntime, or a one-line error with the install command (``alternative``: what else the caller can do)."""
+    return _import_or_explain("onnxruntime", "ONNX graphs run in the onnxruntime package: pip install onnxruntime "
+                                             f"(or onnxruntime-gpu){alternative}")
 
 
 def _import_or_explain(module: str, explanation: str) -> ModuleType:

@@ -25,6 +25,7 @@ from czii_kit.infer.engines import check_engine_kind
 from czii_kit.infer.export import EngineFiles
 from czii_kit.infer.kinds import KINDS, Member, check_spacing, group_by_kind, kind_of, load_checkpoints
 from czii_kit.infer.predictor import Predictor
+from czii_kit.infer.sliding_window import check_blend
 from czii_kit.infer.tta import parse_tta
 from czii_kit.particles import ParticleSet
 from czii_kit.post.fusion import ClassWeights
@@ -117,9 +118,22 @@ class PredictionPlan:
         guessed = [] if (self.tuning or self.explicit_thresholds) else guessed_thresholds(self.checkpoints)
         if not guessed:
             return None
-        return (f"WARNING: {', '.join(guessed)} carry the config's default thresholds, not tuned ones (trained on "
+        carry = "carries" if len(guessed) == 1 else "carry"
+        return (f"WARNING: {', '.join(guessed)} {carry} the config's default thresholds, not tuned ones (trained on "
                 "every run without --thresholds-from). Tune them on the fold models with tools/evaluate.py and pass "
                 "--thresholds-from REPORT here (or to tools/train_fold.py --fold -1)")
+
+    def threshold_source(self) -> str:
+        """Where the thresholds come from, in words (prediction's header line)."""
+        if self.tuning:
+            source = f"from {self.tuning.path}"
+        else:
+            rules = dict.fromkeys(c["validation"].get("thresholds_from") or "tuned on its validation run"
+                                  for c in self.checkpoints)
+            several = len(self.checkpoints) > 1
+            source = f"{'each checkpoint' if several else 'the checkpoint'}'s own ({'; '.join(rules)})" + (
+                ", averaged" if several else "")
+        return source + (", with the per-class values given" if self.explicit_thresholds else "")
 
     def check_fusion(self) -> None:
         """Several sources are fused for final detections only with per-class source weights tuned on out-of-fold
@@ -195,9 +209,16 @@ def inference_config(groups: Groups, overrides: Sequence[str] = (), tta: str | N
     for key, value in (("tta", tta), ("engine", engine), ("device", device)):
         if value is not None:
             cfg["infer"][key] = value
+    check_infer_settings(cfg)
+    return cfg
+
+
+def check_infer_settings(cfg: dict) -> None:
+    """The infer section names a known engine, TTA and blend: checked before any tomogram is read (training's
+    validation predicts with them too)."""
     check_engine_kind(cfg["infer"]["engine"])
     parse_tta(cfg["infer"]["tta"])
-    return cfg
+    check_blend(cfg["infer"]["blend"])
 
 
 def parse_thresholds(text: str | Mapping[str, float] | None, base: Mapping[str, float],
@@ -213,6 +234,8 @@ def parse_thresholds(text: str | Mapping[str, float] | None, base: Mapping[str, 
             out[name] = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"--thresholds: {name}={value!r} needs a number, e.g. {name}=0.3") from None
+        if not 0 <= out[name] <= 1:
+            raise ConfigError(f"--thresholds: {name}={value} is not a probability in [0, 1], e.g. {name}=0.3")
     return out
 
 

@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from czii_kit.config import MAX_OVERLAP
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.infer.engines import Engine, check_window, resolve_device
 from czii_kit.infer.tta import IDENTITY, Transform, check_tta_window
@@ -45,7 +46,6 @@ PAD_MODES = ("reflect", "constant")
 GAUSSIAN_SIGMA_FRACTION = 1 / 8  # sigma of the importance map, as a fraction of the window
 BORDER_RAMP_FRACTION = 1 / 4  # "border" blend: linear ramp over this outer fraction of the window
 MIN_AXIS_WEIGHT = 1e-3  # floor of each per-axis profile (peak 1); the 3-D map's floor is its cube
-MAX_OVERLAP = 0.95
 
 Shape3 = tuple[int, int, int]
 
@@ -88,10 +88,14 @@ def window_work(shape: Sequence[int], window: Sequence[int], stride: int, overla
     return len(window_origins(shape, window, stride, overlap)) * math.prod(window) / math.prod(shape)
 
 
+def check_blend(blend: str) -> None:
+    if blend not in BLENDS:
+        raise ConfigError(f"unknown blend {blend!r} (infer.blend); expected one of {', '.join(BLENDS)}")
+
+
 def importance_map(shape: Sequence[int], blend: str) -> torch.Tensor:
     """Per-voxel blend weight of one output window: product of per-axis profiles (float32)."""
-    if blend not in BLENDS:
-        raise ConfigError(f"unknown blend {blend!r}; expected one of {', '.join(BLENDS)}")
+    check_blend(blend)
     z, y, x = (_axis_profile(n, blend) for n in shape)
     return torch.from_numpy((z[:, None, None] * y[None, :, None] * x[None, None, :]).astype(np.float32))
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from czii_kit.errors import ConfigError, DataError, PredictionError
+from czii_kit.errors import ConfigError, CziiError, DataError, PredictionError
 from czii_kit.infer.budget import TimeBudget
 from czii_kit.infer.kinds import KINDS
 from czii_kit.infer.plan import PredictionPlan
@@ -122,7 +122,8 @@ def set_up(predictors: Predictors, devices: Sequence[str], engine: str,
         message = (f"engine {engine} could not be set up ({type(error).__name__}: {error}); "
                    "using the torch engine for every run")
         report(f"WARNING: {message}")
-        log.exception("engine set-up failed")
+        if not isinstance(error, CziiError):  # a known cause (a missing package, no GPU) needs no traceback
+            log.exception("engine set-up failed")
         for device in devices:
             predictors.get(device, "torch")
         return "torch", [*notes, message]
@@ -200,7 +201,7 @@ def predict_split(plan: PredictionPlan, devices: Sequence[str], *, time_budget_h
         with lock:
             decisions.append(line)
 
-    results, failures = map_over_devices(list(runs), list(devices), work, progress=progress)
+    results, failures = map_over_devices(list(runs), list(devices), work, progress=progress, unit="run")
     failures = {run: plan.runs.skipped.get(run) or failures[run] for run in plan.runs.names
                 if run in failures or run in plan.runs.skipped}
     frames = [results[r] for r in runs if r in results]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 
-from czii_kit.errors import ConfigError
+from czii_kit.errors import ConfigError, CziiError
 from czii_kit.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,7 @@ def map_over_devices(
     devices: Sequence[str],
     work: Callable[[Any, str], Any],
     progress: bool = True,
+    unit: str = "item",
 ) -> tuple[dict, dict]:
     """Run ``work(item, device)`` for every item; return (results, failures) keyed by item.
 
@@ -41,7 +42,7 @@ def map_over_devices(
     results: dict = {}
     failures: dict = {}
     lock = threading.Lock()
-    bar = progress_bar(total=len(items), enabled=progress, desc="items", unit="item")
+    bar = progress_bar(total=len(items), enabled=progress, desc=f"{unit}s", unit=unit)
 
     def worker(device: str) -> None:
         while True:
@@ -52,7 +53,10 @@ def map_over_devices(
             try:
                 outcome, sink = work(item, device), results
             except Exception as error:  # one bad item must not stop the others
-                log.exception("item %r failed on %s", item, device)
+                if isinstance(error, CziiError):  # its message names the cause and the fix: no traceback
+                    log.warning("%s failed on %s: %s", item, device, error)
+                else:
+                    log.exception("%s failed on %s", item, device)
                 outcome, sink = f"{type(error).__name__}: {error}", failures
             with lock:
                 sink[item] = outcome

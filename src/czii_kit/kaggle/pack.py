@@ -37,6 +37,7 @@ from czii_kit.kaggle.manifest import (CONFIGS, DATASET_METADATA, MANIFEST, PREFL
 from czii_kit.kaggle.preflight import WHEELS
 from czii_kit.kaggle.wheels import (KaggleTarget, build_project_wheel, check_ultralytics, copy_wheelhouse,
                                     environment_record, find_wheelhouse)
+from czii_kit.utils.atomic import check_output_folder
 
 PLACEHOLDER_USER = "your-kaggle-username"
 LICENSE = "CC0-1.0"
@@ -115,19 +116,50 @@ def _require_unique(ckpts: list[dict]) -> None:
         seen.add(path)
 
 
-def packed_onnx(ckpt: dict) -> list[Path]:
-    """The ONNX exports predict looks for next to a checkpoint: the fp32 one (required), the fp16 one when present.
+def packed_onnx(ckpts: list[dict]) -> dict[str, list[Path]]:
+    """Per checkpoint, the ONNX exports predict looks for next to it: the fp32 one (required), the fp16 one when
+    present. Every missing fp32 file is named at once, with the one command that makes them all.
 
     A missing fp16 file costs only a few seconds on Kaggle (predict exports it into its cache before
     building the TensorRT engine); a missing fp32 one means --onnx was asked for without exporting.
     """
     from czii_kit.infer.kinds import kind_of
 
-    fp32, fp16 = (kind_of(ckpt).onnx_path([ckpt], ckpt["config"], fp16) for fp16 in (False, True))
-    if not fp32.is_file():
-        raise CheckpointError(f"--onnx: no ONNX export {fp32} next to {ckpt['path']}; make it with "
-                              f"`python tools/export.py --weights {ckpt['path']} --format onnx`, or drop --onnx")
-    return [fp32, fp16] if fp16.is_file() else [fp32]
+    exports, missing = {}, []
+    for ckpt in ckpts:
+        fp32, fp16 = (kind_of(ckpt).onnx_path([ckpt], ckpt["config"], fp16) for fp16 in (False, True))
+        if not fp32.is_file():
+            missing.append(ckpt)
+        exports[ckpt["path"]] = [fp32, fp16] if fp16.is_file() else [fp32]
+    if missing:
+        paths = " ".join(str(c["path"]) for c in missing)
+        raise CheckpointError(f"--onnx: {len(missing)} checkpoint(s) have no fp32 ONNX export beside them "
+                              f"({', '.join(str(exports[c['path']][0]) for c in missing)}); make them with "
+                              f"`czii export --weights {paths} --format onnx`, or drop --onnx")
+    return exports
+
+
+def check_usable(ckpts: list[dict], exports: dict[str, list[Path]]) -> None:
+    """What the notebook will load, loaded here first: every 3D checkpoint's weights into the model its config names,
+    every packed ONNX graph parsed; and no best checkpoint of a training that was stopped before its end."""
+    import onnx
+
+    from czii_kit.checkpoints import model_from_checkpoint, unfinished_training
+    from czii_kit.infer.kinds import VolumeKind, kind_of
+
+    for ckpt in ckpts:
+        stopped = unfinished_training(ckpt)
+        if stopped:
+            raise CheckpointError(f"{stopped}; finish it with czii train --resume (the same --fold and --out), or "
+                                  "pack another checkpoint")
+        if kind_of(ckpt).name == VolumeKind.name:
+            model_from_checkpoint(ckpt)
+        for path in exports[ckpt["path"]]:
+            try:
+                onnx.load(str(path))
+            except Exception as e:  # noqa: BLE001 -- protobuf and OS errors alike: the file is unusable
+                raise CheckpointError(f"{path} is not a readable ONNX graph ({type(e).__name__}); export it again: "
+                                      f"czii export --weights {ckpt['path']} --format onnx --force") from e
 
 
 def _copy_experiments(ckpts: list[dict], experiments: dict[str, Path], exports: dict[str, list[Path]],
@@ -232,7 +264,7 @@ def pack_dataset(weights: Sequence[str | Path], out: str | Path, slug: str, user
 
     target = target or KaggleTarget()
     metadata = dataset_metadata(user, slug, title or slug)
-    out = Path(out)
+    out = check_output_folder(out)
     old = _existing_pack(out, force)
     ckpts = load_checkpoints(list(weights), list(folds) if folds is not None else None)
     _require_unique(ckpts)
@@ -246,7 +278,8 @@ def pack_dataset(weights: Sequence[str | Path], out: str | Path, slug: str, user
                           "with --thresholds-from REPORT (tools/evaluate.py over the fold models), or pass "
                           "--default-thresholds to pack the defaults on purpose")
     experiments = _experiment_dirs(ckpts)
-    exports = {c["path"]: packed_onnx(c) if onnx else [] for c in ckpts}
+    exports = packed_onnx(ckpts) if onnx else {c["path"]: [] for c in ckpts}
+    check_usable(ckpts, exports)
     extra = tuple(sorted({d for kind in plan.groups for d in KINDS[kind].requires}))
     if "ultralytics" in extra:
         check_ultralytics()

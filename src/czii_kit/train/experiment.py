@@ -15,7 +15,7 @@ from czii_kit.config import class_dict, particle_set, with_new_defaults, with_pa
 from czii_kit.errors import CheckpointError, ConfigError
 from czii_kit.metric import tuned_score
 from czii_kit.tuning import DEFAULT_THRESHOLDS, INIT_THRESHOLDS, Tuning, load_tuning
-from czii_kit.utils.atomic import atomic_path
+from czii_kit.utils.atomic import atomic_path, check_output_folder
 
 
 @dataclass
@@ -62,17 +62,34 @@ def _comparable(cfg: dict) -> dict:
     return c
 
 
+def config_differences(old: dict, new: dict, where: str = "") -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs (a key only one side has shows as None)."""
+    out = []
+    for k in dict.fromkeys([*old, *new]):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{where}{k}.")
+        elif a != b:
+            out.append(f"{where}{k}: {a!r} -> {b!r}")
+    return out
+
+
 def guard_output(paths: FoldPaths, cfg: dict, resume: bool) -> None:
-    """Refuse to clobber: an existing experiment with another config, or an existing fold without --resume."""
+    """Refuse to clobber: an experiment (a folder with checkpoints) with another config, or an existing fold
+    without --resume. A config.yaml without any checkpoint beside it is what a start that failed before its first
+    checkpoint left: it is replaced."""
     import yaml
 
-    if paths.config.exists():
+    check_output_folder(paths.out)
+    if paths.config.exists() and any(paths.out.glob("fold*.pt")):
         old = with_new_defaults(yaml.safe_load(paths.config.read_text()))
         old = with_particle_set(old, particle_set(old))  # written before classes carried their radius and weight
-        if _comparable(old) != _comparable(cfg):
+        differences = config_differences(_comparable(old), _comparable(cfg))
+        if differences:
+            shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
             raise CheckpointError(
-                f"{paths.out} holds an experiment with a different config ({paths.config}); "
-                "choose a new --out directory (nothing was changed)")
+                f"{paths.out} holds an experiment with another config ({paths.config}: {shown}); choose a new "
+                "--out directory, or run with that experiment's settings (nothing was changed)")
     if not resume and (paths.best.exists() or paths.last.exists()):
         raise CheckpointError(
             f"{paths.best if paths.best.exists() else paths.last} exists; pass --resume to continue that run, "

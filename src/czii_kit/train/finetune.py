@@ -14,11 +14,9 @@ from pathlib import Path
 
 import torch
 
-from czii_kit.checkpoints import find_checkpoints, load_checkpoint
+from czii_kit.checkpoints import find_checkpoints, load_checkpoint, weight_mismatches
 from czii_kit.errors import CheckpointError
 from czii_kit.utils.digest import sha256_file
-
-SHOWN = 4  # mismatching layers quoted in an error
 
 
 def init_checkpoint_path(path: str | Path) -> Path:
@@ -48,15 +46,11 @@ def _is_head(name: str, model: torch.nn.Module) -> bool:
 def check_fits(model: torch.nn.Module, state: dict, where: str) -> None:
     """Every weight of ``state`` but the class heads has the name and shape of ``model``'s; the error names the first
     layers that do not fit."""
-    ours = model.state_dict()  # class heads one side lacks (deep-supervision heads) are dropped or start fresh
-    problems = [f"{k} (not in this model)" for k in state if k not in ours and not _is_head(k, model)]
-    problems += [f"{k} (not in the checkpoint)" for k in ours if k not in state and not _is_head(k, model)]
-    problems += [f"{k} (shape {tuple(state[k].shape)} here {tuple(ours[k].shape)})" for k in state
-                 if k in ours and not _is_head(k, model) and state[k].shape != ours[k].shape]
+    # class heads one side lacks (deep-supervision heads) are dropped or start fresh
+    problems = weight_mismatches(model, state, skip=lambda name: _is_head(name, model))
     if problems:
-        raise CheckpointError(f"{where} does not fit the model of this config ({type(model).__name__}): "
-                              f"{'; '.join(problems[:SHOWN])}{' and more' if len(problems) > SHOWN else ''}. Start "
-                              "from a checkpoint of the same model and model.args (its config.yaml says which)")
+        raise CheckpointError(f"{where} does not fit the model of this config ({type(model).__name__}): {problems}. "
+                              "Start from a checkpoint of the same model and model.args (its config.yaml says which)")
 
 
 def channel_map(source: Sequence[str], target: Sequence[str]) -> list[int | None]:

@@ -27,7 +27,7 @@ from czii_kit.data.open_data import open_data
 from czii_kit.data.targets import TargetSpec
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.infer.engines import resolve_device
-from czii_kit.infer.plan import PredictionPlan
+from czii_kit.infer.plan import PredictionPlan, check_infer_settings
 from czii_kit.losses import DeepSupervision, build_loss
 from czii_kit.models import build_model
 from czii_kit.train import distributed
@@ -104,6 +104,13 @@ def _check_data(train_runs: list[RunData], val_runs: list[tuple[io.Tomogram, pd.
     for r in train_runs:
         if len(r.points) == 0:
             tqdm.write(f"warning: run {r.name} has zero particles; it only provides negative patches")
+        outside = np.flatnonzero(~np.all((r.points >= -0.5) & (r.points <= np.array(r.volume.shape) - 0.5), axis=1))
+        if len(outside):
+            first = r.picks.iloc[outside[0]]
+            tqdm.write(f"warning: run {r.name}: {len(outside)} of {len(r.points)} picks lie outside its "
+                       f"{'x'.join(map(str, r.volume.shape))} volume (first: {first['particle_type']} at x, y, z = "
+                       f"{first['x']:.0f}, {first['y']:.0f}, {first['z']:.0f} Å); they teach nothing: check the picks' "
+                       "units (Å) and that they belong to this run")
     for tomogram, picks in val_runs:
         if len(picks) == 0:
             raise DataError(f"validation run {tomogram.run} has zero particles, so F4 is undefined; "
@@ -122,6 +129,7 @@ def _check_geometry(model: torch.nn.Module, spec: TargetSpec, cfg: dict) -> None
 def setup(cfg: dict, fold: int, data_root, out_dir, resume: bool = False, thresholds_from=None) -> FoldRun:
     """Everything before the first step; every check of config and data happens here. The classes are the data's
     (written into the config with their radius and weight)."""
+    check_infer_settings(cfg)  # validation predicts with them
     data = open_data(data_root)
     cfg = with_particle_set(cfg, data.particles)
     info = distributed.join(cfg["train"]["device"], cfg["train"]["dist_timeout_s"])
@@ -320,7 +328,8 @@ def _train(run: FoldRun, progress: bool) -> dict:
         run.log_rows.append(row)
         write_log(run.paths, run.log_rows)
         save_resume_state(run, epoch, finished=last_epoch)
-        tqdm.write(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}"
+        tqdm.write(f"{run.paths.out.name} fold {run.fold} epoch {epoch + 1}/{tc['epochs']}: "
+                   f"loss {row['train_loss']:.4f}"
                    + (f"  val F4 {row['val_f4']:.4f} (best {run.best['score']:.4f})" if not np.isnan(row["val_f4"])
                       else ""))
         distributed.barrier(run.dist)

@@ -29,7 +29,7 @@ class Registry(dict):
     def build(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call the factory registered as ``name``, after checking ``kwargs`` against its signature."""
         if name not in self:
-            raise ConfigError(f"unknown {self.kind} {name!r}; registered {self.kind}s: {', '.join(sorted(self))}")
+            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(sorted(self))}")
         factory = self[name]
         check_args(factory, kwargs, f"{self.kind} {name!r}")
         return factory(*args, **kwargs)

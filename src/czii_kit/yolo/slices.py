@@ -17,7 +17,7 @@ from czii_kit.data.source import DataSource
 from czii_kit.errors import ConfigError, DataError
 from czii_kit.particles import CZII, VOXEL_SPACING, ParticleSet
 from czii_kit.utils.progress import progress_bar
-from czii_kit.utils.atomic import write_text_atomic
+from czii_kit.utils.atomic import check_output_folder, write_text_atomic
 
 
 def normalize_to_uint8(volume: np.ndarray, low: float = 0.5, high: float = 99.5, subsample: int = 4) -> np.ndarray:
@@ -119,7 +119,7 @@ def write_dataset(data, out, fold: int, data_cfg, every: int = 1, min_diameter: 
     """Slices of fold ``fold``'s train and held-out runs (the U-Net's split, ``data.fold_file``), read with
     ``data.recon`` and ``data.level``; returns (data.yaml, train runs, val runs)."""
     data = open_data(data)
-    out = Path(out)
+    out = check_output_folder(out)
     if (out / "data.yaml").exists():
         raise DataError(f"{out} already holds a YOLO dataset ({out / 'data.yaml'}); "
                         "delete that folder or pick another --out")
