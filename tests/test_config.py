@@ -49,7 +49,10 @@ def test_override_errors(override, message):
 
 
 def test_values_of_the_right_type_pass():
-    """Ints where a number is asked for, null where the default is null, lists of the items' type."""
+    """Ints where a number is asked for, null where the default is null, lists of the items' type, and 1e-3 (text
+    to YAML 1.1) as the number it means on a command line."""
+    assert [load_config("cpu_quick", [f"train.lr={v}"])["train"]["lr"] for v in ("1e-3", "2E-4", "+5e0")] == [
+        0.001, 0.0002, 5.0]
     cfg = load_config("cpu_quick", ["train.lr=1", "train.time_limit_min=5", "train.init_from=null",
                                     "train.patch_size=[64,64,64]", "infer.overlap=0", "data.extra_recons=[wbp]"])
     assert cfg["train"]["lr"] == 1 and cfg["train"]["patch_size"] == [64, 64, 64] and cfg["infer"]["overlap"] == 0

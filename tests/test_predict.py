@@ -100,6 +100,15 @@ def test_an_export_that_fails_its_parity_check_is_removed(tiny_experiment, tmp_p
     captured = capsys.readouterr()
     assert "max abs diff 1.000e+00" in captured.out and "removed" in captured.out and "not faithful" in captured.err
     assert not list(exp.glob("*.onnx"))  # pack --onnx and predict cannot pick up an unfaithful graph
+    monkeypatch.undo()
+    assert export_main(["--weights", str(exp), "--format", "onnx", "--batch-size", "1"]) == 0
+    (graph,) = exp.glob("*.onnx")
+    graph.write_bytes(graph.read_bytes()[:1000])  # cut short after the export
+    capsys.readouterr()
+    assert export_main(["--weights", str(exp), "--format", "onnx", "--batch-size", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"onnxruntime could not load {graph}" in err and "--force" in err and len(err.splitlines()) == 1
+    assert graph.stat().st_size == 1000  # a file it did not write now is left for the user to replace
 
 
 def test_onnx_fp16_engine_exports_the_fp16_graph_into_the_cache_and_scores(synthetic_root, tiny_experiment,

@@ -86,7 +86,7 @@ def test_a_config_left_by_a_failed_start_does_not_block_the_next(synthetic_root,
     assert (out / "fold0.pt").is_file()
 
 
-def test_resume_after_crash(synthetic_root, tmp_path, monkeypatch):
+def test_resume_after_crash(synthetic_root, tmp_path, monkeypatch, capsys):
     cfg = tiny_cfg(synthetic_root, "train.epochs=3")
     out = tmp_path / "exp"
     real_validate, calls = loop.validate, []
@@ -104,7 +104,9 @@ def test_resume_after_crash(synthetic_root, tmp_path, monkeypatch):
     assert after_crash["epoch"] == 1
     assert len(pd.read_csv(out / "fold1_log.csv")) == 1
     monkeypatch.setattr(loop, "validate", real_validate)
+    capsys.readouterr()
     result = loop.train_fold(cfg, 1, synthetic_root, out, resume=True, progress=False)
+    assert f"resuming fold 1 after epoch 1 of 3 ({out / 'fold1_last.pt'})" in capsys.readouterr().out
     log = pd.read_csv(out / "fold1_log.csv")
     assert list(log["epoch"]) == [1, 2, 3]  # epoch 2 redone, nothing lost or repeated
     assert result["best"]["epoch"] in (1, 2, 3)

@@ -11,6 +11,7 @@ import copy
 import difflib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ ENGINE_KINDS = (
     "onnx_fp16",  # the fp16 graph TensorRT builds from, in onnxruntime: the GPU's precision, scored on any machine
     "tensorrt",  # a TensorRT engine built from the fp16 graph (CUDA only)
 )
+SCIENTIFIC = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 MAX_OVERLAP = 0.95  # infer.overlap above it makes the window's step a voxel or less
 # Bounds (inclusive; None: open) of numbers that would otherwise fail deep inside a run, or quietly do nothing.
 LIMITS = {
@@ -165,6 +167,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw != "" else None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from e
+    if isinstance(value, str) and SCIENTIFIC.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as text; on a command line it means a number
     return key.strip().split("."), value
 
 

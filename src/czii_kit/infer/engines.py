@@ -131,7 +131,13 @@ class OnnxSession:
         ort = require_onnxruntime("; or use --engine torch")
         self.device = resolve_device(device)
         self.path = _existing_file(onnx_path, "ONNX model", "export it with tools/export.py --format onnx")
-        self.session = ort.InferenceSession(str(self.path), providers=_onnx_providers(ort, self.device))
+        try:
+            self.session = ort.InferenceSession(str(self.path), providers=_onnx_providers(ort, self.device))
+        except Exception as e:  # noqa: BLE001 -- onnxruntime's own error types: a truncated or foreign file
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            raise CheckpointError(f"onnxruntime could not load {self.path} ({type(e).__name__}: {first}); a file cut "
+                                  "short or from elsewhere is made again by czii export --weights CHECKPOINT "
+                                  "--format onnx --force") from e
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise CheckpointError(f"{self.path}: expected one input and one output, got {len(inputs)} and "

@@ -215,7 +215,10 @@ def _resume(run: FoldRun) -> None:
     run.start_epoch, run.log_rows, run.best = state["epoch"] + 1, state["log"], state["best"]
     run.lineage = state.get("lineage")
     torch.set_rng_state(state["torch_rng"])
-    tqdm.write(f"resuming fold {run.fold} from epoch {run.start_epoch} ({run.paths.last})")
+    epochs = run.cfg["train"]["epochs"]
+    tqdm.write(f"fold {run.fold} finished all {epochs} epochs already ({run.paths.last}): nothing left to train"
+               if state.get("finished") else
+               f"resuming fold {run.fold} after epoch {run.start_epoch} of {epochs} ({run.paths.last})")
 
 
 def train_step(run: FoldRun, image: torch.Tensor, target: torch.Tensor) -> float:
