@@ -190,4 +190,5 @@ def test_picks_outside_the_volume_are_named_before_training(capsys):
     run = RunData("TS_a", "denoised", np.zeros((10, 20, 20), np.float32), points, np.array([3, 3]), picks, 10.0)
     loop._check_data([run], [])
     out = capsys.readouterr().out
-    assert "run TS_a: 1 of 2 picks lie outside its 10x20x20 volume (first: ribosome at x, y, z = 99999, 50, 50 Å)" in out
+    assert ("run TS_a: 1 of 2 picks lie outside its 10x20x20 volume (first: ribosome at x, y, z = 99999, 50, 50 Å)"
+            in out)
