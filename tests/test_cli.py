@@ -114,7 +114,7 @@ def test_available_devices_keeps_one_named_gpu(monkeypatch):
 
 
 @pytest.mark.parametrize("raised, code, said", [
-    (KeyboardInterrupt(), 130, "interrupted; every file written so far is whole"),
+    (KeyboardInterrupt(), 130, "interrupted; checkpoints, submissions and reports are written whole or not at all"),
     (PermissionError(13, "Permission denied", "/srv/out/fold0.pt"), 2, "error: Permission denied: /srv/out/fold0.pt"),
     (OSError(28, "No space left on device", "/srv/out/x.csv"), 2, "error: No space left on device: /srv/out/x.csv"),
 ])
@@ -156,3 +156,15 @@ def test_an_out_that_is_a_file_fails_before_the_data_is_read(command, synthetic_
     argv = [w if w != "W" else weights for w in command] + ["--data", str(synthetic_root), "--out", str(mine)]
     assert main(argv) == 2
     assert "is a file, not a folder" in capsys.readouterr().err and mine.read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", [["train", "--fold", "0", "--config", "cpu_quick"], ["evaluate", "--weights", "W"]])
+def test_an_out_inside_the_data_fails_before_the_data_is_read(command, synthetic_root, capsys, monkeypatch):
+    import czii_kit.data.io
+
+    monkeypatch.setattr(czii_kit.data.io, "read_run", lambda *a, **k: pytest.fail("a tomogram was read"))
+    weights = str(REPO / "weights" / "pretrained" / "cpu_quick")
+    argv = [w if w != "W" else weights for w in command] + ["--data", str(synthetic_root), "--out",
+                                                            str(synthetic_root / "mine")]
+    assert main(argv) == 2
+    assert "is inside the data directory" in capsys.readouterr().err and not (synthetic_root / "mine").exists()

@@ -35,12 +35,17 @@ def test_dotted_overrides_parse_yaml_values():
     ("train.patch_size=[64,64,a]", r"train.patch_size must be a list of integers, got \[64, 64, 'a'\]"),
     ("augment.flips=z", "augment.flips must be a list of strings"),
     ("train.rehearsal=0.3", "train.rehearsal must be a mapping"),
-    ("train.epochs=0", "train.epochs must be at least 1, got 0"),
+    ("train.epochs=0", "train.epochs must be a number at least 1, got 0"),
     ("train.epochs=null", "train.epochs must be an integer, got None"),
-    ("infer.overlap=1.5", r"infer.overlap must be in \[0.0, 0.95\], got 1.5"),
-    ("infer.batch_size=-1", "infer.batch_size must be at least 1"),
-    ("train.time_limit_min=-5", "train.time_limit_min must be at least 0.0, got -5"),
-    ("peaks.kernel_frac=-1", "peaks.kernel_frac must be at least 0.0"),
+    ("infer.overlap=1.5", r"infer.overlap must be a number in \[0.0, 0.95\], got 1.5"),
+    ("infer.batch_size=-1", "infer.batch_size must be a number at least 1"),
+    ("train.time_limit_min=-5", "train.time_limit_min must be a number at least 0.0, got -5"),
+    ("peaks.kernel_frac=-1", "peaks.kernel_frac must be a number at least 0.0"),
+    ("train.time_limit_min=abc", "train.time_limit_min must be a number at least 0.0, got 'abc'"),
+    ("infer.overlap=.nan", "infer.overlap must be a number in"),
+    ("post.dbscan.eps_frac={ribosome: abc}", "post.dbscan.eps_frac must be a number, got 'abc'"),
+    ("post.merge={enabled: 5, radius_frac: 0.1}", "post.merge.enabled must be true or false, got 5"),
+    ("post.merge={enable: true}", "unknown config key 'post.merge.enable'"),
     ("classes.ribosome.threshold=7", r"classes.ribosome.threshold must be a probability in \[0, 1\], got 7"),
 ])
 def test_override_errors(override, message):
@@ -53,6 +58,8 @@ def test_values_of_the_right_type_pass():
     to YAML 1.1) as the number it means on a command line."""
     assert [load_config("cpu_quick", [f"train.lr={v}"])["train"]["lr"] for v in ("1e-3", "2E-4", "+5e0")] == [
         0.001, 0.0002, 5.0]
+    per_class = load_config("cpu_quick", ["post.dbscan.eps_frac={ribosome: 0.4, apo-ferritin: 0.5}"])
+    assert per_class["post"]["dbscan"]["eps_frac"] == {"ribosome": 0.4, "apo-ferritin": 0.5}
     cfg = load_config("cpu_quick", ["train.lr=1", "train.time_limit_min=5", "train.init_from=null",
                                     "train.patch_size=[64,64,64]", "infer.overlap=0", "data.extra_recons=[wbp]"])
     assert cfg["train"]["lr"] == 1 and cfg["train"]["patch_size"] == [64, 64, 64] and cfg["infer"]["overlap"] == 0
@@ -60,6 +67,9 @@ def test_values_of_the_right_type_pass():
 
 def test_a_variant_file_is_type_checked_too(tmp_path):
     bad = tmp_path / "bad.yaml"
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("train:\n  lr: 3e-4\n")  # written as people write it: a number, not YAML 1.1's text
+    assert load_config(ok)["train"]["lr"] == 3e-4
     bad.write_text("train:\n  epochs: ten\n")
     with pytest.raises(ConfigError, match="train.epochs must be an integer, got 'ten'"):
         load_config(bad)

@@ -112,6 +112,9 @@ def test_predictions_never_write_through_the_links_to_the_datas_own_picks(projec
     assert predict_main(args) == 2
     assert "are links to another folder's files" in capsys.readouterr().err
     assert [p.read_bytes() for p in picks] == before and not (tmp_path / "s.csv").exists()
+    inside = synthetic_root / "s.csv"  # the directory the project reads is data too
+    assert predict_main([*args[:5], str(inside), *args[6:-3]]) == 2
+    assert "is inside the data directory" in capsys.readouterr().err and not inside.exists()
 
 
 def test_star_files_hold_voxels_and_centred_angstroms(synthetic_root, tiny_experiment, tmp_path, capsys):
@@ -223,6 +226,10 @@ def test_the_tool_checks_every_picks_file_and_its_out_before_writing(synthetic_r
     picks.write_text('{"pickable_object_name": "ribosome", "points": [')  # a truncated copy
     assert make_project_main(["--data", str(root), "--out", str(tmp_path / "p")]) == 2
     assert f"picks file {picks} is not valid JSON" in capsys.readouterr().err and not (tmp_path / "p").exists()
+    picks.write_text(json.dumps({"pickable_object_name": "ribosome", "points": []}))
+    (picks.parent / "ribosome_copy.json").write_text(json.dumps({"pickable_object_name": "ribosome", "points": []}))
+    assert make_project_main(["--data", str(root), "--out", str(tmp_path / "p")]) == 2
+    assert "both hold ribosome picks" in capsys.readouterr().err and not (tmp_path / "p").exists()
     mine = tmp_path / "notes.txt"
     mine.write_text("mine")
     assert make_project_main(["--data", str(synthetic_root), "--out", str(mine)]) == 2

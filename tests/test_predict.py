@@ -182,7 +182,7 @@ def test_a_run_failing_mid_way_is_reported_and_others_finish(synthetic_root, tin
     (["--set", "infer.tta=sideways"], "sideways"),
     (["--out", "/proc/forbidden/s.csv"], "cannot write there"),
     (["--member-weights", "1,2,3"], "3 member weights for 1 checkpoints"),
-    (["--set", "infer.overlap=1.5"], "infer.overlap must be in [0.0, 0.95], got 1.5"),
+    (["--set", "infer.overlap=1.5"], "infer.overlap must be a number in [0.0, 0.95], got 1.5"),
     (["--set", "infer.overlap=abc"], "infer.overlap must be a number, got 'abc'"),
     (["--thresholds", "ribosome=7"], "ribosome=7 is not a probability in [0, 1]"),
 ])

@@ -250,11 +250,13 @@ def test_score_tool_refuses_a_submission_of_other_runs_and_notes_ignored_ones(tm
     write_submission(read_submission(submission).assign(experiment="TS_b"), others)
     assert score_main(["--submission", str(others), "--solution", str(solution)]) == 2
     assert "none of the runs of" in capsys.readouterr().err
+    assert score_main(["--submission", str(submission), "--solution", str(solution), "--runs", "TS_a"]) == 0
+    assert "not scored here" not in capsys.readouterr().out  # --runs names what is scored
     both = tmp_path / "both.csv"
     write_submission(pd.concat([read_submission(submission), read_submission(others)]), both)
     assert score_main(["--submission", str(both), "--solution", str(solution), "--json"]) == 0
     out = capsys.readouterr().out
-    assert "1 run(s) of the submission are not in the ground truth and are ignored, as Kaggle does: TS_b" in out
+    assert "1 run(s) of the submission are not scored here and are ignored, as Kaggle does: TS_b" in out
     assert json.loads(out.strip().splitlines()[-1])["score"] == pytest.approx(expected)
 
 

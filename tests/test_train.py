@@ -76,14 +76,16 @@ def test_inference_settings_fail_before_training(synthetic_root, tmp_path, monke
     assert not (tmp_path / "exp").exists()
 
 
-def test_a_config_left_by_a_failed_start_does_not_block_the_next(synthetic_root, tmp_path):
-    """A start that failed before its first checkpoint left config.yaml alone: the corrected rerun replaces it."""
+def test_a_config_without_any_fold_beside_it_is_refused_with_how_to_clear_it(synthetic_root, tmp_path):
+    """Another job may be in its first epoch in that folder: its config.yaml is kept, and the message says what to
+    delete if it is left from a start that failed."""
     out = tmp_path / "exp"
     out.mkdir()
     (out / "config.yaml").write_text(yaml.safe_dump(tiny_cfg(synthetic_root, "train.lr=0.5")))
-    loop.train_fold(tiny_cfg(synthetic_root), 0, synthetic_root, out, progress=False)
-    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["lr"] != 0.5
-    assert (out / "fold0.pt").is_file()
+    with pytest.raises(CheckpointError, match=r"train\.lr: 0\.5 -> .*if that config is left from a start that "
+                                              r"failed, delete .*config\.yaml"):
+        loop.train_fold(tiny_cfg(synthetic_root), 0, synthetic_root, out, progress=False)
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["lr"] == 0.5
 
 
 def test_resume_after_crash(synthetic_root, tmp_path, monkeypatch, capsys):
@@ -192,3 +194,8 @@ def test_picks_outside_the_volume_are_named_before_training(capsys):
     out = capsys.readouterr().out
     assert ("run TS_a: 1 of 2 picks lie outside its 10x20x20 volume (first: ribosome at x, y, z = 99999, 50, 50 Å)"
             in out)
+
+
+def test_resume_with_nothing_to_resume_says_so_instead_of_starting_afresh(synthetic_root, tmp_path):
+    with pytest.raises(CheckpointError, match=r"--resume: .*exp has no fold0_last\.pt to continue from"):
+        loop.train_fold(tiny_cfg(synthetic_root), 0, synthetic_root, tmp_path / "exp", resume=True, progress=False)

@@ -101,19 +101,20 @@ def load_state(path: str | Path) -> dict:
 
 def unfinished_training(ckpt: dict) -> str | None:
     """Why a fold checkpoint is the best epoch of a training that was stopped before its end (its resume state
-    beside it says so: a killed job), or None (also when that state cannot be read: nothing to tell)."""
+    beside it says so: a killed job), or None (also when that state cannot be read: nothing to tell). The state is
+    read as tensors and plain values only (no pickled code runs) and memory-mapped (its weights are not read)."""
     path = Path(ckpt["path"])
     last = path.with_name(f"{path.stem}_last.pt")
     if not last.is_file():
         return None
     try:
-        state = load_state(last)
-    except CheckpointError:
+        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 -- unreadable, or more than tensors and plain values: nothing to tell
         return None
     if state.get("finished", True):
         return None
     return (f"{path}: its training stopped after epoch {state['epoch'] + 1} of {ckpt['config']['train']['epochs']} "
-            f"({last.name} was not finished)")
+            f"({last.name} was not finished); finish it with czii train --resume (the same --fold and --out)")
 
 
 def find_checkpoints(weights: str | Path, folds: list[int] | None = None) -> list[Path]:
@@ -158,7 +159,11 @@ def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
         raise CheckpointError(f"checkpoint {ckpt.get('path', '?')}: its weights do not fit the model its config names "
                               f"({ckpt['model']['name']} {ckpt['model']['args']}): {mismatches}. The checkpoint "
                               "and its config disagree: use the checkpoint as training wrote it")
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, AttributeError, TypeError) as e:  # what the name and shape check cannot see
+        raise CheckpointError(f"checkpoint {ckpt.get('path', '?')}: its weights do not load into "
+                              f"{ckpt['model']['name']} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
     return model.eval()
 
 

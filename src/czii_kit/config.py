@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -31,7 +32,22 @@ ENGINE_KINDS = (
     "onnx_fp16",  # the fp16 graph TensorRT builds from, in onnxruntime: the GPU's precision, scored on any machine
     "tensorrt",  # a TensorRT engine built from the fp16 graph (CUDA only)
 )
-SCIENTIFIC = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+# Keys whose value may also be a per-class mapping {class name: value} (czii_kit.post.peaks.class_value reads them).
+PER_CLASS = ("peaks.kernel_frac", "post.dbscan.eps_frac", "post.dbscan.min_samples", "yolo.cluster.link_frac",
+             "yolo.cluster.max_gap", "yolo.cluster.min_size", "yolo.cluster.topk")
+
+
+class YamlLoader(yaml.SafeLoader):
+    """YAML as people write configs: 1e-3 and 3E+2 are numbers (YAML 1.1 reads a float without a dot as text)."""
+
+
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+    r"|\.(?:inf|Inf|INF))$|^\.(?:nan|NaN|NAN)$"), list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 -- a SafeLoader subclass
 MAX_OVERLAP = 0.95  # infer.overlap above it makes the window's step a voxel or less
 # Bounds (inclusive; None: open) of numbers that would otherwise fail deep inside a run, or quietly do nothing.
 LIMITS = {
@@ -64,7 +80,7 @@ def resolve_config_path(name: str | os.PathLike) -> Path:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from e
     if not isinstance(doc, dict):
@@ -130,8 +146,13 @@ def _kind(default) -> tuple[str, tuple[type, ...]] | None:
 
 
 def check_value(dotted: str, value, default) -> None:
-    """``value`` for key ``dotted`` has the type of its default (ints stay ints, lists keep their items' type) and
-    lies within LIMITS: a wrong value fails as the config loads, not in the middle of a run."""
+    """``value`` for key ``dotted`` has the type of its default (ints stay ints, lists keep their items' type; a
+    PER_CLASS key may map class names to such values) and, for a key with LIMITS, is a finite number within them:
+    a wrong value fails as the config loads, not in the middle of a run."""
+    if dotted in PER_CLASS and isinstance(value, dict):
+        for name, each in value.items():
+            check_value(dotted, each, default)
+        return
     kind = _kind(default)
     item_kind = _kind(default[0]) if isinstance(default, list) and default else None
     bad_type = kind and (isinstance(value, bool) != (kind[1] == (bool,)) or not isinstance(value, kind[1]))
@@ -141,10 +162,13 @@ def check_value(dotted: str, value, default) -> None:
         what = f"a list of {item_kind[0].removeprefix('an ').removeprefix('a ')}s" if item_kind else kind[0]
         raise ConfigError(f"config {dotted} must be {what}, got {value!r} (like its default: --set {dotted}="
                           f"{json.dumps(default, separators=(',', ':'))})")
-    low, high = LIMITS.get(dotted, (None, None))
-    if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
-        bounds = f"in [{low}, {high}]" if high is not None else f"at least {low}"
-        raise ConfigError(f"config {dotted} must be {bounds}, got {value!r}")
+    if dotted not in LIMITS or (value is None and default is None):
+        return
+    low, high = LIMITS[dotted]
+    bounds = f"in [{low}, {high}]" if high is not None else f"at least {low}"
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(f"config {dotted} must be a number {bounds}, got {value!r}")
 
 
 def check_types(cfg: dict, schema: dict, where: str = "") -> None:
@@ -164,18 +188,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r} must look like key.sub=value (e.g. train.epochs=5)")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
+        value = load_yaml(raw) if raw != "" else None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from e
-    if isinstance(value, str) and SCIENTIFIC.fullmatch(value.strip()):
-        value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as text; on a command line it means a number
     return key.strip().split("."), value
 
 
-def apply_overrides(cfg: dict, overrides: list[str], schema: dict) -> dict:
+def apply_overrides(cfg: dict, overrides: list[str], schema: dict, types: dict | None = None) -> dict:
     """``cfg`` with dotted overrides, each key checked against ``schema`` and each value against the type of its
-    base.yaml default (of ``schema``'s value where no base.yaml is found: an installed kit without configs/)."""
-    types = base_config() or schema
+    default in ``types`` (default: base.yaml; ``schema`` where none is found: an installed kit without configs/)."""
+    types = types or base_config() or schema
     cfg = copy.deepcopy(cfg)
     for text in overrides:
         keys, value = parse_override(text)
@@ -191,7 +213,11 @@ def apply_overrides(cfg: dict, overrides: list[str], schema: dict) -> dict:
         if node_schema is not None and keys[-1] not in node_schema:
             check_keys({keys[-1]: None}, node_schema, ".".join(keys[:-1]) + "." if len(keys) > 1 else "")
         if node_schema is not None:
-            check_value(".".join(keys), value, _default_of(types, keys, node_schema[keys[-1]]))
+            default = _default_of(types, keys, node_schema[keys[-1]])
+            check_value(".".join(keys), value, default)
+            if isinstance(value, dict) and isinstance(default, dict) and keys[-1] not in FREE_FORM:
+                check_keys(value, default, ".".join(keys) + ".")  # a whole section replaced: its keys and values
+                check_types(value, default, ".".join(keys) + ".")
         node[keys[-1]] = value
     return cfg
 
@@ -218,7 +244,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     check_keys(cfg, base)
     cfg = deep_merge(base, cfg)
     check_types(cfg, base)
-    cfg = apply_overrides(cfg, list(overrides), base)
+    cfg = apply_overrides(cfg, list(overrides), base, types=base)
     validate(cfg)
     return cfg
 

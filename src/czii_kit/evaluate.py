@@ -285,11 +285,13 @@ def run_evaluation(root, weights: list[str | Path], out: str | Path, folds: list
                    progress: bool = True) -> dict:
     """Out-of-fold predictions, the variants table, thresholds.json, tables and pictures into ``out``."""
     out = check_output_folder(out)
-    foreign = sorted(p.name for p in out.iterdir() if not is_report_file(p)) if out.is_dir() else []
+    foreign = sorted(p.name for p in out.iterdir() if not is_report_file(p) and not p.name.startswith(".")
+                     ) if out.is_dir() else []  # dot-entries: a killed write's temporary, the system's own files
     if foreign:
         raise DataError(f"--out {out} holds files that are not an evaluate report ({', '.join(foreign[:3])}); choose "
                         "a new --out (an earlier report there is replaced, nothing else is)")
     data = open_data(root)
+    data.check_outside(out)
     checkpoints = fold_checkpoints(weights, folds)
     preds = predict_out_of_fold(data, checkpoints, device, floor, tta, progress)
     if not any(len(p.solution) for p in preds):

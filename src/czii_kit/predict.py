@@ -58,10 +58,7 @@ def check_output(path: Path, data: DataSource, overwrite: bool = False) -> None:
     if path.is_dir():
         raise DataError(f"--out {path} is a directory; give a file name such as {path / 'submission.csv'}")
     check_output_folder(path.parent, "--out")
-    root = getattr(data, "root", None)
-    if isinstance(root, Path) and path.resolve().is_relative_to(root.resolve()):
-        raise DataError(f"--out {path} is inside the data directory {root}, and nothing is written there; choose "
-                        "another --out, such as submission.csv")
+    data.check_outside(path)
     if path.is_file() and not overwrite and not is_submission_file(path):
         raise DataError(f"--out {path} exists and is not a submission CSV (its first line is not "
                         f"{','.join(SUBMISSION_COLUMNS)}); choose another --out, or pass --overwrite to replace it")
@@ -126,7 +123,7 @@ def predict_submission(*, weights: Sequence[str | Path], data: str | Path | Data
             report(f"{ckpt['path']}: {describe_lineage(ckpt['init_from'])}")
         stopped = unfinished_training(ckpt)
         if stopped:
-            report(f"WARNING: {stopped}; finish it with czii train --resume (the same --fold and --out)")
+            report(f"WARNING: {stopped}")
     for run, why in plan.runs.skipped.items():
         report(f"WARNING: {run} will be skipped, nothing is predicted for it: {why}")
     report(f"{len(plan.checkpoints)} checkpoint(s), engine {plan.cfg['infer']['engine']}, TTA "

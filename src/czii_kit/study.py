@@ -285,6 +285,7 @@ def scored_candidates(weights: Path, data, split: str, runs: Sequence[str] | Non
 
     plan = PredictionPlan.from_weights([weights], tta=tta, thresholds=dict.fromkeys(data.particles.names, floor))
     result = predict_candidates(plan, data, split, runs)
+    key_path.unlink(missing_ok=True)  # a cache without its key is never reused
     write_text_atomic(cache, result.detections.to_csv(index=False))
     write_text_atomic(key_path, json.dumps(key))
     return result.detections

@@ -12,20 +12,19 @@ if TYPE_CHECKING:
     from czii_kit.data.source import DataSource
 
 
-FILE_PROBLEMS = (PermissionError, FileExistsError, IsADirectoryError, NotADirectoryError)  # a path's fault, said so
-FILE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)  # a full or read-only disk
+FILE_ERRNOS = (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT)  # refused, full, read-only
 
 
 def exit_on_user_error(main):
-    """Print a CziiError's message (it names the problem and the fix) and exit 2, no traceback; the same for a file
-    the system refused (permissions, a full disk), and one line for Ctrl-C (exit 130). Under torchrun the message
-    names the rank, and any other failure says which rank failed before its traceback."""
+    """Print a CziiError's message (it names the problem and the fix) and exit 2, no traceback; the same when the
+    system refuses a file (permissions, a full or read-only disk), and one line for Ctrl-C (exit 130). Under
+    torchrun the message names the rank, and any other failure says which rank failed before its traceback."""
     @wraps(main)
     def wrapper(argv=None) -> int:
         try:
             return main(argv)
         except KeyboardInterrupt:
-            print("interrupted; every file written so far is whole (outputs are written atomically); a training "
+            print("interrupted; checkpoints, submissions and reports are written whole or not at all; a training "
                   "run continues with --resume", file=sys.stderr)
             return 130
         except Exception as e:
@@ -34,7 +33,7 @@ def exit_on_user_error(main):
             if isinstance(e, CziiError):
                 print(f"error: {rank_prefix()}{e}", file=sys.stderr)
                 return 2
-            if isinstance(e, FILE_PROBLEMS) or (isinstance(e, OSError) and e.errno in FILE_ERRNOS):
+            if isinstance(e, OSError) and e.errno in FILE_ERRNOS:  # the system's no, not a bug of ours
                 where = f": {e.filename}" if e.filename else ""
                 print(f"error: {rank_prefix()}{e.strerror or e}{where}; check that path (its permissions, the free "
                       "space) or choose another", file=sys.stderr)

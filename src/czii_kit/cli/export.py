@@ -99,5 +99,5 @@ def export_one(kind, ckpts: list[dict], args, fp16: bool, weights: list[float] |
     except BaseException:
         if fresh:  # an export that was not checked, or failed its check, is not left for predict or pack to use
             path.unlink(missing_ok=True)
-            print(f"removed {path}: it did not pass its parity check")
+            print(f"removed {path}: its parity check failed or did not finish")
         raise

@@ -87,6 +87,15 @@ class CopickProject(DataSource):
         """Pickled as its config path: a Ray worker opens the project itself (copick's objects do not travel)."""
         return (CopickProject, (self.config_path,))
 
+    def data_dirs(self) -> list[Path]:
+        """The project's static_root on this file system; for a project over a competition directory
+        (make_copick_project: ROOT/<split>/static), that directory's ROOT as well."""
+        static = json.loads(self.config_path.read_text()).get("static_root", "")
+        if not static.startswith("local://"):
+            return []
+        root = Path(static.removeprefix("local://"))
+        return [root, root.parents[1]] if root.name == "static" and root.parent.name in layout.SPLITS else [root]
+
     # ------------------------------------------------------------------ runs and tomograms
     def list_runs(self, split: str) -> list[str]:
         if split not in layout.SPLITS:
@@ -226,7 +235,11 @@ def make_copick_project(root: str | Path, out: str | Path, split: str = "train",
         picks = layout.picks_dir(source_root, run)
         for f in sorted(picks.glob("*.json")) if split == "train" and picks.is_dir() else []:
             io.read_picks_file(f, run, particles)  # malformed JSON, unknown classes, bad points: named here
-            linked[run][json.loads(f.read_text()).get("pickable_object_name", f.stem)] = f
+            name = json.loads(f.read_text()).get("pickable_object_name", f.stem)
+            if name in linked[run]:
+                raise DataError(f"run {run}: {linked[run][name].name} and {f.name} both hold {name} picks; merge them "
+                                "into one file (copick keeps one picks file per class, user and session)")
+            linked[run][name] = f
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".overlay_{split}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:

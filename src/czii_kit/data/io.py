@@ -126,7 +126,7 @@ def checked_level(path: str | Path, level: int, store=None):
                             "set data.level to one of them")
         _check_chunk_layout(group, str(level), path, store)
         _check_complete(group, str(level), path)
-    except (ValueError, KeyError) as e:  # zarr's JSON metadata of the level is unreadable
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:  # unreadable zarr or OME metadata
         raise DataError(f"{path}/{level}: the array's zarr metadata cannot be read ({type(e).__name__}: {e}); the "
                         "store is corrupt: copy or download this tomogram again") from e
     return group
@@ -203,8 +203,8 @@ def tomogram_location(root, run: str, split: str, recon: str) -> Path:
         have = layout.available_recons(root, split, run)
         fix = (f"set data.recon to one of them (e.g. --set data.recon={have[0]})" if have else
                "its folder holds no tomogram at all: copy or download the run again, or remove its folder")
-        raise DataError(f"run {run!r} has no {recon!r} reconstruction at {path} (available: {', '.join(have) or 'none'});"
-                        f" {fix}")
+        raise DataError(f"run {run!r} has no {recon!r} reconstruction at {path} (available: "
+                        f"{', '.join(have) or 'none'}); {fix}")
     return path
 
 

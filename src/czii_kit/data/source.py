@@ -49,6 +49,18 @@ class DataSource(ABC):
         return solution_from_picks(pd.concat(frames, ignore_index=True) if frames else
                                    pd.DataFrame(columns=PICK_COLUMNS))
 
+    def data_dirs(self) -> list[Path]:
+        """The folders that hold the data itself, where nothing is ever written."""
+        return []
+
+    def check_outside(self, path: str | Path, flag: str = "--out") -> None:
+        """Refuse, before any work, an output inside the data."""
+        target = Path(path).resolve()
+        for folder in self.data_dirs():
+            if target.is_relative_to(folder.resolve()):
+                raise DataError(f"{flag} {path} is inside the data directory {folder}, and nothing is written there; "
+                                f"choose an {flag} outside it")
+
     def __str__(self) -> str:
         return self.location
 
@@ -61,6 +73,9 @@ class KaggleDirectory(DataSource):
         self.root = layout.check_root(root)
         self.location = str(self.root)
         self.particles = particles
+
+    def data_dirs(self) -> list[Path]:
+        return [self.root]
 
     def list_runs(self, split: str) -> list[str]:
         return layout.list_runs(self.root, split)

@@ -150,8 +150,7 @@ def check_usable(ckpts: list[dict], exports: dict[str, list[Path]]) -> None:
     for ckpt in ckpts:
         stopped = unfinished_training(ckpt)
         if stopped:
-            raise CheckpointError(f"{stopped}; finish it with czii train --resume (the same --fold and --out), or "
-                                  "pack another checkpoint")
+            raise CheckpointError(f"{stopped}, or pack another checkpoint")
         if kind_of(ckpt).name == VolumeKind.name:
             model_from_checkpoint(ckpt)
         for path in exports[ckpt["path"]]:

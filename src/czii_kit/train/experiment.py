@@ -75,21 +75,23 @@ def config_differences(old: dict, new: dict, where: str = "") -> list[str]:
 
 
 def guard_output(paths: FoldPaths, cfg: dict, resume: bool) -> None:
-    """Refuse to clobber: an experiment (a folder with checkpoints) with another config, or an existing fold
-    without --resume. A config.yaml without any checkpoint beside it is what a start that failed before its first
-    checkpoint left: it is replaced."""
+    """Refuse to clobber: an experiment with another config (its config.yaml; another job may be training into the
+    folder right now), or an existing fold without --resume."""
     import yaml
 
     check_output_folder(paths.out)
-    if paths.config.exists() and any(paths.out.glob("fold*.pt")):
+    if paths.config.exists():
         old = with_new_defaults(yaml.safe_load(paths.config.read_text()))
         old = with_particle_set(old, particle_set(old))  # written before classes carried their radius and weight
         differences = config_differences(_comparable(old), _comparable(cfg))
         if differences:
             shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
+            fresh = "" if any(paths.out.glob("fold*")) else (
+                f" (no fold has written anything there yet: if that config is left from a start that failed, delete "
+                f"{paths.config})")
             raise CheckpointError(
                 f"{paths.out} holds an experiment with another config ({paths.config}: {shown}); choose a new "
-                "--out directory, or run with that experiment's settings (nothing was changed)")
+                f"--out directory, or run with that experiment's settings{fresh} (nothing was changed)")
     if not resume and (paths.best.exists() or paths.last.exists()):
         raise CheckpointError(
             f"{paths.best if paths.best.exists() else paths.last} exists; pass --resume to continue that run, "

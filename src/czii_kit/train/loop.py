@@ -25,7 +25,7 @@ from czii_kit.data.folds import fold_runs
 from czii_kit.data.lookalikes import lookalike_centres
 from czii_kit.data.open_data import open_data
 from czii_kit.data.targets import TargetSpec
-from czii_kit.errors import ConfigError, DataError
+from czii_kit.errors import CheckpointError, ConfigError, DataError
 from czii_kit.infer.engines import resolve_device
 from czii_kit.infer.plan import PredictionPlan, check_infer_settings
 from czii_kit.losses import DeepSupervision, build_loss
@@ -137,7 +137,11 @@ def setup(cfg: dict, fold: int, data_root, out_dir, resume: bool = False, thresh
     particles = particle_set(cfg)
     tuning = thresholds_for(cfg, fold, thresholds_from)
     paths = FoldPaths(Path(out_dir), fold)
+    data.check_outside(paths.out)
     guard_output(paths, cfg, resume)
+    if resume and not paths.last.exists():
+        raise CheckpointError(f"--resume: {paths.out} has no {paths.last.name} to continue from; give the --out of "
+                              f"the run to continue, or drop --resume to start fold {fold}")
     seed = fold_seed(cfg, fold)
     seed_everything(seed)  # the same on every rank: the same initial weights
     device = resolve_device(distributed.training_device(info, cfg["train"]["device"]))
