@@ -75,7 +75,7 @@ def test_readers_write_nothing(root):
     (lambda r: io.read_tomogram(r, "TS_1", level=3), "no level '3'"),
     (lambda r: io.read_tomogram(r, "TS_1", recon="raw"), "unknown reconstruction"),
     (lambda r: layout.list_runs(r, "test"), "no test runs"),
-    (lambda r: layout.list_runs(r / "nope", "train"), "make_synthetic"),
+    (lambda r: layout.list_runs(r / "nope", "train"), "a copick config JSON, or make a directory with `czii make-"),
     (lambda r: io.read_picks(r, "TS_2"), "no picks directory"),
 ])
 def test_bad_paths_are_clear(root, call, message):

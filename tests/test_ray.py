@@ -4,6 +4,7 @@ and merged into the same submission, row for row."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pandas as pd
@@ -88,6 +89,16 @@ def test_a_stopped_fold_resumes_and_an_unfinished_one_is_not_skipped(synthetic_r
     assert done[0]["epochs"] == 2 and list(pd.read_csv(tmp_path / "fold0_log.csv")["epoch"]) == [1, 2]
 
 
+def test_a_fold_stopped_between_its_first_two_writes_is_trained_again(synthetic_root, tmp_path, capsys):
+    """fold0.pt written, fold0_last.pt not yet: nothing to resume from, and the rerun must not be refused."""
+    cfg = {**tiny_cfg(synthetic_root), "train": {**tiny_cfg(synthetic_root)["train"], "epochs": 1}}
+    train_folds(cfg, [0], synthetic_root, tmp_path, progress=False, report=lambda s: None)
+    (tmp_path / "fold0_last.pt").unlink()
+    done, failures = train_folds(cfg, [0], synthetic_root, tmp_path, progress=False, report=lambda s: None)
+    assert failures == {} and done[0]["epochs"] == 1 and (tmp_path / "fold0_last.pt").is_file()
+    assert "is left from an attempt that stopped in its first epoch" in capsys.readouterr().out
+
+
 def test_a_failed_trial_is_retried_once_then_reported_while_the_others_finish(local_ray, tmp_path):
     def trial(spec):
         kind, folder = spec
@@ -104,6 +115,20 @@ def test_a_failed_trial_is_retried_once_then_reported_while_the_others_finish(lo
     assert failures == {"always": "ValueError: always trial failed on purpose"}
     assert [len((tmp_path / f"{k}.attempts").read_text()) for k in ("fine", "flaky", "always")] == [1, 2, 2]
     assert "FAILED always after 2 attempt(s): ValueError: always trial failed on purpose" in lines
+
+
+def test_a_users_mistake_in_a_trial_is_said_once_and_not_retried(local_ray, tmp_path):
+    def trial(folder):
+        attempts = folder / "attempts"
+        attempts.write_text(attempts.read_text() + "x" if attempts.exists() else "x")
+        raise ConfigError("fold 9 is out of range; use --folds 0 1")
+
+    lines = []
+    runner = RayTrials("local", cpus=1, gpus=0, device="cpu", progress=False, report=lines.append)
+    failures = runner(trial, {"fold 9": tmp_path}, lambda name, result: pytest.fail("it did not fail"))
+    assert failures == {"fold 9": "ConfigError: fold 9 is out of range; use --folds 0 1"}
+    assert (tmp_path / "attempts").read_text() == "x" and "FAILED fold 9: ConfigError: fold 9 is out of range; " \
+        "use --folds 0 1" in lines
 
 
 def test_a_study_through_ray_writes_the_sequential_results(local_ray, synthetic_root, tmp_path):
@@ -160,6 +185,20 @@ def test_prediction_through_ray_is_resumable_and_merges_into_the_same_submission
     assert predict_main([*other, "--fresh"]) == 0
     assert "0 of 4 run(s) already predicted" in capsys.readouterr().out
     assert merged.read_bytes() != single.read_bytes()  # fewer rows at the higher thresholds
+    # other member weights are another job too
+    assert predict_main([*other, "--member-weights", "2"]) == 2 and "--fresh" in capsys.readouterr().err
+    # a run whose tomogram was written again since is predicted again, and only that one
+    meta = synthetic_root / "train" / "static" / "ExperimentRuns" / runs[0] / "VoxelSpacing10.000" / "denoised.zarr"
+    zarray = meta / "0" / ".zarray"
+    stat = zarray.stat()
+    os.utime(zarray, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    try:
+        assert predict_main(other) == 0
+    finally:
+        os.utime(zarray, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    out = capsys.readouterr().out
+    assert f"1 run(s) were written again since they were predicted ({runs[0]}): predicting them again" in out
+    assert {line.split(":")[0] for line in out.splitlines() if " particles in " in line} == {runs[0]}
 
 
 def test_rays_floor_runs_the_unchanged_one_process_command_inside_an_actor(local_ray, synthetic_root,
@@ -256,7 +295,7 @@ def test_parts_of_another_folder_or_a_bad_record_are_refused(tmp_path):
 def test_ray_flags_are_checked_before_any_work(synthetic_root, tiny_experiment, tmp_path, capsys, monkeypatch):
     out = tmp_path / "s.csv"
     assert predict_main(predict_args(synthetic_root, tiny_experiment, out, "--workers", "2")) == 2
-    assert "--workers only work with --ray" in capsys.readouterr().err
+    assert "--workers works only with --ray" in capsys.readouterr().err
     assert predict_main(predict_args(synthetic_root, tiny_experiment, out, "--ray", "local", "--time-budget",
                                      "1")) == 2
     assert "--time-budget shares one clock" in capsys.readouterr().err
@@ -268,9 +307,36 @@ def test_ray_flags_are_checked_before_any_work(synthetic_root, tiny_experiment, 
     assert "fold 9 is out of range" in capsys.readouterr().err and not (tmp_path / "w").exists()
     with pytest.raises(ConfigError, match="torchrun"):
         RayTrials("local", gpus=2)
+    mine = tmp_path / "mine.txt"
+    mine.write_text("mine")
+    import czii_kit.scale.session
+
+    with monkeypatch.context() as m:  # --out is checked before Ray starts
+        m.setattr(czii_kit.scale.session, "ray_session", lambda *a, **k: pytest.fail("Ray was started"))
+        assert predict_main(predict_args(synthetic_root, tiny_experiment, mine, "--ray", "local")) == 2
+    assert "exists and is not a submission CSV" in capsys.readouterr().err and mine.read_text() == "mine"
+    with pytest.raises(ConfigError, match=r"--ray 127.0.0.1:1: nothing answers there"):
+        czii_kit.scale.session.check_reachable("127.0.0.1:1", timeout_s=2)
     monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed
     assert predict_main(predict_args(synthetic_root, tiny_experiment, out, "--ray", "local")) == 2
     assert 'pip install -e ".[ray]"' in capsys.readouterr().err and not out.exists()
+
+
+def test_more_workers_than_the_cluster_holds_is_refused_instead_of_waiting_forever(local_ray, synthetic_root,
+                                                                                   tiny_experiment, tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    assert predict_main(predict_args(synthetic_root, tiny_experiment, out, "--ray", "local", "--workers", "2")) == 2
+    assert "--workers 2: the cluster holds 1 worker(s) of 2 CPU(s)" in capsys.readouterr().err and not out.exists()
+
+
+def test_ray_is_imported_with_every_worker_line_shown_and_no_autoscaler_chatter(monkeypatch):
+    from czii_kit.scale.session import QUIET_RAY, require_ray
+
+    for name in QUIET_RAY:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_DEDUP_LOGS", "1")  # the user's own choice stays
+    require_ray()
+    assert os.environ["RAY_DEDUP_LOGS"] == "1" and os.environ["RAY_SCHEDULER_EVENTS"] == "0"
 
 
 def test_a_failure_inside_ray_is_named_by_its_cause():

@@ -19,13 +19,11 @@ from czii_kit.checkpoints import describe_lineage, unfinished_training
 from czii_kit.data.open_data import open_data
 from czii_kit.data.source import DataSource
 from czii_kit.data.star import check_star_folder, write_star_files
-from czii_kit.errors import ConfigError, DataError, PredictionError
+from czii_kit.errors import ConfigError, PredictionError
 from czii_kit.infer.export import EngineFiles
 from czii_kit.infer.plan import PredictionPlan
 from czii_kit.infer.split import LocalSplit, SplitResult
-from czii_kit.submission import is_submission_file, write_submission
-from czii_kit.tables import SUBMISSION_COLUMNS
-from czii_kit.utils.atomic import check_output_folder
+from czii_kit.submission import check_submission_out, write_submission
 
 
 @dataclass
@@ -50,18 +48,6 @@ def missing_runs_table(failures: Mapping[str, str], n_runs: int, out: Path) -> s
     lines = [bar, f"!!! {len(failures)} of {n_runs} run(s) have NO predictions in {out}: the submission is partial",
              *(f"!!!   {run}: {why}" for run, why in failures.items()), bar]
     return "\n".join(lines)
-
-
-def check_output(path: Path, data: DataSource, overwrite: bool = False) -> None:
-    """Fail before hours of inference, not after: ``path`` must be a file name in a writable directory, outside
-    the data directory, and either new or an earlier submission (any other file of the user's needs --overwrite)."""
-    if path.is_dir():
-        raise DataError(f"--out {path} is a directory; give a file name such as {path / 'submission.csv'}")
-    check_output_folder(path.parent, "--out")
-    data.check_outside(path)
-    if path.is_file() and not overwrite and not is_submission_file(path):
-        raise DataError(f"--out {path} exists and is not a submission CSV (its first line is not "
-                        f"{','.join(SUBMISSION_COLUMNS)}); choose another --out, or pass --overwrite to replace it")
 
 
 def copick_target(data: DataSource, copick_out: str | None, runs: Sequence[str],
@@ -101,7 +87,7 @@ def predict_submission(*, weights: Sequence[str | Path], data: str | Path | Data
     """
     out = Path(out)
     data = open_data(data)
-    check_output(out, data, overwrite)
+    check_submission_out(out, data, overwrite)
     files = EngineFiles(Path(engine_cache), tuple(Path(p) for p in prebuilt_engines))
     plan = PredictionPlan.from_weights(
         weights, folds, overrides=overrides, tta=tta, engine=engine, device=device, member_weights=member_weights,

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from czii_kit.errors import SubmissionError
+from czii_kit.errors import DataError, SubmissionError
 from czii_kit.particles import CZII, ParticleSet
 from czii_kit.tables import (PICK_COLUMNS, SUBMISSION_COLUMNS, XYZ, preview_rows, read_table,
                              require_columns, require_experiment_names, require_finite, require_known_types)
-from czii_kit.utils.atomic import atomic_path
+from czii_kit.utils.atomic import atomic_path, check_output_folder
 
 
 def _require_exact_columns(df: pd.DataFrame, source: str) -> None:
@@ -91,6 +91,19 @@ def is_submission_file(path: str | os.PathLike) -> bool:
             return f.readline().strip() == ",".join(SUBMISSION_COLUMNS)
     except OSError:
         return False
+
+
+def check_submission_out(path: Path, data, overwrite: bool = False) -> None:
+    """Fail before hours of inference, not after: ``path`` (predict's --out) must be a file name in a writable
+    directory, outside the data (a ``DataSource``), and either new or an earlier submission (any other file of the
+    user's needs --overwrite)."""
+    if path.is_dir():
+        raise DataError(f"--out {path} is a directory; give a file name such as {path / 'submission.csv'}")
+    check_output_folder(path.parent, "--out")
+    data.check_outside(path)
+    if path.is_file() and not overwrite and not is_submission_file(path):
+        raise DataError(f"--out {path} exists and is not a submission CSV (its first line is not "
+                        f"{','.join(SUBMISSION_COLUMNS)}); choose another --out, or pass --overwrite to replace it")
 
 
 def read_submission(path: str | os.PathLike, particles: ParticleSet = CZII) -> pd.DataFrame:

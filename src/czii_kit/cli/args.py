@@ -107,4 +107,5 @@ def ray_only(args: argparse.Namespace, *flags: str) -> None:
     if given and not args.ray:
         from czii_kit.errors import ConfigError
 
-        raise ConfigError(f"{', '.join(given)} only work with --ray (e.g. --ray local)")
+        raise ConfigError(f"{', '.join(given)} {'works' if len(given) == 1 else 'work'} only with --ray (e.g. "
+                          "--ray local)")

@@ -24,8 +24,9 @@ def exit_on_user_error(main):
         try:
             return main(argv)
         except KeyboardInterrupt:
-            print("interrupted; checkpoints, submissions and reports are written whole or not at all; a training "
-                  "run continues with --resume", file=sys.stderr)
+            print("interrupted; checkpoints, submissions and reports are written whole or not at all; to go on, "
+                  "rerun the command (training with --resume; prediction with --ray keeps its finished runs)",
+                  file=sys.stderr)
             return 130
         except Exception as e:
             from czii_kit.train.distributed import rank_prefix  # here: importing it imports torch

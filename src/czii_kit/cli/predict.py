@@ -63,8 +63,10 @@ def main(argv=None) -> int:
         return run(args, data)
     from czii_kit.scale.predict import RayPrediction, parts_folder
     from czii_kit.scale.session import ray_session, refuse_time_budget
+    from czii_kit.submission import check_submission_out
 
     refuse_time_budget(args.time_budget)
+    check_submission_out(Path(args.out), data, args.overwrite)  # before Ray starts (seconds), as without --ray
     executor = RayPrediction(args.ray, str(parts_folder(Path(args.out).resolve())), args.fresh, args.cpus_per_worker,
                              args.gpus_per_worker, args.workers)
     with ray_session(args.ray) as ray:

@@ -28,7 +28,7 @@ def check_root(root: str | Path) -> Path:
     if not root.is_dir():
         raise DataError(
             f"data root {root} does not exist; pass the competition directory (the one holding "
-            "train/ and test/) or make one with `python tools/make_synthetic.py --out DIR`"
+            "train/ and test/), a copick config JSON, or make a directory with `czii make-synthetic --out DIR`"
         )
     return root
 

@@ -53,6 +53,11 @@ class DataSource(ABC):
         """The folders that hold the data itself, where nothing is ever written."""
         return []
 
+    def run_stamp(self, run: str, split: str, data_cfg: Mapping) -> str | None:
+        """Something that changes when a run's tomogram is written again (resumable jobs compare it), or None
+        where the source cannot tell."""
+        return None
+
     def check_outside(self, path: str | Path, flag: str = "--out") -> None:
         """Refuse, before any work, an output inside the data."""
         target = Path(path).resolve()
@@ -85,6 +90,12 @@ class KaggleDirectory(DataSource):
 
     def run_geometry(self, run, split, data_cfg, recon=None) -> tuple[tuple[int, ...], float]:
         return io.run_geometry(self.root, run, split, data_cfg, recon)
+
+    def run_stamp(self, run, split, data_cfg) -> str | None:
+        """The modification time of the level's array metadata: a regenerated or re-copied store gets a new one
+        (a copy that keeps times, such as rsync -a, keeps it, and holds the same data)."""
+        meta = io.tomogram_location(self.root, run, split, data_cfg["recon"]) / str(data_cfg["level"]) / ".zarray"
+        return str(meta.stat().st_mtime_ns) if meta.is_file() else None
 
     def read_picks(self, run, data_cfg=None) -> pd.DataFrame:
         return io.read_picks(self.root, run, self.particles)

@@ -2,10 +2,12 @@
 
 A job of thousands of tomograms must survive being stopped. Each run's detections are written, atomically, to
 ``<run>.csv`` and then ``<run>.json`` (rows, seconds, device: the record that the run is done; a run without it is
-predicted again). ``job.json`` says which job the parts belong to (checkpoint bytes, thresholds, source weights,
-the inference and post-processing settings, the data and split): a rerun with the same arguments predicts only
-the runs that are missing, a rerun with other ones is refused until ``--fresh`` clears the parts. The parts are
-merged in the plan's run order, so the submission is the one a single uninterrupted job writes, row for row.
+predicted again). ``job.json`` says which job the parts belong to (checkpoint bytes, member and source weights,
+thresholds, the inference and post-processing settings, the data and split): a rerun with the same arguments
+predicts only the runs that are missing, a rerun with other ones is refused until ``--fresh`` clears the parts.
+The parts are merged in the plan's run order, so the submission is the one a single uninterrupted job writes, row
+for row. Each record also keeps its run's stamp (``DataSource.run_stamp``): a run whose tomogram was written again
+since is predicted again.
 """
 from __future__ import annotations
 
@@ -27,11 +29,16 @@ JOB_FILE = "job.json"
 
 def job_key(plan) -> dict:
     """What decides a prediction's rows (not where or how fast it runs): parts of another key are not reused."""
-    cfg = plan.cfg
+    cfg, runs = plan.cfg, plan.runs
     infer = {k: v for k, v in cfg["infer"].items() if k not in ("device", "batch_size")}
     return {"weights_sha256": weights_digest([c["path"] for c in plan.checkpoints]), "thresholds": plan.thresholds,
+            "member_weights": {kind: [w for _, w in group] for kind, group in plan.groups.items()},
             "source_weights": plan.source_weights, "infer": infer, "post": cfg["post"], "fusion": cfg["fusion"],
-            "data": str(plan.runs.data), "split": plan.runs.split}
+            "data": str(runs.data), "split": runs.split}
+
+
+def run_stamp(plan, run: str) -> str | None:
+    return plan.runs.data.run_stamp(run, plan.runs.split, plan.cfg["data"])
 
 
 def _canonical(value) -> str:

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 DEFAULT_CPUS_PER_WORKER = 2.0
 
 
+WORKER_FLAGS = "--cpus-per-worker / --gpus-per-worker"
+
+
 def parts_folder(out: str | Path) -> Path:
     """``submission.csv`` -> ``submission.csv.parts``."""
     out = Path(out)
@@ -78,10 +81,13 @@ class RunWorker:
                 "setup_seconds": self.setup_seconds}
 
     def predict(self, run: str, plan_box: list) -> dict:
+        from czii_kit.infer.parts import run_stamp
+
         self._load(plan_box)
         notes: list[str] = []
+        stamp = run_stamp(self.predictors.plan, run)  # before the read: a store written meanwhile is seen as changed
         found, seconds = self.split.predict_one(self.predictors, run, self.device, self.engine, note=notes.append)
-        record = {"seconds": seconds, "device": self.device, "engine": self.engine, "notes": notes}
+        record = {"seconds": seconds, "device": self.device, "engine": self.engine, "notes": notes, "stamp": stamp}
         self.store.write(run, found, record)
         return {"run": run, "rows": len(found), **record}
 
@@ -121,7 +127,7 @@ class RayPrediction:
         if self.gpus is None and device is None and ray.cluster_resources().get("GPU", 0) >= 1:
             return
         resources = resources_for(ray, self.cpus, self.gpus, device or "cpu", self.address)
-        check_fits(ray, resources, "prediction")
+        check_fits(ray, resources, "prediction", WORKER_FLAGS)
         self.early = resources, self._actors(ray, resources, self._worker_count(ray, resources))
 
     def _actors(self, ray, resources: Resources, count: int) -> list:
@@ -129,12 +135,17 @@ class RayPrediction:
         return [actor.remote(self.folder, resources.threads) for _ in range(count)]
 
     def _worker_count(self, ray, resources: Resources, runs: int | None = None) -> int:
-        """--workers, or as many as the cluster holds; at most one per run to predict (when known)."""
-        if self.workers is not None:
-            wanted = self.workers
-        else:
-            total = ray.cluster_resources()
-            wanted = total.get("GPU", 0) // resources.gpus if resources.gpus else total.get("CPU", 0) // resources.cpus
+        """--workers, or as many as the cluster holds; at most one per run to predict (when known). More than the
+        cluster holds is refused: the job waits for every worker to load before the first run, so it would wait
+        forever."""
+        total = ray.cluster_resources()
+        holds = int(total.get("GPU", 0) // resources.gpus if resources.gpus else total.get("CPU", 0) // resources.cpus)
+        if self.workers is not None and self.workers > holds:
+            raise ConfigError(f"--workers {self.workers}: the cluster holds {holds} worker(s) of {resources.cpus:g} "
+                              f"CPU(s) and {resources.gpus:g} GPU(s) ({total.get('CPU', 0):g} CPU(s), "
+                              f"{total.get('GPU', 0):g} GPU(s) in all); lower --workers or --cpus-per-worker, or add "
+                              "nodes")
+        wanted = self.workers if self.workers is not None else holds
         return int(max(1, min(wanted, runs) if runs is not None else wanted))
 
     def _workers_for(self, ray, resources: Resources, count: int) -> list:
@@ -156,13 +167,18 @@ class RayPrediction:
 
     def __call__(self, plan: PredictionPlan, devices: Sequence[str], *, time_budget_h: float | None = None,
                  progress: bool = True, report: Callable[[str], None] = print) -> SplitResult:
-        from czii_kit.infer.parts import PartStore, job_key
+        from czii_kit.infer.parts import PartStore, job_key, run_stamp
         from czii_kit.infer.split import SplitResult
 
         refuse_time_budget(time_budget_h)
         store = PartStore(Path(self.folder))
         done = set(store.open(job_key(plan), self.fresh))
         names, skipped = plan.runs.names, plan.runs.skipped
+        changed = sorted(run for run in done & set(names) if store.record(run).get("stamp") != run_stamp(plan, run))
+        if changed:
+            report(f"{len(changed)} run(s) were written again since they were predicted ({', '.join(changed[:5])}"
+                   f"{', ...' if len(changed) > 5 else ''}): predicting them again")
+            done -= set(changed)
         todo = [run for run in plan.runs.to_predict if run not in done]
         report(f"{len(done & set(names))} of {len(names)} run(s) already predicted in {self.folder}; "
                f"{len(todo)} to predict through Ray")
@@ -188,7 +204,7 @@ class RayPrediction:
              progress: bool, report: Callable[[str], None]) -> tuple[str, float]:
         """The runs of ``todo`` on the workers; (engine, setup seconds)."""
         resources = resources_for(ray, self.cpus, self.gpus, plan.cfg["infer"]["device"], self.address)
-        check_fits(ray, resources, "prediction")
+        check_fits(ray, resources, "prediction", WORKER_FLAGS)
         workers = self._workers_for(ray, resources, self._worker_count(ray, resources, len(todo)))
         plan_box = [ray.put(plan)]
         engine, setup_seconds, workers = self._start(ray, workers, plan_box, decisions, report)

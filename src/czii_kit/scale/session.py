@@ -18,8 +18,16 @@ LOCAL = "local"
 AUTH_MODE = "RAY_AUTH_MODE"  # Ray's switch for token authentication ("token" or "disabled")
 
 
+# Read by Ray when it is imported (a user's own setting wins): every worker line shown as it is (Ray's dedup
+# merges lines that differ only in numbers, such as two folds' epoch lines), and no autoscaler event every 5 s
+# while trials wait for a free slot, which is how a study queues on purpose.
+QUIET_RAY = {"RAY_DEDUP_LOGS": "0", "RAY_SCHEDULER_EVENTS": "0"}
+
+
 def require_ray():
     """The ray module, or a ConfigError saying how to install the optional extra."""
+    for name, value in QUIET_RAY.items():
+        os.environ.setdefault(name, value)
     try:
         import ray
     except ImportError:
@@ -37,7 +45,8 @@ class Resources:
 
     def __post_init__(self) -> None:
         if self.cpus <= 0 or self.gpus < 0:
-            raise ConfigError(f"a Ray trial needs cpus > 0 and gpus >= 0, got cpus {self.cpus}, gpus {self.gpus}")
+            raise ConfigError(f"each Ray trial or worker needs more than 0 CPUs and at least 0 GPUs (--cpus-per-trial, "
+                              f"--cpus-per-worker, --gpus-per-...), got {self.cpus:g} CPU(s), {self.gpus:g} GPU(s)")
 
     @property
     def threads(self) -> int:
@@ -74,6 +83,7 @@ def ray_session(address: str, report: Callable[[str], None] = print) -> Iterator
     # shutdown waited out its 1-s grace period; a one-node instance has nothing to autoscale either way
     started_here = {"RAY_enable_autoscaler_v2": "1"} if address == LOCAL else {}
     options = {"include_dashboard": False, "logging_level": logging.WARNING}
+    check_reachable(address)
     try:
         with environment(started_here):  # read by the daemons ray.init starts, not left behind for later sessions
             ray.init(address=address, **options)  # "local": a new instance, never a cluster someone else started
@@ -87,6 +97,22 @@ def ray_session(address: str, report: Callable[[str], None] = print) -> Iterator
         yield ray
     finally:
         ray.shutdown()
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT address must answer within ``timeout_s``: ray.init retries an address where nothing listens for
+    minutes, printing only its own connection warnings."""
+    host, sep, port = address.rpartition(":")
+    if address in (LOCAL, "auto") or "://" in address or not sep or not port.isdigit():
+        return
+    import socket
+
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"--ray {address}: nothing answers there ({e.strerror or e}); check the head node's address "
+                          f"and port (`ray status` on the head node prints it); {join_hint(address, os.environ)}"
+                          ) from None
 
 
 def join_hint(address: str, environ) -> str:
@@ -111,14 +137,14 @@ def resources_for(ray, cpus: float, gpus: float | None, device: str, address: st
     return Resources(cpus, gpus)
 
 
-def check_fits(ray, resources: Resources, what: str) -> None:
+def check_fits(ray, resources: Resources, what: str, flags: str = "--cpus-per-trial / --gpus-per-trial") -> None:
     """Refuse before any work when no node of the cluster could ever give one trial what it asks for."""
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     if not any(n.get("CPU", 0) >= resources.cpus and n.get("GPU", 0) >= resources.gpus for n in nodes):
         biggest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
         raise ConfigError(f"{what} asks each Ray worker for {resources.cpus:g} CPU(s) and {resources.gpus:g} GPU(s), "
                           f"but the largest node offers {biggest.get('CPU', 0):g} CPU(s) and {biggest.get('GPU', 0):g} "
-                          "GPU(s); lower --cpus-per-trial / --gpus-per-trial (or the -per-worker flags)")
+                          f"GPU(s); lower {flags}")
 
 
 def refuse_time_budget(time_budget_h: float | None) -> None:

@@ -2,21 +2,31 @@
 
 Every trial is submitted at once and Ray runs as many side by side as the cluster's free resources allow. A
 trial that raises is retried once (Ray's ``retry_exceptions``; a worker that dies is retried the same way), then
-reported while the others go on. Results come back to this process as each trial finishes, where ``on_done``
-saves them, so a job that is stopped keeps everything finished so far; what each trial writes itself (a fold's
-checkpoint) is written by the worker, atomically.
+reported while the others go on; a trial stopped by the user's own mistake (a CziiError) is reported at once.
+Results come back to this process as each trial finishes, where ``on_done`` saves them, so a job that is stopped
+keeps everything finished so far; what each trial writes itself (a fold's checkpoint) is written by the worker,
+atomically.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from czii_kit.errors import ConfigError
+from czii_kit.errors import ConfigError, CziiError
 from czii_kit.scale.session import check_fits, describe_failure, ray_session, require_ray, resources_for
 from czii_kit.utils.jobs import OnDone
 from czii_kit.utils.progress import progress_bar
 
 RETRIES = 1  # a failed trial runs once more before it is reported
+
+
+@dataclass(frozen=True)
+class UserMistake:
+    """What a trial returns instead of raising a CziiError: the user's to fix, so said once, as one line, and not
+    retried (a retry fails the same way, and its message would hide the first)."""
+
+    why: str
 
 
 def call_with_threads(fn: Callable[[Any], Any], trial: Any, threads: int) -> Any:
@@ -25,7 +35,10 @@ def call_with_threads(fn: Callable[[Any], Any], trial: Any, threads: int) -> Any
     import torch
 
     torch.set_num_threads(threads)
-    return fn(trial)
+    try:
+        return fn(trial)
+    except CziiError as e:
+        return UserMistake(f"{type(e).__name__}: {e}")
 
 
 class RayTrials:
@@ -62,7 +75,11 @@ class RayTrials:
                         failures[name] = describe_failure(error)
                         self.report(f"FAILED {name} after {self.retries + 1} attempt(s): {failures[name]}")
                     else:
-                        on_done(name, result)
-                        self.report(f"finished {name}")
+                        if isinstance(result, UserMistake):
+                            failures[name] = result.why
+                            self.report(f"FAILED {name}: {result.why}")
+                        else:
+                            on_done(name, result)
+                            self.report(f"finished {name}")
                     bar.update()
         return failures
