@@ -15,7 +15,7 @@ import torch
 
 import czii_kit
 from czii_kit.config import dump_config, infer_window, with_new_defaults
-from czii_kit.errors import CheckpointError
+from czii_kit.errors import CheckpointError, first_line
 from czii_kit.models import ProbabilityModel, build_model
 from czii_kit.utils.atomic import atomic_path
 
@@ -50,8 +50,7 @@ def load_checkpoint(path: str | Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         # torch's own reason, without its advice to load the file as an arbitrary pickle
-        text = str(e).split("WeightsUnpickler error:")[-1]
-        why = next((line.strip() for line in text.splitlines() if line.strip()), "")[:200]
+        why = first_line(str(e).split("WeightsUnpickler error:")[-1])
         raise CheckpointError(f"checkpoint {path} could not be loaded ({type(e).__name__}: {why}); "
                               "it is truncated or not a czii-kit checkpoint") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -163,7 +162,7 @@ def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
         model.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, AttributeError, TypeError) as e:  # what the name and shape check cannot see
         raise CheckpointError(f"checkpoint {ckpt.get('path', '?')}: its weights do not load into "
-                              f"{ckpt['model']['name']} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+                              f"{ckpt['model']['name']} ({type(e).__name__}: {first_line(e)})") from e
     return model.eval()
 
 

@@ -48,6 +48,8 @@ YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
 
 def load_yaml(text: str):
     return yaml.load(text, Loader=YamlLoader)  # noqa: S506 -- a SafeLoader subclass
+
+
 MAX_OVERLAP = 0.95  # infer.overlap above it makes the window's step a voxel or less
 # Bounds (inclusive; None: open) of numbers that would otherwise fail deep inside a run, or quietly do nothing.
 LIMITS = {
@@ -145,6 +147,11 @@ def _kind(default) -> tuple[str, tuple[type, ...]] | None:
     return None
 
 
+def _matches(value, types: tuple[type, ...]) -> bool:
+    """isinstance, except that true/false is only a bool (Python counts it as an int)."""
+    return isinstance(value, types) and isinstance(value, bool) == (types == (bool,))
+
+
 def check_value(dotted: str, value, default) -> None:
     """``value`` for key ``dotted`` has the type of its default (ints stay ints, lists keep their items' type; a
     PER_CLASS key may map class names to such values) and, for a key with LIMITS, is a finite number within them:
@@ -155,9 +162,8 @@ def check_value(dotted: str, value, default) -> None:
         return
     kind = _kind(default)
     item_kind = _kind(default[0]) if isinstance(default, list) and default else None
-    bad_type = kind and (isinstance(value, bool) != (kind[1] == (bool,)) or not isinstance(value, kind[1]))
-    bad_items = not bad_type and item_kind and any(
-        isinstance(v, bool) != (item_kind[1] == (bool,)) or not isinstance(v, item_kind[1]) for v in value)
+    bad_type = kind and not _matches(value, kind[1])
+    bad_items = not bad_type and item_kind and not all(_matches(v, item_kind[1]) for v in value)
     if bad_type or bad_items:
         what = f"a list of {item_kind[0].removeprefix('an ').removeprefix('a ')}s" if item_kind else kind[0]
         raise ConfigError(f"config {dotted} must be {what}, got {value!r} (like its default: --set {dotted}="

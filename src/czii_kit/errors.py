@@ -4,6 +4,12 @@ Tools catch ``CziiError`` and print its message without a traceback.
 """
 
 
+def first_line(text: object, limit: int = 200) -> str:
+    """The first non-empty line of a library's error text, cut to ``limit`` characters: enough to name the cause in
+    a one-line message ("" when there is none)."""
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")[:limit]
+
+
 class CziiError(Exception):
     """Base class: a user-facing problem with a message that says what to do."""
 

@@ -275,8 +275,9 @@ def save_pictures(out: Path, data: DataSource, preds: list[FoldPrediction], plai
 
 
 def is_report_file(path: Path) -> bool:
-    """A file run_evaluation writes (an earlier report, maybe cut short, is replaced by the next)."""
-    return path.is_file() and (path.suffix == ".png" or path.name in (
+    """A file run_evaluation writes (an earlier report, maybe cut short, is replaced by the next), or a dot-entry (a
+    killed write's temporary, the system's own files)."""
+    return path.name.startswith(".") or path.is_file() and (path.suffix == ".png" or path.name in (
         "report.md", "variants.csv", "per_class.csv", TUNING_FILE))
 
 
@@ -285,8 +286,7 @@ def run_evaluation(root, weights: list[str | Path], out: str | Path, folds: list
                    progress: bool = True) -> dict:
     """Out-of-fold predictions, the variants table, thresholds.json, tables and pictures into ``out``."""
     out = check_output_folder(out)
-    foreign = sorted(p.name for p in out.iterdir() if not is_report_file(p) and not p.name.startswith(".")
-                     ) if out.is_dir() else []  # dot-entries: a killed write's temporary, the system's own files
+    foreign = sorted(p.name for p in out.iterdir() if not is_report_file(p)) if out.is_dir() else []
     if foreign:
         raise DataError(f"--out {out} holds files that are not an evaluate report ({', '.join(foreign[:3])}); choose "
                         "a new --out (an earlier report there is replaced, nothing else is)")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from czii_kit.config import ENGINE_KINDS
-from czii_kit.errors import CheckpointError, ConfigError
+from czii_kit.errors import CheckpointError, ConfigError, first_line
 
 Shape3 = tuple[int, int, int]
 GPU_EXTRA_HINT = "pip install 'czii-kit[gpu]'"
@@ -134,10 +134,9 @@ class OnnxSession:
         try:
             self.session = ort.InferenceSession(str(self.path), providers=_onnx_providers(ort, self.device))
         except Exception as e:  # noqa: BLE001 -- onnxruntime's own error types: a truncated or foreign file
-            first = (str(e).strip().splitlines() or [""])[0][:160]
-            raise CheckpointError(f"onnxruntime could not load {self.path} ({type(e).__name__}: {first}); a file cut "
-                                  "short or from elsewhere is made again by czii export --weights CHECKPOINT "
-                                  "--format onnx --force") from e
+            raise CheckpointError(f"onnxruntime could not load {self.path} ({type(e).__name__}: {first_line(e, 160)}); "
+                                  "a file cut short or from elsewhere is made again by czii export --weights "
+                                  "CHECKPOINT --format onnx --force") from e
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise CheckpointError(f"{self.path}: expected one input and one output, got {len(inputs)} and "
