@@ -282,6 +282,26 @@ def test_tool_writes_dataset_and_preview_and_reports_user_errors(tmp_path, capsy
     assert "not empty" in err and "Traceback" not in err
 
 
+def test_test_runs_get_other_recons_on_request_with_the_same_particles(tmp_path, capsys):
+    """--test-recons wbp: a test split for models that read data.recon=wbp; the particles do not change."""
+    tool = load_tool()
+    common = ["--train", "0", "--test", "1", "--shape", *map(str, SMALL), "--seed", "5", "--no-progress"]
+    assert tool.main(["--out", str(tmp_path / "plain"), *common]) == 0
+    assert tool.main(["--out", str(tmp_path / "wbp"), *common, "--test-recons", "wbp,denoised"]) == 0
+    assert layout.available_recons(tmp_path / "plain", "test", "TS_T1_1") == ["denoised"]
+    assert layout.available_recons(tmp_path / "wbp", "test", "TS_T1_1") == ["denoised", "wbp"]
+    solution = [pd.read_csv(tmp_path / name / layout.SOLUTION_CSV) for name in ("plain", "wbp")]
+    pd.testing.assert_frame_equal(*solution)
+    plain, both = (io.read_tomogram(tmp_path / name, "TS_T1_1", "test") for name in ("plain", "wbp"))
+    np.testing.assert_array_equal(plain, both)
+    assert json.loads((tmp_path / "wbp" / "synthetic.json").read_text())["test_recons"] == ["wbp", "denoised"]
+    capsys.readouterr()
+    assert tool.main(["--out", str(tmp_path / "bad"), *common, "--test-recons", "wbpp"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown reconstruction" in err and "wbpp" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_tool_writes_a_copick_project_that_reads_the_same_runs_and_picks(tmp_path, capsys):
     from czii_kit.data.open_data import open_data
     from czii_kit.data.source import KaggleDirectory

@@ -35,8 +35,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="volume size in voxels (default %(default)s; real runs are 184 630 630)")
     p.add_argument("--seed", type=int, default=synth.BUILTIN["seed"])
     p.add_argument("--recons", nargs="+", default=[",".join(synth.BUILTIN["recons"])],
-                   help="train reconstructions, comma or space separated (default: all four; test runs get "
-                        "denoised only)")
+                   help="train reconstructions, comma or space separated (default: all four)")
+    p.add_argument("--test-recons", nargs="+", default=["denoised"],
+                   help="test reconstructions (default denoised only, as on Kaggle; e.g. wbp to score models "
+                        "that read data.recon=wbp)")
     p.add_argument("--preset", default="default", choices=list(synth.PRESETS),
                    help="named settings (default %(default)s; 'hard': half the dose, 2.5x the non-target "
                         "complexes, larger errors)")
@@ -101,13 +103,14 @@ def main(argv=None) -> int:
     from czii_kit.data.synth import make_dataset
 
     args = parse_args(argv)
-    recons = [r for item in args.recons for r in item.split(",") if r]
+    recons, test_recons = ([r for item in items for r in item.split(",") if r]
+                           for items in (args.recons, args.test_recons))
     if args.preview is not None and args.train < 1:
         raise ConfigError("--preview draws a train run; ask for at least one with --train")
     cfg = config_from_args(args)
     start = time.perf_counter()
     out = make_dataset(args.out, n_train=args.train, n_test=args.test, shape=args.shape, seed=args.seed,
-                       recons=recons, cfg=cfg, progress=not args.no_progress)
+                       recons=recons, test_recons=test_recons, cfg=cfg, progress=not args.no_progress)
     shape = "x".join(map(str, args.shape))
     print(f"wrote {args.train} train + {args.test} test runs ({shape}, preset {args.preset}) to {out} "
           f"in {time.perf_counter() - start:.1f} s")

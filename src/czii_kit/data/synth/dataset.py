@@ -1,8 +1,9 @@
 """Runs and datasets: one seeded run end to end, and a whole competition directory written atomically.
 
 Train runs get the requested recons and six copick picks files; test runs get ``denoised`` only
-(as on Kaggle) with their picks in ``solution.csv``. The built-in dataset is the default data of
-every tool: made once per parameter set into $CZII_DATA_DIR or ./data and reused.
+(as on Kaggle, unless asked for others: a lab's own wbp tomograms) with their picks in ``solution.csv``.
+The built-in dataset is the default data of every tool: made once per parameter set into $CZII_DATA_DIR
+or ./data and reused.
 """
 from __future__ import annotations
 
@@ -118,7 +119,7 @@ def _run_info(split: str, scene: Scene, acquisition: Acquisition) -> dict:
 
 def make_dataset(out: str | Path, n_train: int = 4, n_test: int = 2, shape=(96, 256, 256), seed: int = 0,
                  recons=("denoised",), cfg: SynthConfig | None = None, progress: bool = True,
-                 mix: Mapping[str, SynthConfig] | None = None) -> Path:
+                 mix: Mapping[str, SynthConfig] | None = None, test_recons=("denoised",)) -> Path:
     """Write a synthetic competition directory at ``out`` (``shape`` overrides ``cfg.shape``).
 
     ``mix`` (name -> settings) gives train run i the i-th setting, cycling, instead of ``cfg`` (a dataset with
@@ -132,9 +133,9 @@ def make_dataset(out: str | Path, n_train: int = 4, n_test: int = 2, shape=(96, 
         raise ConfigError(f"need at least one run (got n_train={n_train}, n_test={n_test})")
     cfg = replace(cfg or SynthConfig(), shape=tuple(shape))
     settings = {name: replace(c, shape=tuple(shape)) for name, c in (mix or {}).items()}
-    recons = check_recons(recons)
+    recons, test_recons = check_recons(recons), check_recons(test_recons)
     jobs = ([("train", name, i, recons) for i, name in enumerate(run_names("train", n_train))]
-            + [("test", name, i, ("denoised",)) for i, name in enumerate(run_names("test", n_test))])
+            + [("test", name, i, test_recons) for i, name in enumerate(run_names("test", n_test))])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()  # plain mkdir (not mkdtemp) so the dataset gets the user's usual permissions
@@ -153,6 +154,7 @@ def make_dataset(out: str | Path, n_train: int = 4, n_test: int = 2, shape=(96, 
         _sample_submission(run_names("test", n_test), cfg.shape, seed).to_csv(tmp / "sample_submission.csv",
                                                                               index=False)
         meta = {"generator": GENERATOR, "version": __version__, "seed": seed, "recons": list(recons),
+                **({"test_recons": list(test_recons)} if n_test else {}),
                 "config": asdict(cfg), "runs": runs_info,
                 **({"mix": {name: asdict(c) for name, c in settings.items()}} if settings else {})}
         (tmp / "synthetic.json").write_text(json.dumps(meta, indent=1))
