@@ -311,10 +311,17 @@ def test_ray_flags_are_checked_before_any_work(synthetic_root, tiny_experiment, 
     mine.write_text("mine")
     import czii_kit.scale.session
 
-    with monkeypatch.context() as m:  # --out is checked before Ray starts
+    with monkeypatch.context() as m:  # --out, --weights and --runs are checked before Ray starts
         m.setattr(czii_kit.scale.session, "ray_session", lambda *a, **k: pytest.fail("Ray was started"))
         assert predict_main(predict_args(synthetic_root, tiny_experiment, mine, "--ray", "local")) == 2
-    assert "exists and is not a submission CSV" in capsys.readouterr().err and mine.read_text() == "mine"
+        assert "exists and is not a submission CSV" in capsys.readouterr().err and mine.read_text() == "mine"
+        assert predict_main(predict_args(synthetic_root, tmp_path / "nowhere", out, "--ray", "local")) == 2
+        assert f"weights {tmp_path / 'nowhere'} do not exist" in capsys.readouterr().err
+        assert predict_main(predict_args(synthetic_root, tiny_experiment, out, "--ray", "local", "--folds", "7")) == 2
+        assert "none of folds [7]" in capsys.readouterr().err
+        assert predict_main(predict_args(synthetic_root, tiny_experiment, out, "--ray", "local", "--runs",
+                                         "TS_nope")) == 2
+        assert "--runs: TS_nope not in the" in capsys.readouterr().err and not out.exists()
     with pytest.raises(ConfigError, match=r"--ray 127.0.0.1:1: nothing answers there"):
         czii_kit.scale.session.check_reachable("127.0.0.1:1", timeout_s=2)
     monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed

@@ -116,25 +116,6 @@ def unfinished_training(ckpt: dict) -> str | None:
             f"({last.name} was not finished); finish it with czii train --resume (the same --fold and --out)")
 
 
-def find_checkpoints(weights: str | Path, folds: list[int] | None = None) -> list[Path]:
-    """fold*.pt files of an experiment directory (or a single checkpoint file)."""
-    weights = Path(weights)
-    if weights.is_file():
-        return [weights]
-    if not weights.is_dir():
-        raise CheckpointError(f"weights {weights} do not exist; pass a checkpoint file or an experiment directory")
-    found = sorted(p for p in weights.glob("fold*.pt") if not p.stem.endswith("_last"))
-    if folds is not None:
-        have = [int(p.stem[4:]) for p in found]
-        found = [p for p in found if int(p.stem[4:]) in folds]
-        if not found:
-            raise CheckpointError(f"none of folds {folds} in {weights} (it has folds {have}); fix --folds")
-    if not found:
-        raise CheckpointError(f"no fold*.pt checkpoints in {weights}; train with "
-                              f"`python tools/train_fold.py --out {weights}`")
-    return found
-
-
 MISMATCHES_SHOWN = 4  # weights quoted when a state does not fit a model
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from czii_kit.checkpoints import describe_lineage, find_checkpoints, load_checkpoint
+from czii_kit.checkpoints import describe_lineage, load_checkpoint
 from czii_kit.config import class_dict, particle_set
 from czii_kit.data.folds import fold_runs
 from czii_kit.data.open_data import open_data
@@ -43,6 +43,7 @@ from czii_kit.post.fusion import FUSION_METHODS
 from czii_kit.post.steps import apply_thresholds, with_steps
 from czii_kit.tuning import TUNING_FILE, Tuning, save_tuning
 from czii_kit.utils.atomic import atomic_path, check_output_folder, write_text_atomic
+from czii_kit.utils.checkpoint_files import find_checkpoints
 from czii_kit.utils.markdown import markdown_table
 from czii_kit.utils.progress import progress_bar
 from czii_kit.viz import save_f4_curves, save_hit_overlay

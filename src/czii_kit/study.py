@@ -294,7 +294,7 @@ def scored_candidates(weights: Path, data, split: str, runs: Sequence[str] | Non
 def study_models(study_dir: str | Path, arms: Sequence[str] | None = None) -> list[tuple[str, int, Path]]:
     """(arm, seed, checkpoint) of every model in a study's results.csv (only ``arms`` when given), checked before
     any prediction."""
-    from czii_kit.checkpoints import find_checkpoints
+    from czii_kit.utils.checkpoint_files import find_checkpoints
 
     study_dir = Path(study_dir)
     results = study_dir / RESULTS

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from czii_kit.checkpoints import find_checkpoints, load_checkpoint, untrained_checkpoint
+from czii_kit.checkpoints import load_checkpoint, untrained_checkpoint
 from czii_kit.config import load_config
 from czii_kit.data.io import Tomogram
 from czii_kit.data.normalize import normalize_from_config
@@ -32,6 +32,7 @@ from czii_kit.models import build_model
 from czii_kit.particles import VOXEL_SPACING
 from czii_kit.post.peaks import find_peaks, reference_peaks
 from czii_kit.utils.backend import to_numpy
+from czii_kit.utils.checkpoint_files import find_checkpoints
 
 
 @dataclass

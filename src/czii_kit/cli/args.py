@@ -28,6 +28,12 @@ def device(text: str) -> str:
     return value
 
 
+def run_list(runs: str | None) -> list[str] | None:
+    """--runs a,b -> [a, b]; None (or only commas): every run of the split."""
+    names = [r.strip() for r in (runs or "").split(",") if r.strip()]
+    return names or None
+
+
 def folds(values: list[str] | str | None) -> list[int] | None:
     """Fold numbers from ``--folds 0 2``, ``--folds 0,2`` or both mixed; None when not given."""
     if values is None:

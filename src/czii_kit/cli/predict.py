@@ -64,9 +64,14 @@ def main(argv=None) -> int:
     from czii_kit.scale.predict import RayPrediction, parts_folder
     from czii_kit.scale.session import ray_session, refuse_time_budget
     from czii_kit.submission import check_submission_out
+    from czii_kit.utils.checkpoint_files import find_checkpoints
 
     refuse_time_budget(args.time_budget)
-    check_submission_out(Path(args.out), data, args.overwrite)  # before Ray starts (seconds), as without --ray
+    # what can be checked without torch, before Ray starts (seconds); the plan checks everything again later
+    check_submission_out(Path(args.out), data, args.overwrite)
+    for weights in args.weights:
+        find_checkpoints(weights, shared.folds(args.folds))
+    data.select_runs(args.split, shared.run_list(args.runs))
     executor = RayPrediction(args.ray, str(parts_folder(Path(args.out).resolve())), args.fresh, args.cpus_per_worker,
                              args.gpus_per_worker, args.workers)
     with ray_session(args.ray) as ray:
@@ -88,7 +93,7 @@ def run(args: argparse.Namespace, data, executor=None) -> int:
     report = predict_submission(
         weights=args.weights, data=data, split=args.split, out=args.out, device=args.device,
         engine=args.engine, tta=args.tta, time_budget_h=args.time_budget,
-        runs=args.runs.split(",") if args.runs else None,
+        runs=shared.run_list(args.runs),
         folds=shared.folds(args.folds),
         member_weights=shared.member_weights(args.member_weights), thresholds=args.thresholds,
         thresholds_from=args.thresholds_from, overrides=args.overrides, engine_cache=args.engine_cache,

@@ -38,11 +38,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _run_list(runs: str | None) -> list[str] | None:
-    names = [r.strip() for r in (runs or "").split(",") if r.strip()]
-    return names or None
-
-
 def _json_value(value):
     """numpy scalars -> Python; NaN -> null (strict JSON)."""
     value = value.item() if hasattr(value, "item") else value
@@ -82,7 +77,7 @@ def check_overlap(submission: pd.DataFrame, scored_runs: set[str], submission_pa
 @exit_on_user_error
 def main(argv=None) -> int:
     args = parse_args(argv)
-    runs = _run_list(args.runs)
+    runs = shared.run_list(args.runs)
     if args.solution:
         particles = CZII
         solution, source = solution_for_runs(read_solution(args.solution), runs, args.solution), args.solution

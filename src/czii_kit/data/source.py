@@ -42,6 +42,15 @@ class DataSource(ABC):
     def read_picks(self, run: str, data_cfg: Mapping | None = None) -> pd.DataFrame:
         """Ground-truth picks of a run (experiment, particle_type, x, y, z Å)."""
 
+    def select_runs(self, split: str, runs: Sequence[str] | None = None) -> list[str]:
+        """``runs`` (default: every run of ``split``), refused when one is not in the split: names only, no
+        tomogram opened, so a job can check --runs before it starts anything heavy."""
+        every = self.list_runs(split)
+        unknown = sorted(set(runs or ()) - set(every))
+        if unknown:
+            raise DataError(f"--runs: {', '.join(unknown)} not in the {split} split of {self}")
+        return list(runs) if runs else every
+
     def solution(self, split: str, runs: Sequence[str] | None = None, data_cfg: Mapping | None = None) -> pd.DataFrame:
         """Ground truth of a split for scoring: every run's picks."""
         runs = list(runs) if runs is not None else self.list_runs(split)

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from czii_kit.checkpoints import find_checkpoints, load_checkpoint, probability_model
+from czii_kit.checkpoints import load_checkpoint, probability_model
 from czii_kit.models import ProbabilityModel
 from czii_kit.data.io import Tomogram
 from czii_kit.data.normalize import normalize_from_config
@@ -39,6 +39,7 @@ from czii_kit.particles import VOXEL_SPACING
 from czii_kit.post.fusion import fuse
 from czii_kit.post.peaks import find_peaks
 from czii_kit.utils.backend import from_torch
+from czii_kit.utils.checkpoint_files import find_checkpoints
 from czii_kit.utils.registry import Registry
 from czii_kit.utils.timing import StageClock
 from czii_kit.yolo import detector

@@ -20,7 +20,7 @@ import torch
 
 from czii_kit.config import apply_overrides, particle_set
 from czii_kit.data.source import DataSource
-from czii_kit.errors import ConfigError, DataError, IncompleteDataError
+from czii_kit.errors import ConfigError, IncompleteDataError
 from czii_kit.infer.engines import check_engine_kind
 from czii_kit.infer.export import EngineFiles
 from czii_kit.infer.kinds import KINDS, Member, check_spacing, group_by_kind, kind_of, load_checkpoints
@@ -166,11 +166,7 @@ class PredictionPlan:
         if set(self.particles.names) != set(data.particles.names):
             raise ConfigError(f"the checkpoints predict {', '.join(self.particles.names)} but {data} has "
                               f"{', '.join(data.particles.names)}; use checkpoints trained on this project's classes")
-        every = data.list_runs(split)
-        unknown = sorted(set(runs or ()) - set(every))
-        if unknown:
-            raise DataError(f"--runs: {', '.join(unknown)} not in the {split} split of {data}")
-        names = list(runs) if runs else every
+        names = data.select_runs(split, runs)
         geometry, skipped = {}, {}
         for run in names:
             try:

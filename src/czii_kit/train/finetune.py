@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from czii_kit.checkpoints import find_checkpoints, load_checkpoint, weight_mismatches
+from czii_kit.checkpoints import load_checkpoint, weight_mismatches
 from czii_kit.errors import CheckpointError
+from czii_kit.utils.checkpoint_files import find_checkpoints
 from czii_kit.utils.digest import sha256_file
 
 
