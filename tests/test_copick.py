@@ -4,6 +4,7 @@ STAR files, and the errors a copick user can meet."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 
@@ -46,6 +47,23 @@ def test_the_project_reads_exactly_what_the_kit_reads(project, synthetic_root):
         pa = ours.read_picks(run).sort_values(key).reset_index(drop=True)
         pb = theirs.read_picks(run, DATA).sort_values(key).reset_index(drop=True)
         pd.testing.assert_frame_equal(pa[key], pb[key])
+
+
+def test_a_tomogram_written_again_gets_a_new_stamp_through_the_project(project, synthetic_root):
+    """Resumable Ray jobs predict a run again when its stamp changed: the project's stamp follows its links to the
+    stores themselves, and does not change while nothing is written."""
+    source = open_data(project)
+    runs = source.list_runs("train")
+    before = {run: source.run_stamp(run, "train", DATA) for run in runs}
+    assert None not in before.values() and before == {run: source.run_stamp(run, "train", DATA) for run in runs}
+    zarray = layout.tomogram_path(synthetic_root, "train", runs[0]) / "0" / ".zarray"
+    stat = zarray.stat()
+    os.utime(zarray, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    try:
+        after = {run: source.run_stamp(run, "train", DATA) for run in runs}
+    finally:
+        os.utime(zarray, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert [run for run in runs if after[run] != before[run]] == [runs[0]]
 
 
 def test_the_project_links_the_picks_and_changes_nothing_in_the_directory(project, synthetic_root):

@@ -64,6 +64,9 @@ def particles_of(objects) -> ParticleSet:
     return ParticleSet(tuple(out))
 
 
+STAMP_KEYS = ("mtime", "ETag", "etag", "LastModified", "last_modified", "updated")  # fsspec info(), by file system
+
+
 class CopickProject(DataSource):
     """A copick project (filesystem config JSON with overlay_root / static_root) as a data source.
 
@@ -140,6 +143,16 @@ class CopickProject(DataSource):
     def run_geometry(self, run, split, data_cfg, recon=None) -> tuple[tuple[int, ...], float]:
         tomogram, _, where = self._tomogram(run, data_cfg, recon)
         return io.level_geometry(where, int(data_cfg["level"]), store=tomogram.zarr())
+
+    def run_stamp(self, run, split, data_cfg) -> str | None:
+        """What the store's file system says of the level's array metadata: its modification time (local files)
+        or its ETag / last-modified (object stores); None where it says neither."""
+        store = self._tomogram(run, data_cfg, None)[0].zarr()
+        try:
+            info = store.fs.info(f"{store.path}/{data_cfg['level']}/.zarray")
+        except (OSError, ValueError):
+            return None
+        return next((f"{key}={info[key]}" for key in STAMP_KEYS if info.get(key) is not None), None)
 
     # ------------------------------------------------------------------ picks
     def read_picks(self, run, data_cfg=None) -> pd.DataFrame:
