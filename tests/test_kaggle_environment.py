@@ -329,7 +329,7 @@ def test_every_problem_names_the_option_to_rebuild_with(tmp_path):
     assert zarr.startswith("wheels/zarr-2.18.7-py3-none-any.whl: zarr 2.18.7 requires Python >=3.12")
     assert numcodecs == ("wheels/numcodecs-0.15.2-cp312-cp312-manylinux2014_x86_64.whl: it is for Python 3.12 "
                          "(cp312-cp312) and this image runs Python 3.11 (cp311): rebuild the wheelhouse and the pack "
-                         "with `python tools/pack_kaggle_dataset.py ... --kaggle-python 3.11`")
+                         "with `czii pack ... --kaggle-python 3.11`")
     assert zarr.endswith("--kaggle-python 3.11`")
     assert "built for CUDA 13 and this image's torch 2.8.0+cu128 uses CUDA 12.8" in trt
     assert trt.endswith("--kaggle-cuda 12.8`")

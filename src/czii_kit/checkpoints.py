@@ -45,7 +45,7 @@ def load_checkpoint(path: str | Path) -> dict:
     """Load and check a fold checkpoint; errors say what is wrong and how to fix it."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; train one with `python tools/train_fold.py --fold 0`")
+        raise CheckpointError(f"checkpoint {path} does not exist; train one with `czii train --fold 0`")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

@@ -58,7 +58,7 @@ def save_tuning(tuning: Tuning, path: str | Path) -> Path:
 def load_tuning(path: str | Path, classes=CZII.names) -> Tuning:
     """Read and check a thresholds file: right format, the checkpoint's class set, finite numbers."""
     path = tuning_path(path)
-    fix = "make it with `python tools/evaluate.py --weights weights/EXP --out reports/EXP`"
+    fix = "make it with `czii evaluate --weights weights/EXP --out reports/EXP`"
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:

@@ -40,7 +40,7 @@ def open_multiscale(path: str | Path, store=None):
     if not isinstance(node, zarr.hierarchy.Group):
         raise DataError(
             f"{path} is a bare zarr array, not an OME-NGFF multiscale group with levels 0/1/2; "
-            "re-export it as a group (e.g. with `python tools/make_synthetic.py`' writer)"
+            "re-export it as a group (e.g. with czii_kit.data.io.write_tomogram)"
         )
     if "multiscales" not in node.attrs:
         raise DataError(f"{path} has no OME-NGFF 'multiscales' attribute in .zattrs; it is not a multiscale group")

@@ -35,7 +35,7 @@ MANIFEST = "manifest.json"
 WHEELS = "wheels"
 PACK_FORMAT = "czii-kit-kaggle-pack"  # manifest.json's "format" in a pack made by czii pack
 SEARCH_DEPTH = 6  # how far below /kaggle/input packs and engine folders are looked for (mounts have moved before)
-REBUILD = "python tools/pack_kaggle_dataset.py ..."
+REBUILD = "czii pack ..."
 # PEP 427 file name: name-version(-build)?-python-abi-platform.whl
 WHEEL_NAME = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(?:-(?P<build>\d[^-]*))?"
                         r"-(?P<python>[^-]+)-(?P<abi>[^-]+)-(?P<platform>[^-]+)\.whl$")

@@ -23,5 +23,5 @@ def find_checkpoints(weights: str | Path, folds: Sequence[int] | None = None) ->
             raise CheckpointError(f"none of folds {list(folds)} in {weights} (it has folds {have}); fix --folds")
     if not found:
         raise CheckpointError(f"no fold*.pt checkpoints in {weights}; train with "
-                              f"`python tools/train_fold.py --out {weights}`")
+                              f"`czii train --out {weights}`")
     return found
