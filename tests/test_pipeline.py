@@ -105,7 +105,7 @@ def test_evaluate_writes_a_thresholds_file_that_predict_reads(level_calls, synth
 
 
 def test_thresholds_file_errors_name_the_file_and_the_fix(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist.*tools/evaluate.py"):
+    with pytest.raises(ConfigError, match="does not exist.*czii evaluate"):
         load_tuning(tmp_path)
     path = save_tuning(Tuning(dict.fromkeys(CLASS_NAMES, 0.3)), tmp_path)
     doc = json.loads(path.read_text())
