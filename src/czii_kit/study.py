@@ -1,5 +1,6 @@
 """Recipe studies that survive seeds: each arm (a list of config overrides) trained with several seeds on the
-same fold, every model scored on a held-out test set with the thresholds it tuned on its own validation run;
+same fold, every model scored on a held-out test set with the thresholds it carries (tuned on its validation
+run; with fold -1, its config's or its starting model's);
 mean and spread per class and overall. Results are appended to a CSV as they come, so a study resumes where it
 stopped.
 
@@ -257,7 +258,7 @@ def write_report(results: pd.DataFrame, out: str | Path, classes: Sequence[str],
     lines = ["# Recipe study", "", f"Mean ± standard deviation over seeds on the held-out test set. ▲ / ▼: the "
              f"mean moved by more than the larger seed spread of the arm and {baseline}; every other difference is "
              "noise.", ""]
-    for tuned, title in ((False, "At the thresholds each model tuned on its own validation run (what it submits)"),
+    for tuned, title in ((False, "At the thresholds each model carries (what it submits)"),
                          (True, "At thresholds tuned on the test set (the probability maps, free of threshold luck)")):
         lines += [f"## {title}", "", markdown_table(marked_summary(results, classes, baseline, tuned)), ""]
     lines += ["## Training", "", markdown_table(training_summary(results)), ""]

@@ -2,7 +2,7 @@
        [--arms ARM ...] [--seeds SEED ...] [--ray local|ADDRESS ...]          (= python tools/ablate.py)
 
 Trains every arm of a study with every seed on the study's fold of --data, scores each model on --test-data
-(its test split, with the thresholds it tuned on its own validation run) and writes results.csv (resumable)
+(its test split, with the thresholds it carries) and writes results.csv (resumable)
 and study.md (mean ± spread per class and overall; a verdict per arm against the baseline).
 """
 from __future__ import annotations
