@@ -199,3 +199,20 @@ def test_picks_outside_the_volume_are_named_before_training(capsys):
 def test_resume_with_nothing_to_resume_says_so_instead_of_starting_afresh(synthetic_root, tmp_path):
     with pytest.raises(CheckpointError, match=r"--resume: .*exp has no fold0_last\.pt to continue from"):
         loop.train_fold(tiny_cfg(synthetic_root), 0, synthetic_root, tmp_path / "exp", resume=True, progress=False)
+
+
+def test_a_best_checkpoint_without_its_resume_state_is_not_sent_to_resume(synthetic_root, tmp_path):
+    """fold0.pt without fold0_last.pt (stopped between the first two writes): the advice is to delete it, since
+    --resume has nothing to continue from; nothing is deleted here."""
+    from czii_kit.train.experiment import FoldPaths, guard_output
+
+    paths = FoldPaths(tmp_path / "exp", 0)
+    paths.out.mkdir()
+    paths.best.write_bytes(b"best of a stopped first epoch")
+    cfg = tiny_cfg(synthetic_root)
+    with pytest.raises(CheckpointError, match=r"fold0\.pt exists without fold0_last\.pt: .* delete .*fold0\.pt"):
+        guard_output(paths, cfg, resume=False)
+    paths.last.write_bytes(b"its resume state")
+    with pytest.raises(CheckpointError, match=r"fold0\.pt exists; pass --resume"):
+        guard_output(paths, cfg, resume=False)
+    assert paths.best.read_bytes() == b"best of a stopped first epoch"

@@ -15,7 +15,7 @@ import torch
 
 import czii_kit
 from czii_kit.config import dump_config, infer_window, with_new_defaults
-from czii_kit.errors import CheckpointError, first_line
+from czii_kit.errors import CheckpointError, first_few, first_line
 from czii_kit.models import ProbabilityModel, build_model
 from czii_kit.utils.atomic import atomic_path
 
@@ -127,8 +127,7 @@ def weight_mismatches(model: torch.nn.Module, state: dict, skip=lambda name: Fal
     problems += [f"{k} (not in the checkpoint)" for k in ours if k not in state and not skip(k)]
     problems += [f"{k} (shape {tuple(state[k].shape)} in the checkpoint, {tuple(ours[k].shape)} in the model)"
                  for k in state if k in ours and not skip(k) and state[k].shape != ours[k].shape]
-    more = f" and {len(problems) - MISMATCHES_SHOWN} more" if len(problems) > MISMATCHES_SHOWN else ""
-    return "; ".join(problems[:MISMATCHES_SHOWN]) + more
+    return first_few(problems, MISMATCHES_SHOWN, "; ")
 
 
 def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:

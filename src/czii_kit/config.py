@@ -157,7 +157,7 @@ def check_value(dotted: str, value, default) -> None:
     PER_CLASS key may map class names to such values) and, for a key with LIMITS, is a finite number within them:
     a wrong value fails as the config loads, not in the middle of a run."""
     if dotted in PER_CLASS and isinstance(value, dict):
-        for name, each in value.items():
+        for each in value.values():
             check_value(dotted, each, default)
         return
     kind = _kind(default)

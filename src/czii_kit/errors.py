@@ -10,6 +10,12 @@ def first_line(text: object, limit: int = 200) -> str:
     return next((line.strip() for line in str(text).splitlines() if line.strip()), "")[:limit]
 
 
+def first_few(items, most: int = 5, sep: str = ", ") -> str:
+    """The first ``most`` of ``items`` joined by ``sep``, and how many more: a message names a few, not thousands."""
+    items = [str(item) for item in items]
+    return sep.join(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
 class CziiError(Exception):
     """Base class: a user-facing problem with a message that says what to do."""
 

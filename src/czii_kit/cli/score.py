@@ -15,7 +15,7 @@ from czii_kit.cli.common import exit_on_user_error
 from czii_kit.data import layout
 from czii_kit.metric import format_table, score_table, table_score
 from czii_kit.data.open_data import open_data
-from czii_kit.errors import DataError
+from czii_kit.errors import DataError, first_few
 from czii_kit.particles import CZII
 from czii_kit.submission import read_submission
 from czii_kit.tables import read_solution, solution_for_runs
@@ -57,21 +57,17 @@ def listed_runs(data, split: str) -> set[str]:
         return set()
 
 
-def _few(names: list[str], most: int = 5) -> str:
-    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
-
-
 def check_overlap(submission: pd.DataFrame, scored_runs: set[str], submission_path: str, source: str) -> None:
     """A submission of other runs than those scored would score 0 in silence (Kaggle ignores rows of runs it does
     not know): an error when no run is shared, a note naming the ignored runs otherwise."""
     theirs = set(submission["experiment"])
     ignored = sorted(theirs - scored_runs)
     if theirs and not theirs & scored_runs:
-        raise DataError(f"none of the runs of {submission_path} ({_few(ignored)}) are scored in {source} "
-                        f"({_few(sorted(scored_runs))}); score it against the split it was predicted on")
+        raise DataError(f"none of the runs of {submission_path} ({first_few(ignored)}) are scored in {source} "
+                        f"({first_few(sorted(scored_runs))}); score it against the split it was predicted on")
     if ignored:
         print(f"note: {len(ignored)} run(s) of the submission are not scored here and are ignored, as Kaggle "
-              f"does: {_few(ignored)}")
+              f"does: {first_few(ignored)}")
 
 
 @exit_on_user_error

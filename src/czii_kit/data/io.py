@@ -73,17 +73,18 @@ def read_level(path: str | Path, level: int = 0, store=None) -> tuple[np.ndarray
     """(float32 (z, y, x) array, Å per voxel) of one level of a multiscale zarr (see ``open_multiscale``)."""
     group = checked_level(path, level, store)
     key = str(level)
-    if group[key].dtype.kind not in "fiu":
-        raise DataError(f"{path}/{key} holds {group[key].dtype} values; a tomogram is real-valued (float or integer "
+    array = group[key]  # each group[key] reads the array's metadata again
+    if array.dtype.kind not in "fiu":
+        raise DataError(f"{path}/{key} holds {array.dtype} values; a tomogram is real-valued (float or integer "
                         "densities): export the reconstruction again")
     try:
-        vol = group[key][...]
+        vol = array[...]
     except Exception as e:
         raise DataError(f"{path}/{key} could not be read; the store is corrupt ({type(e).__name__}: {e}): copy or "
                         "download this tomogram again") from e
     if vol.ndim != 3:
         raise DataError(f"{path}/{key} has shape {vol.shape}; expected a 3-D (z, y, x) volume")
-    fill = _fill_value(group[key])
+    fill = _fill_value(array)
     if vol.size and fill is not None and np.all(vol == fill):
         raise IncompleteDataError(f"{path}/{key} holds nothing but its fill value {fill!r}: no chunk has data (an "
                                   "empty or failed copy); copy or download this tomogram again")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from czii_kit.errors import ConfigError, PredictionError
+from czii_kit.errors import ConfigError, PredictionError, first_few
 from czii_kit.scale.session import (Resources, check_fits, describe_failure, ray_session, refuse_time_budget,
                                     require_ray, resources_for)
 from czii_kit.utils.progress import progress_bar
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from czii_kit.infer.split import SplitResult
 
 DEFAULT_CPUS_PER_WORKER = 2.0
-
-
 WORKER_FLAGS = "--cpus-per-worker / --gpus-per-worker"
 
 
@@ -176,8 +174,8 @@ class RayPrediction:
         names, skipped = plan.runs.names, plan.runs.skipped
         changed = sorted(run for run in done & set(names) if store.record(run).get("stamp") != run_stamp(plan, run))
         if changed:
-            report(f"{len(changed)} run(s) were written again since they were predicted ({', '.join(changed[:5])}"
-                   f"{', ...' if len(changed) > 5 else ''}): predicting them again")
+            report(f"{len(changed)} run(s) were written again since they were predicted ({first_few(changed)}): "
+                   "predicting them again")
             done -= set(changed)
         todo = [run for run in plan.runs.to_predict if run not in done]
         report(f"{len(done & set(names))} of {len(names)} run(s) already predicted in {self.folder}; "

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from czii_kit.config import class_dict, particle_set, with_new_defaults, with_particle_set
-from czii_kit.errors import CheckpointError, ConfigError
+from czii_kit.errors import CheckpointError, ConfigError, first_few
 from czii_kit.metric import tuned_score
 from czii_kit.tuning import DEFAULT_THRESHOLDS, INIT_THRESHOLDS, Tuning, load_tuning
 from czii_kit.utils.atomic import atomic_path, check_output_folder
@@ -42,6 +42,11 @@ class FoldPaths:
     @property
     def config(self) -> Path:
         return self.out / "config.yaml"
+
+    @property
+    def nothing_to_resume(self) -> bool:
+        """A best checkpoint without its resume state: a training stopped between its first two writes."""
+        return self.best.is_file() and not self.last.is_file()
 
 
 def fold_seed(cfg: dict, fold: int) -> int:
@@ -85,13 +90,17 @@ def guard_output(paths: FoldPaths, cfg: dict, resume: bool) -> None:
         old = with_particle_set(old, particle_set(old))  # written before classes carried their radius and weight
         differences = config_differences(_comparable(old), _comparable(cfg))
         if differences:
-            shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
             fresh = "" if any(paths.out.glob("fold*")) else (
                 f" (no fold has written anything there yet: if that config is left from a start that failed, delete "
                 f"{paths.config})")
             raise CheckpointError(
-                f"{paths.out} holds an experiment with another config ({paths.config}: {shown}); choose a new "
-                f"--out directory, or run with that experiment's settings{fresh} (nothing was changed)")
+                f"{paths.out} holds an experiment with another config ({paths.config}: "
+                f"{first_few(differences, 5, '; ')}); choose a new --out directory, or run with that experiment's "
+                f"settings{fresh} (nothing was changed)")
+    if not resume and paths.nothing_to_resume:
+        raise CheckpointError(
+            f"{paths.best} exists without {paths.last.name}: its training stopped in its first epoch, so there is "
+            f"nothing to resume; delete {paths.best} to train the fold again, or choose another --out")
     if not resume and (paths.best.exists() or paths.last.exists()):
         raise CheckpointError(
             f"{paths.best if paths.best.exists() else paths.last} exists; pass --resume to continue that run, "

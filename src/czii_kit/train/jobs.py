@@ -46,7 +46,7 @@ def train_one(job: FoldJob) -> dict:
     from czii_kit.train import trainer_for
 
     paths = FoldPaths(Path(job.out), job.fold)
-    if kind_of(job.cfg) is not YoloKind and paths.best.is_file() and not paths.last.is_file():
+    if kind_of(job.cfg) is not YoloKind and paths.nothing_to_resume:
         # the first epoch wrote its best checkpoint and stopped before its resume state: nothing to resume from
         print(f"fold {job.fold}: {paths.best} is left from an attempt that stopped in its first epoch (no "
               f"{paths.last.name}); training the fold again")

@@ -47,6 +47,10 @@ class YoloFoldPaths(FoldPaths):
         return self.run_dir / "weights" / "last.pt"
 
     @property
+    def nothing_to_resume(self) -> bool:
+        return False  # fold{K}.pt is written once, at the end: without last.pt it is a finished training
+
+    @property
     def dataset(self) -> Path:
         return self.out / "yolo_data" / f"fold{self.fold}"
 
